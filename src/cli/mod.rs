@@ -1,0 +1,57 @@
+//! Command-line interface. Each command lives in its own file; errors travel up as
+//! `anyhow::Error` and are printed once, here.
+
+mod pack;
+mod util;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "dcfs",
+    version,
+    about = "Lossless compression for model weights, served unchanged through a read-only FUSE mount",
+    long_about = "dcfs packs model directories (safetensors, GGUF, configs, tokenizers) into smaller, \
+                  checksummed containers and serves them back byte for byte.\n\n\
+                  Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=dcfs=debug) for more."
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    Pack(pack::PackArgs),
+    Unpack(pack::UnpackArgs),
+    Verify(pack::VerifyArgs),
+    Inspect(pack::InspectArgs),
+}
+
+/// What a command tells `main` about how it went, beyond success.
+pub enum Outcome {
+    Ok,
+    /// The command ran but found problems (e.g. verify found damage): exit 1, no extra message.
+    Failed,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    util::init_logging();
+    let r = match cli.cmd {
+        Cmd::Pack(a) => pack::pack(a),
+        Cmd::Unpack(a) => pack::unpack(a),
+        Cmd::Verify(a) => pack::verify(a),
+        Cmd::Inspect(a) => pack::inspect(a),
+    };
+    match r {
+        Ok(Outcome::Ok) => ExitCode::SUCCESS,
+        Ok(Outcome::Failed) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("dcfs: error: {}", util::one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}

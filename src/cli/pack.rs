@@ -1,0 +1,315 @@
+//! `pack`, `unpack`, `verify`, `inspect`.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+
+use super::util::{default_threads, human, parse_size, Bar};
+use super::Outcome;
+use dcfs::chunk::{CodecChoice, EncodeOptions};
+use dcfs::pack::{self, PackOptions};
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum CodecArg {
+    /// Per plane, the smaller of rANS and zstd (rANS unless zstd is >3% smaller); raw if the
+    /// chunk gains less than --min-gain.
+    Auto,
+    /// Our interleaved rANS (order-0, GPU-decodable stream layout).
+    Rans,
+    /// zstd at --level.
+    Zstd,
+    /// Store everything uncompressed (measures the mount's own overhead).
+    Raw,
+}
+
+#[derive(Args)]
+pub struct EncodeArgs {
+    /// Codec policy.
+    #[arg(long, value_enum, default_value = "auto")]
+    codec: CodecArg,
+    /// zstd compression level (1-22) when zstd is tried.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=22))]
+    level: i32,
+    /// Largest chunk, e.g. 256K, 1M, 4M. Chunks never straddle tensors; smaller chunks mean
+    /// finer random access, larger ones slightly better ratios.
+    #[arg(long, default_value = "1M", value_parser = parse_size)]
+    chunk_size: u64,
+    /// Chunks gaining less than this fraction stay raw (served without decoding).
+    #[arg(long, default_value_t = 0.03)]
+    min_gain: f64,
+    /// Fraction of each tensor's chunks to compress (DC's speed-adaptive partial
+    /// compression: for storage faster than the decoder). 0..=1.
+    #[arg(long, default_value_t = 1.0)]
+    compress_fraction: f64,
+    /// Pack files whose safetensors/GGUF header is malformed as opaque bytes (with a
+    /// warning) instead of failing.
+    #[arg(long)]
+    lenient: bool,
+    /// Worker threads (default: all cores).
+    #[arg(long, short = 'j', default_value_t = default_threads())]
+    threads: usize,
+}
+
+impl EncodeArgs {
+    fn options(&self) -> Result<PackOptions> {
+        if !(0.0..=1.0).contains(&self.compress_fraction) {
+            bail!("--compress-fraction must be between 0 and 1");
+        }
+        if !(0.0..1.0).contains(&self.min_gain) {
+            bail!("--min-gain must be in [0, 1)");
+        }
+        let max = dcfs::format::MAX_CHUNK_LEN as u64;
+        if !(4096..=max).contains(&self.chunk_size) {
+            bail!("--chunk-size must be between 4K and {}", human(max));
+        }
+        Ok(PackOptions {
+            encode: EncodeOptions {
+                codec: match self.codec {
+                    CodecArg::Auto => CodecChoice::Auto,
+                    CodecArg::Rans => CodecChoice::Rans,
+                    CodecArg::Zstd => CodecChoice::Zstd,
+                    CodecArg::Raw => CodecChoice::Raw,
+                },
+                zstd_level: self.level,
+                min_gain: self.min_gain,
+            },
+            chunk_size: self.chunk_size as u32,
+            threads: self.threads.max(1),
+            compress_fraction: self.compress_fraction,
+            lenient: self.lenient,
+        })
+    }
+}
+
+/// Pack a model directory into a directory of .dcz containers (SRC is only read).
+#[derive(Args)]
+pub struct PackArgs {
+    /// Model directory to pack.
+    src: PathBuf,
+    /// Output directory (created; must be empty or an earlier pack).
+    dst: PathBuf,
+    #[command(flatten)]
+    enc: EncodeArgs,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn pack(a: PackArgs) -> Result<Outcome> {
+    let opts = a.enc.options()?;
+    let bar = Bar::new(a.json);
+    let r = pack::pack_tree(&a.src, &a.dst, &opts, &bar);
+    bar.finish();
+    let r = r.with_context(|| format!("packing {} into {}", a.src.display(), a.dst.display()))?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(Outcome::Ok);
+    }
+    println!(
+        "{:<48} {:>11} {:>11} {:>7}  codecs (share of original bytes)",
+        "file", "original", "packed", "ratio"
+    );
+    for f in &r.files {
+        let mix = [
+            ("rans", f.bytes_rans),
+            ("zstd", f.bytes_zstd),
+            ("mixed", f.bytes_mixed),
+            ("raw", f.bytes_raw),
+        ]
+        .iter()
+        .filter(|(_, b)| *b > 0)
+        .map(|(n, b)| format!("{n} {:.0}%", 100.0 * *b as f64 / f.size.max(1) as f64))
+        .collect::<Vec<_>>()
+        .join(", ");
+        println!(
+            "{:<48} {:>11} {:>11} {:>7.3}  {mix}",
+            f.path,
+            human(f.size),
+            human(f.packed),
+            pack::ratio(f.size, f.packed)
+        );
+    }
+    println!(
+        "packed {} files ({} dirs, {} symlinks, {} skipped): {} -> {}, ratio {:.3}, {:.1}s, {:.0} MB/s",
+        r.files.len(),
+        r.dirs,
+        r.symlinks,
+        r.skipped.len(),
+        human(r.original_bytes),
+        human(r.packed_bytes),
+        r.ratio(),
+        r.seconds,
+        r.original_bytes as f64 / 1e6 / r.seconds.max(1e-9)
+    );
+    Ok(Outcome::Ok)
+}
+
+/// Restore the original files (byte-identical, with mode and mtime) from a pack.
+#[derive(Args)]
+pub struct UnpackArgs {
+    /// Packed directory.
+    packed: PathBuf,
+    /// Where to write the originals.
+    dst: PathBuf,
+    /// Decode threads (default: all cores).
+    #[arg(long, short = 'j', default_value_t = default_threads())]
+    threads: usize,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn unpack(a: UnpackArgs) -> Result<Outcome> {
+    let bar = Bar::new(a.json);
+    let r = pack::unpack_tree(&a.packed, &a.dst, a.threads, &bar);
+    bar.finish();
+    let r = r.with_context(|| format!("unpacking {}", a.packed.display()))?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        println!(
+            "unpacked {} files ({} dirs, {} symlinks), {} in {:.1}s; every chunk and file digest verified",
+            r.files,
+            r.dirs,
+            r.symlinks,
+            human(r.bytes),
+            r.seconds
+        );
+    }
+    Ok(Outcome::Ok)
+}
+
+/// Decode everything and check every chunk checksum and whole-file digest.
+#[derive(Args)]
+pub struct VerifyArgs {
+    /// Packed directory or a single .dcz file.
+    packed: PathBuf,
+    /// Decode threads (default: all cores).
+    #[arg(long, short = 'j', default_value_t = default_threads())]
+    threads: usize,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn verify(a: VerifyArgs) -> Result<Outcome> {
+    let bar = Bar::new(a.json);
+    let r = pack::verify_tree(&a.packed, a.threads, &bar);
+    bar.finish();
+    let r = r.with_context(|| format!("verifying {}", a.packed.display()))?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        for f in &r.files {
+            match &f.error {
+                None => println!("ok      {} ({}, {} chunks)", f.path, human(f.size), f.chunks),
+                Some(e) => println!("FAILED  {}: {e}", f.path),
+            }
+        }
+        println!(
+            "{} files, {} verified in {:.1}s ({:.0} MB/s), {} failed",
+            r.files.len(),
+            human(r.bytes),
+            r.seconds,
+            r.bytes as f64 / 1e6 / r.seconds.max(1e-9),
+            r.failures()
+        );
+    }
+    if r.failures() > 0 {
+        if !a.json {
+            eprintln!(
+                "dcfs: error: {} of {} files failed verification",
+                r.failures(),
+                r.files.len()
+            );
+        }
+        return Ok(Outcome::Failed);
+    }
+    Ok(Outcome::Ok)
+}
+
+/// Per file and tensor: dtype, shape, sizes, ratio, order-0 bound and codec mix. On an
+/// unpacked model it shows what `pack` would do (a dry run with the same options).
+#[derive(Args)]
+pub struct InspectArgs {
+    /// Packed directory, .dcz file, model directory or model file.
+    path: PathBuf,
+    /// Also list every tensor.
+    #[arg(long)]
+    tensors: bool,
+    #[command(flatten)]
+    enc: EncodeArgs,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn inspect(a: InspectArgs) -> Result<Outcome> {
+    let opts = a.enc.options()?;
+    let bar = Bar::new(true);
+    let r = pack::inspect_path(&a.path, &opts, &bar).with_context(|| format!("inspecting {}", a.path.display()))?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(Outcome::Ok);
+    }
+    if !r.packed_input {
+        println!("(dry run: what `dcfs pack` would write; sizes exclude the container index)");
+    }
+    println!(
+        "{:<44} {:>11} {:>11} {:>7} {:>7} {:>8}  codecs",
+        "file", "original", "packed", "ratio", "bound", "vs bound"
+    );
+    for f in &r.files {
+        let codecs = f
+            .codecs
+            .iter()
+            .map(|(k, v)| format!("{k} {:.0}%", 100.0 * *v as f64 / f.size.max(1) as f64))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let (bound, vs) = if f.tensor_bound > 0.0 {
+            (
+                format!("{:.3}", f.tensor_bytes as f64 / f.tensor_bound),
+                format!("{:+.2}%", 100.0 * (f.tensor_packed as f64 / f.tensor_bound - 1.0)),
+            )
+        } else {
+            ("-".into(), "-".into())
+        };
+        println!(
+            "{:<44} {:>11} {:>11} {:>7.3} {:>7} {:>8}  {codecs}",
+            f.path,
+            human(f.size),
+            human(f.packed),
+            f.ratio,
+            bound,
+            vs
+        );
+        if a.tensors {
+            for t in &f.tensors {
+                let planes = t
+                    .planes
+                    .iter()
+                    .map(|p| format!("{:.2}", p.bound * 8.0 / p.bytes.max(1) as f64))
+                    .collect::<Vec<_>>()
+                    .join("/");
+                println!(
+                    "    {:<52} {:<7} {:<16} {:>10} {:>7.3} bound {:>6.3} {:<10} bits/byte {planes}",
+                    t.name,
+                    t.dtype,
+                    format!("{:?}", t.shape),
+                    human(t.bytes),
+                    t.ratio,
+                    t.bound_ratio,
+                    t.transform
+                );
+            }
+        }
+    }
+    println!(
+        "total {} -> {}, ratio {:.3} (bound columns: order-0 entropy of the byte planes of tensor data only)",
+        human(r.size),
+        human(r.packed),
+        pack::ratio(r.size, r.packed)
+    );
+    Ok(Outcome::Ok)
+}

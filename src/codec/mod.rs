@@ -1,0 +1,130 @@
+//! Entropy coders for one byte plane: `raw`, `zstd` and our interleaved `rans`.
+//!
+//! Codecs know nothing of models or files: they turn a plane into bytes and back, and
+//! treat every input byte as hostile on the way back.
+
+pub mod rans;
+pub mod rans_layout;
+
+use std::fmt;
+
+/// Errors of a plane decoder. Always means "these bytes are not a valid stream".
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CodecError {
+    #[error("{0}")]
+    Corrupt(&'static str),
+    #[error("{what}: expected {expected}, found {actual}")]
+    Mismatch {
+        what: &'static str,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("zstd: {0}")]
+    Zstd(String),
+    #[error("unknown codec id {0}")]
+    UnknownCodec(u8),
+}
+
+impl CodecError {
+    pub(crate) const fn corrupt(what: &'static str) -> CodecError {
+        CodecError::Corrupt(what)
+    }
+}
+
+/// How one plane (or a whole raw chunk) is stored. The discriminants are on-disk values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum Codec {
+    Raw = 0,
+    Rans = 1,
+    Zstd = 2,
+}
+
+impl Codec {
+    pub fn from_id(id: u8) -> Result<Codec, CodecError> {
+        match id {
+            0 => Ok(Codec::Raw),
+            1 => Ok(Codec::Rans),
+            2 => Ok(Codec::Zstd),
+            x => Err(CodecError::UnknownCodec(x)),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Codec::Raw => "raw",
+            Codec::Rans => "rans",
+            Codec::Zstd => "zstd",
+        }
+    }
+}
+
+impl fmt::Display for Codec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Encodes `plane` with `codec`, appending to `out`.
+pub fn encode(codec: Codec, plane: &[u8], zstd_level: i32, out: &mut Vec<u8>) {
+    match codec {
+        Codec::Raw => out.extend_from_slice(plane),
+        Codec::Rans => rans::encode(plane, out),
+        Codec::Zstd => {
+            let z = zstd::bulk::compress(plane, zstd_level).expect("zstd compression of memory cannot fail");
+            out.extend_from_slice(&z);
+        }
+    }
+}
+
+/// Decodes `stored` into `out`, which has exactly the original plane length.
+pub fn decode(codec: Codec, stored: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
+    match codec {
+        Codec::Raw => {
+            if stored.len() != out.len() {
+                return Err(CodecError::Mismatch {
+                    what: "raw plane length",
+                    expected: out.len() as u64,
+                    actual: stored.len() as u64,
+                });
+            }
+            out.copy_from_slice(stored);
+            Ok(())
+        }
+        Codec::Rans => rans::decode(stored, out),
+        Codec::Zstd => {
+            // The output buffer is the cap: zstd fails instead of growing past it.
+            let n = zstd::bulk::decompress_to_buffer(stored, out).map_err(|e| CodecError::Zstd(e.to_string()))?;
+            if n != out.len() {
+                return Err(CodecError::Mismatch {
+                    what: "zstd plane length",
+                    expected: out.len() as u64,
+                    actual: n as u64,
+                });
+            }
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_codec_roundtrips_and_rejects_wrong_lengths() {
+        let plane: Vec<u8> = (0..50_000u32).map(|i| (i % 17 + i / 5000) as u8).collect();
+        for c in [Codec::Raw, Codec::Rans, Codec::Zstd] {
+            let mut enc = Vec::new();
+            encode(c, &plane, 3, &mut enc);
+            let mut out = vec![0; plane.len()];
+            decode(c, &enc, &mut out).unwrap();
+            assert_eq!(out, plane, "{c}");
+            let mut short = vec![0; plane.len() - 1];
+            assert!(decode(c, &enc, &mut short).is_err(), "{c}");
+            assert_eq!(Codec::from_id(c as u8).unwrap(), c);
+        }
+        assert!(Codec::from_id(9).is_err());
+    }
+}

@@ -1,0 +1,268 @@
+//! Opens a container, proves its footer and index sane, and decodes chunks by number.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use super::*;
+use crate::chunk;
+use crate::error::{Error, Result};
+
+/// An open `.dcz` container. Reads take `&self` (pread), so one `Container` serves many
+/// threads at once.
+#[derive(Debug)]
+pub struct Container {
+    path: PathBuf,
+    file: File,
+    len: u64,
+    pub meta: FileMeta,
+    pub chunks: Vec<ChunkEntry>,
+    pub tensors: Vec<TensorEntry>,
+}
+
+impl Container {
+    pub fn open(path: &Path) -> Result<Container> {
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        Self::from_file(path, file)
+    }
+
+    pub fn from_file(path: &Path, file: File) -> Result<Container> {
+        let bad = |what: &str| Error::corrupt(path, None, what.to_string());
+        let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        if len < HEADER_LEN + FOOTER_LEN {
+            return Err(bad("shorter than a header and a footer (truncated?)"));
+        }
+        let mut head = [0u8; HEADER_LEN as usize];
+        file.read_exact_at(&mut head, 0).map_err(|e| Error::io(path, e))?;
+        if head[..8] != MAGIC {
+            return Err(bad("not a dcfs container (bad magic)"));
+        }
+        check_version(path, le_u16(&head, HDR_MAJOR))?;
+        let mut ft = [0u8; FOOTER_LEN as usize];
+        file.read_exact_at(&mut ft, len - FOOTER_LEN)
+            .map_err(|e| Error::io(path, e))?;
+        if ft[FT_MAGIC..FT_MAGIC + 8] != END_MAGIC {
+            return Err(bad("footer magic missing (truncated or not finished)"));
+        }
+        if le_u64(&ft, FT_SELF_HASH) != chunk_hash(&ft[..FT_SELF_HASH]) {
+            return Err(bad("footer checksum mismatch"));
+        }
+        check_version(path, le_u16(&ft, FT_MAJOR))?;
+        // The header is not checksummed on its own: it must repeat the footer's versions
+        // and keep its reserved bytes zero, so any damage to it is still detected.
+        if head[HDR_MAJOR..HDR_MAJOR + 4] != ft[FT_MAJOR..FT_MAJOR + 4] || head[12..16] != [0; 4] {
+            return Err(bad("header disagrees with the footer"));
+        }
+        let index_offset = le_u64(&ft, FT_INDEX_OFFSET);
+        let index_len = le_u64(&ft, FT_INDEX_LEN);
+        if index_len > MAX_INDEX_LEN
+            || index_offset < HEADER_LEN
+            || index_offset.checked_add(index_len) != Some(len - FOOTER_LEN)
+        {
+            return Err(bad("footer points outside the file"));
+        }
+        let mut index = vec![0u8; index_len as usize];
+        file.read_exact_at(&mut index, index_offset)
+            .map_err(|e| Error::io(path, e))?;
+        if le_u64(&ft, FT_INDEX_HASH) != chunk_hash(&index) {
+            return Err(bad("index checksum mismatch"));
+        }
+        let (meta, chunks, tensors) = decode_index(path, &index, index_offset)?;
+        Ok(Container {
+            path: path.to_path_buf(),
+            file,
+            len,
+            meta,
+            chunks,
+            tensors,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Length of the container on disk.
+    pub fn packed_len(&self) -> u64 {
+        self.len
+    }
+
+    /// The chunk holding original byte `offset`, if inside the file.
+    pub fn chunk_at(&self, offset: u64) -> Option<usize> {
+        if offset >= self.meta.size {
+            return None;
+        }
+        let i = self.chunks.partition_point(|c| c.orig_end() <= offset);
+        (i < self.chunks.len()).then_some(i)
+    }
+
+    /// Reads chunk `i`'s payload as stored.
+    pub fn read_payload(&self, i: usize) -> Result<Vec<u8>> {
+        let c = &self.chunks[i];
+        let mut buf = vec![0u8; c.payload_len as usize];
+        self.read_exact_at(&mut buf, c.payload_offset)?;
+        Ok(buf)
+    }
+
+    /// Reads stored bytes at a container offset, mapping a short file to `Corrupt`.
+    pub fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        self.file.read_exact_at(buf, offset).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                Error::corrupt(&self.path, None, "container truncated under us")
+            } else {
+                Error::io(&self.path, e)
+            }
+        })
+    }
+
+    /// Decodes a payload of chunk `i` into `out` (its original length) and checks the
+    /// checksum, so a caller never sees wrong bytes.
+    pub fn decode_payload(&self, i: usize, payload: &[u8], out: &mut [u8]) -> Result<()> {
+        let c = &self.chunks[i];
+        chunk::decode(c.codec, c.transform, payload, out).map_err(|e| Error::codec(&self.path, i as u32, e))?;
+        if chunk_hash(out) != c.xxh3 {
+            return Err(Error::corrupt(&self.path, Some(i as u32), "checksum mismatch"));
+        }
+        Ok(())
+    }
+
+    /// Reads, decodes and verifies chunk `i`.
+    pub fn decode_chunk(&self, i: usize) -> Result<Vec<u8>> {
+        let payload = self.read_payload(i)?;
+        let mut out = vec![0u8; self.chunks[i].orig_len as usize];
+        self.decode_payload(i, &payload, &mut out)?;
+        Ok(out)
+    }
+
+    /// Reads original bytes at `offset` into `buf` (decoding every chunk it touches);
+    /// returns the bytes read, short only at end of file.
+    pub fn read_at(&self, mut offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let mut done = 0;
+        while done < buf.len() {
+            let Some(i) = self.chunk_at(offset) else { break };
+            let data = self.decode_chunk(i)?;
+            let c = &self.chunks[i];
+            let from = (offset - c.orig_offset) as usize;
+            let n = (data.len() - from).min(buf.len() - done);
+            buf[done..done + n].copy_from_slice(&data[from..from + n]);
+            done += n;
+            offset += n as u64;
+        }
+        Ok(done)
+    }
+}
+
+fn check_version(path: &Path, major: u16) -> Result<()> {
+    if major > VERSION_MAJOR {
+        return Err(Error::VersionTooNew {
+            file: path.to_path_buf(),
+            expected: VERSION_MAJOR,
+            actual: major,
+        });
+    }
+    if major == 0 {
+        return Err(Error::corrupt(path, None, "format version 0"));
+    }
+    Ok(())
+}
+
+type Index = (FileMeta, Vec<ChunkEntry>, Vec<TensorEntry>);
+
+/// Parses and validates an index: chunks must tile `[0, size)` in order, payloads must lie
+/// between the header and the index, every id must be known.
+fn decode_index(path: &Path, b: &[u8], index_offset: u64) -> Result<Index> {
+    let bad = |what: String| Error::corrupt(path, None, what);
+    if b.len() < IX_FIXED_LEN {
+        return Err(bad("index shorter than its fixed part".into()));
+    }
+    let kind = FileKind::from_id(b[IX_KIND]).ok_or_else(|| bad(format!("unknown file kind {}", b[IX_KIND])))?;
+    let meta = FileMeta {
+        size: le_u64(b, IX_SIZE),
+        mode: le_u32(b, IX_MODE),
+        mtime_s: le_u64(b, IX_MTIME_S) as i64,
+        mtime_ns: le_u32(b, IX_MTIME_NS),
+        blake3: b[IX_DIGEST..IX_DIGEST + 32].try_into().unwrap(),
+        kind,
+        flags: b[IX_FLAGS],
+        compress_fraction_ppm: le_u32(b, IX_FRACTION),
+        chunk_size: le_u32(b, IX_CHUNK_SIZE),
+    };
+    let n_chunks = le_u32(b, IX_N_CHUNKS) as usize;
+    let n_tensors = le_u32(b, IX_N_TENSORS) as usize;
+    let table_end = n_chunks
+        .checked_mul(CHUNK_ENTRY_LEN)
+        .and_then(|x| x.checked_add(IX_FIXED_LEN))
+        .filter(|&e| e <= b.len())
+        .ok_or_else(|| bad(format!("index too short for {n_chunks} chunks")))?;
+    let mut chunks = Vec::with_capacity(n_chunks);
+    let mut expect_offset = 0u64;
+    for i in 0..n_chunks {
+        let e = &b[IX_FIXED_LEN + i * CHUNK_ENTRY_LEN..IX_FIXED_LEN + (i + 1) * CHUNK_ENTRY_LEN];
+        let cbad = |what: String| Error::corrupt(path, Some(i as u32), what);
+        let codec = ChunkCodec::from_id(e[CE_CODEC]).ok_or_else(|| cbad(format!("unknown codec {}", e[CE_CODEC])))?;
+        let transform = Transform::from_id(e[CE_TRANSFORM])
+            .ok_or_else(|| cbad(format!("unknown transform {}", e[CE_TRANSFORM])))?;
+        let c = ChunkEntry {
+            orig_offset: le_u64(e, CE_ORIG_OFFSET),
+            orig_len: le_u32(e, CE_ORIG_LEN),
+            payload_len: le_u32(e, CE_PAYLOAD_LEN),
+            payload_offset: le_u64(e, CE_PAYLOAD_OFFSET),
+            xxh3: le_u64(e, CE_HASH),
+            codec,
+            transform,
+            dtype: e[CE_DTYPE],
+            tensor: le_u32(e, CE_TENSOR),
+        };
+        if c.orig_offset != expect_offset {
+            return Err(cbad(format!("starts at {} instead of {expect_offset}", c.orig_offset)));
+        }
+        if c.orig_len == 0 || c.orig_len > MAX_CHUNK_LEN {
+            return Err(cbad(format!("length {} outside 1..={MAX_CHUNK_LEN}", c.orig_len)));
+        }
+        let pend = c.payload_offset.checked_add(c.payload_len as u64);
+        if c.payload_offset < HEADER_LEN || pend.is_none_or(|e| e > index_offset) {
+            return Err(cbad("payload outside the payload area".into()));
+        }
+        if codec == ChunkCodec::Raw && c.payload_len != c.orig_len {
+            return Err(cbad("raw payload length differs from the chunk length".into()));
+        }
+        if c.tensor != NO_TENSOR && c.tensor as usize >= n_tensors {
+            return Err(cbad(format!("names tensor {} of {n_tensors}", c.tensor)));
+        }
+        expect_offset = c.orig_end();
+        chunks.push(c);
+    }
+    if expect_offset != meta.size {
+        return Err(bad(format!("chunks cover {expect_offset} bytes of {}", meta.size)));
+    }
+    let mut tensors = Vec::with_capacity(n_tensors.min(b.len() / 20));
+    let mut p = table_end;
+    let take = |p: &mut usize, n: usize| -> Result<&[u8]> {
+        let s = b
+            .get(*p..p.saturating_add(n))
+            .ok_or_else(|| Error::corrupt(path, None, "tensor table truncated"))?;
+        *p += n;
+        Ok(s)
+    };
+    for _ in 0..n_tensors {
+        let nl = u16::from_le_bytes(take(&mut p, 2)?.try_into().unwrap()) as usize;
+        let name = String::from_utf8_lossy(take(&mut p, nl)?).into_owned();
+        let dl = take(&mut p, 1)?[0] as usize;
+        let dtype = String::from_utf8_lossy(take(&mut p, dl)?).into_owned();
+        let nd = take(&mut p, 1)?[0] as usize;
+        let mut shape = Vec::with_capacity(nd);
+        for _ in 0..nd {
+            shape.push(u64::from_le_bytes(take(&mut p, 8)?.try_into().unwrap()));
+        }
+        let start = u64::from_le_bytes(take(&mut p, 8)?.try_into().unwrap());
+        let len = u64::from_le_bytes(take(&mut p, 8)?.try_into().unwrap());
+        tensors.push(TensorEntry {
+            name,
+            dtype,
+            shape,
+            start,
+            len,
+        });
+    }
+    Ok((meta, chunks, tensors))
+}

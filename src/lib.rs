@@ -1,0 +1,21 @@
+//! dcfs: lossless, dtype-aware compression of model weights, served through a read-only
+//! FUSE mount as the original files.
+//!
+//! Layers, each depending only on those above it in this list:
+//! `codec` (raw/zstd/rANS) and `transform` (byte planes) → `chunk` (one chunk's payload)
+//! → `model` (safetensors/GGUF headers) → `format` (the `.dcz` container) → `pack`
+//! (trees: pack, unpack, verify, inspect) → `store` (cached reads of a packed tree) → `fs`
+//! (the FUSE adaptor). `gpu` offloads rANS decoding and depends only on `codec`/`chunk`.
+
+// Symbol tables are indexed by symbol value; index loops say that more plainly.
+#![allow(clippy::needless_range_loop)]
+
+pub mod chunk;
+pub mod codec;
+pub mod error;
+pub mod format;
+pub mod model;
+pub mod pack;
+pub mod transform;
+
+pub use error::{Error, Result};

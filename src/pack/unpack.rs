@@ -1,0 +1,115 @@
+//! `unpack`: write the originals back, byte-identical, with mode and mtime. A file is
+//! only renamed into place after its every chunk and its whole-file digest verified.
+
+use std::fs::{self, File};
+use std::io::{BufWriter, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::verify::stream_chunks;
+use super::{read_marker, same_or_inside, set_mode_mtime, sync_dir, walk, Entry, Progress, MARKER, SUFFIX};
+use crate::error::{Error, Result};
+use crate::format::Container;
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct UnpackReport {
+    pub files: usize,
+    pub dirs: usize,
+    pub symlinks: usize,
+    pub bytes: u64,
+    pub seconds: f64,
+}
+
+pub fn unpack_tree(packed: &Path, dst: &Path, threads: usize, progress: &dyn Progress) -> Result<UnpackReport> {
+    let t0 = Instant::now();
+    read_marker(packed)?;
+    fs::create_dir_all(dst).map_err(|e| Error::io(dst, e))?;
+    if same_or_inside(packed, dst) {
+        return Err(Error::Invalid {
+            path: dst.to_path_buf(),
+            what: "destination and pack must not contain each other".into(),
+        });
+    }
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads.max(1))
+        .build()
+        .expect("thread pool");
+    let entries = walk(packed)?;
+    let mut containers = Vec::new();
+    let mut report = UnpackReport::default();
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    for e in &entries {
+        match e {
+            Entry::Dir(rel) => {
+                let d = dst.join(rel);
+                fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
+                dirs.push(rel.clone());
+                report.dirs += 1;
+            }
+            Entry::Symlink(rel) => {
+                let s = packed.join(rel);
+                let target = fs::read_link(&s).map_err(|e| Error::io(&s, e))?;
+                let d = dst.join(rel);
+                let _ = fs::remove_file(&d);
+                std::os::unix::fs::symlink(&target, &d).map_err(|e| Error::io(&d, e))?;
+                report.symlinks += 1;
+            }
+            Entry::File(rel, _) => {
+                let name = rel.file_name().unwrap_or_default().to_string_lossy().into_owned();
+                if let Some(orig) = name.strip_suffix(SUFFIX).filter(|o| !o.is_empty()) {
+                    let orig = rel.with_file_name(orig);
+                    containers.push((packed.join(rel), orig));
+                } else if rel.as_os_str() != MARKER && !name.starts_with('.') {
+                    progress.warn(&format!("{}: not a container; not unpacked", rel.display()));
+                }
+            }
+            Entry::Other(rel, what) => progress.warn(&format!("{}: {what}; not unpacked", rel.display())),
+        }
+    }
+    let opened: Vec<(Container, PathBuf)> = containers
+        .into_iter()
+        .map(|(p, orig)| Container::open(&p).map(|c| (c, orig)))
+        .collect::<Result<_>>()?;
+    progress.set_total(opened.iter().map(|(c, _)| c.meta.size).sum());
+    for (c, orig) in &opened {
+        progress.message(&orig.display().to_string());
+        let out = dst.join(orig);
+        let tmp = out.with_file_name(format!(
+            ".{}.tmp-{}",
+            out.file_name().unwrap_or_default().to_string_lossy(),
+            std::process::id()
+        ));
+        let r = (|| {
+            let f = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+            let mut w = BufWriter::with_capacity(1 << 20, f);
+            stream_chunks(c, &pool, |_, data| {
+                progress.advance(data.len() as u64);
+                w.write_all(data).map_err(|e| Error::io(&tmp, e))
+            })?;
+            let f = w.into_inner().map_err(|e| Error::io(&tmp, e.into_error()))?;
+            f.sync_all().map_err(|e| Error::io(&tmp, e))?;
+            drop(f);
+            set_mode_mtime(&tmp, c.meta.mode, c.meta.mtime_s, c.meta.mtime_ns)?;
+            fs::rename(&tmp, &out).map_err(|e| Error::io(&out, e))
+        })();
+        if let Err(e) = r {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        report.files += 1;
+        report.bytes += c.meta.size;
+    }
+    for rel in dirs.iter().rev() {
+        let s = packed.join(rel);
+        let d = dst.join(rel);
+        let md = fs::metadata(&s).map_err(|e| Error::io(&s, e))?;
+        sync_dir(&d)?;
+        set_mode_mtime(&d, md.mode(), md.mtime(), md.mtime_nsec() as u32)?;
+    }
+    sync_dir(dst)?;
+    report.seconds = t0.elapsed().as_secs_f64();
+    Ok(report)
+}

@@ -1,0 +1,233 @@
+//! Byte-plane transforms: regroup the bytes of typed elements so that bytes with the same
+//! role (exponent, mantissa, block scale, quant) sit together and an order-0 coder sees
+//! their real distribution. Pure functions on slices; the discriminants are on-disk values.
+
+use std::fmt;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum Transform {
+    /// One plane, the bytes as they are (INT8, FP8, opaque data).
+    None = 0,
+    /// 16-bit elements as two planes: low bytes, high bytes.
+    Split2 = 1,
+    /// BF16 as exponent byte + (sign | 7 mantissa bits): the exponent's bits straddle the
+    /// two bytes in memory, so this split gives the coder the whole exponent at once.
+    Bf16Exp = 2,
+    /// 32-bit elements as four byte planes.
+    Split4 = 3,
+    /// F32 as exponent byte, sign | top 7 mantissa bits, then the two low mantissa bytes.
+    F32Exp = 4,
+    /// GGUF Q8_0 blocks (f16 scale + 32 int8): scale low bytes, scale high bytes, quants.
+    Q8_0 = 5,
+    /// GGUF Q4_0 blocks (f16 scale + 16 nibble bytes).
+    Q4_0 = 6,
+    /// GGUF Q4_1 blocks (f16 scale, f16 min + 16 nibble bytes).
+    Q4_1 = 7,
+}
+
+impl Transform {
+    pub fn from_id(id: u8) -> Option<Transform> {
+        use Transform::*;
+        Some(match id {
+            0 => None,
+            1 => Split2,
+            2 => Bf16Exp,
+            3 => Split4,
+            4 => F32Exp,
+            5 => Q8_0,
+            6 => Q4_0,
+            7 => Q4_1,
+            _ => return Option::None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        use Transform::*;
+        match self {
+            None => "none",
+            Split2 => "split2",
+            Bf16Exp => "bf16-exp",
+            Split4 => "split4",
+            F32Exp => "f32-exp",
+            Q8_0 => "q8_0-split",
+            Q4_0 => "q4_0-split",
+            Q4_1 => "q4_1-split",
+        }
+    }
+
+    /// Bytes per unit the transform works on; chunk lengths must be a multiple of it.
+    pub fn unit(self) -> usize {
+        use Transform::*;
+        match self {
+            None => 1,
+            Split2 | Bf16Exp => 2,
+            Split4 | F32Exp => 4,
+            Q8_0 => 34,
+            Q4_0 => 18,
+            Q4_1 => 20,
+        }
+    }
+
+    /// For block transforms: how many leading bytes of each block are scale bytes that get
+    /// a plane of their own each; the rest of the block is one plane.
+    fn block_head(self) -> Option<usize> {
+        match self {
+            Transform::Q8_0 | Transform::Q4_0 => Some(2),
+            Transform::Q4_1 => Some(4),
+            _ => Option::None,
+        }
+    }
+
+    /// Lengths of the planes of a `len`-byte input, or `None` if `len` is not a whole
+    /// number of units.
+    pub fn plane_lens(self, len: usize) -> Option<Vec<usize>> {
+        let unit = self.unit();
+        if len % unit != 0 {
+            return Option::None;
+        }
+        let n = len / unit;
+        Some(match self.block_head() {
+            Some(h) => {
+                let mut v = vec![n; h];
+                v.push(n * (unit - h));
+                v
+            }
+            Option::None => vec![n; unit],
+        })
+    }
+
+    /// Splits `data` into planes. Panics if `data.len()` is not a multiple of `unit()`;
+    /// callers plan chunks so that it always is.
+    pub fn split(self, data: &[u8]) -> Vec<Vec<u8>> {
+        let lens = self.plane_lens(data.len()).expect("chunk is a whole number of units");
+        let mut planes: Vec<Vec<u8>> = lens.iter().map(|&l| Vec::with_capacity(l)).collect();
+        match self {
+            Transform::None => planes[0].extend_from_slice(data),
+            Transform::Bf16Exp => {
+                let (e, sm) = planes.split_at_mut(1);
+                for p in data.chunks_exact(2) {
+                    let (lo, hi) = (p[0], p[1]);
+                    e[0].push((hi << 1) | (lo >> 7));
+                    sm[0].push((hi & 0x80) | (lo & 0x7f));
+                }
+            }
+            Transform::F32Exp => {
+                for p in data.chunks_exact(4) {
+                    planes[0].push((p[3] << 1) | (p[2] >> 7));
+                    planes[1].push((p[3] & 0x80) | (p[2] & 0x7f));
+                    planes[2].push(p[1]);
+                    planes[3].push(p[0]);
+                }
+            }
+            Transform::Split2 | Transform::Split4 => {
+                let unit = self.unit();
+                for p in data.chunks_exact(unit) {
+                    for (b, plane) in p.iter().zip(planes.iter_mut()) {
+                        plane.push(*b);
+                    }
+                }
+            }
+            Transform::Q8_0 | Transform::Q4_0 | Transform::Q4_1 => {
+                let h = self.block_head().unwrap_or(0);
+                let (heads, tail) = planes.split_at_mut(h);
+                for blk in data.chunks_exact(self.unit()) {
+                    for (b, plane) in blk[..h].iter().zip(heads.iter_mut()) {
+                        plane.push(*b);
+                    }
+                    tail[0].extend_from_slice(&blk[h..]);
+                }
+            }
+        }
+        planes
+    }
+
+    /// Inverse of [`split`](Self::split): writes the original bytes into `out`.
+    /// The caller guarantees plane lengths match `plane_lens(out.len())`.
+    pub fn merge(self, planes: &[&[u8]], out: &mut [u8]) {
+        match self {
+            Transform::None => out.copy_from_slice(planes[0]),
+            Transform::Bf16Exp => {
+                for ((o, &e), &sm) in out.chunks_exact_mut(2).zip(planes[0]).zip(planes[1]) {
+                    o[0] = (e << 7) | (sm & 0x7f);
+                    o[1] = (sm & 0x80) | (e >> 1);
+                }
+            }
+            Transform::Split2 => {
+                for ((o, &a), &b) in out.chunks_exact_mut(2).zip(planes[0]).zip(planes[1]) {
+                    o[0] = a;
+                    o[1] = b;
+                }
+            }
+            Transform::Split4 => {
+                for (i, o) in out.chunks_exact_mut(4).enumerate() {
+                    o[0] = planes[0][i];
+                    o[1] = planes[1][i];
+                    o[2] = planes[2][i];
+                    o[3] = planes[3][i];
+                }
+            }
+            Transform::F32Exp => {
+                for (i, o) in out.chunks_exact_mut(4).enumerate() {
+                    let (e, sm) = (planes[0][i], planes[1][i]);
+                    o[0] = planes[3][i];
+                    o[1] = planes[2][i];
+                    o[2] = (e << 7) | (sm & 0x7f);
+                    o[3] = (sm & 0x80) | (e >> 1);
+                }
+            }
+            Transform::Q8_0 | Transform::Q4_0 | Transform::Q4_1 => {
+                let unit = self.unit();
+                let h = self.block_head().unwrap_or(0);
+                let body = unit - h;
+                for (i, blk) in out.chunks_exact_mut(unit).enumerate() {
+                    for (j, b) in blk[..h].iter_mut().enumerate() {
+                        *b = planes[j][i];
+                    }
+                    blk[h..].copy_from_slice(&planes[h][i * body..(i + 1) * body]);
+                }
+            }
+        }
+    }
+}
+
+impl fmt::Display for Transform {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_transform_roundtrips() {
+        for id in 0..=7 {
+            let t = Transform::from_id(id).unwrap();
+            assert_eq!(t as u8, id);
+            let len = t.unit() * 103;
+            let data: Vec<u8> = (0..len).map(|i| (i * 31 + i / 7) as u8).collect();
+            let planes = t.split(&data);
+            let lens: Vec<usize> = planes.iter().map(|p| p.len()).collect();
+            assert_eq!(Some(lens), t.plane_lens(len));
+            let refs: Vec<&[u8]> = planes.iter().map(|p| p.as_slice()).collect();
+            let mut out = vec![0; len];
+            t.merge(&refs, &mut out);
+            assert_eq!(out, data, "{t}");
+        }
+        assert!(Transform::from_id(8).is_none());
+        assert!(Transform::Split4.plane_lens(6).is_none());
+    }
+
+    #[test]
+    fn bf16_exponent_plane_holds_the_exponent() {
+        // 1.0 in BF16 is 0x3F80: exponent 127, sign 0, mantissa 0.
+        let planes = Transform::Bf16Exp.split(&[0x80, 0x3F, 0x80, 0xBF]);
+        assert_eq!(planes[0], vec![127, 127]);
+        assert_eq!(planes[1], vec![0x00, 0x80]);
+        // 1.0f32 = 0x3F800000.
+        let planes = Transform::F32Exp.split(&[0, 0, 0x80, 0x3F]);
+        assert_eq!(planes[0], vec![127]);
+    }
+}

@@ -1,0 +1,145 @@
+//! Helpers shared by the integration tests: the fetched real models (when present) and
+//! synthetic models whose values follow trained-weight distributions.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use dcfs::model::{gguf, safetensors};
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The fetched real models, or `None` with the reason printed (the test then uses
+/// synthetic data only).
+pub fn models() -> Option<PathBuf> {
+    let m = root().join("models");
+    if m.join("MANIFEST.sha256").exists() && m.join("minilm-bf16").is_dir() {
+        Some(m)
+    } else {
+        eprintln!("SKIP real models: {} not fetched; run scripts/fetch-models.sh", m.display());
+        None
+    }
+}
+
+/// Deterministic xorshift64* so tests need no RNG crate.
+pub struct Rng(u64);
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.max(1))
+    }
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545F4914F6CDD1D)
+    }
+    pub fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    /// A normal sample (Box-Muller).
+    pub fn normal(&mut self) -> f64 {
+        let (u, v) = (self.unit().max(1e-300), self.unit());
+        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+    }
+}
+
+/// Gaussian weights with std 0.04, like a trained linear layer.
+pub fn weights(rng: &mut Rng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| (rng.normal() * 0.04) as f32).collect()
+}
+
+pub fn bf16_bytes(w: &[f32]) -> Vec<u8> {
+    w.iter()
+        .flat_map(|x| {
+            let u = x.to_bits() as u64;
+            (((u + 0x7FFF + ((u >> 16) & 1)) >> 16) as u16).to_le_bytes()
+        })
+        .collect()
+}
+
+pub fn f32_bytes(w: &[f32]) -> Vec<u8> {
+    w.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+pub fn i8_tensorwise(w: &[f32]) -> Vec<u8> {
+    let m = w.iter().fold(0f32, |a, x| a.max(x.abs())).max(1e-12);
+    w.iter().map(|x| ((x / m * 127.0).round().clamp(-127.0, 127.0) as i8) as u8).collect()
+}
+
+/// Q8_0 blocks: f16 scale (as raw bits of a plausible value) + 32 int8 quants.
+pub fn q8_0_bytes(rng: &mut Rng, blocks: usize) -> Vec<u8> {
+    let mut v = Vec::with_capacity(blocks * 34);
+    for _ in 0..blocks {
+        let scale: u16 = 0x1C00 + (rng.next() % 512) as u16;
+        v.extend_from_slice(&scale.to_le_bytes());
+        for _ in 0..32 {
+            v.push(((rng.normal() * 30.0).round().clamp(-127.0, 127.0) as i8) as u8);
+        }
+    }
+    v
+}
+
+/// Writes a small synthetic model tree: safetensors (BF16, F32, I8, I64, an empty tensor),
+/// a GGUF (Q8_0 + F32), a config, a 0-byte file, a subdirectory, a symlink and an
+/// executable script (mode must survive).
+pub fn synth_tree(dir: &Path, seed: u64) {
+    let mut r = Rng::new(seed);
+    fs::create_dir_all(dir.join("sub")).unwrap();
+    let w1 = weights(&mut r, 300_000);
+    let w2 = weights(&mut r, 70_001);
+    let w3 = weights(&mut r, 200_000);
+    let ids: Vec<u8> = (0..512u64).flat_map(|i| i.to_le_bytes()).collect();
+    let st = safetensors::build(&[
+        ("embeddings.position_ids", "I64", vec![1, 512], ids),
+        ("layer.0.attn.q.weight", "BF16", vec![600, 500], bf16_bytes(&w1)),
+        ("layer.0.mlp.up.weight", "F32", vec![70_001], f32_bytes(&w2)),
+        ("layer.0.mlp.down.weight", "I8", vec![400, 500], i8_tensorwise(&w3)),
+        ("layer.0.empty", "F16", vec![0, 4], vec![]),
+    ]);
+    fs::write(dir.join("model.safetensors"), st).unwrap();
+    let g = gguf::build(
+        &[
+            ("blk.0.ffn_up.weight", vec![32 * 64, 40], gguf::GGML_Q8_0, q8_0_bytes(&mut r, 64 * 40)),
+            ("output_norm.weight", vec![1000], gguf::GGML_F32, f32_bytes(&weights(&mut r, 1000))),
+        ],
+        32,
+    );
+    fs::write(dir.join("sub/model.gguf"), g).unwrap();
+    let cfg = r#"{"architectures":["BertModel"],"hidden_size":384,"num_attention_heads":12,"vocab_size":30522}"#;
+    fs::write(dir.join("config.json"), cfg.repeat(20)).unwrap();
+    fs::write(dir.join("empty.txt"), b"").unwrap();
+    fs::write(dir.join("sub/run.sh"), b"#!/bin/sh\necho hi\n").unwrap();
+    fs::set_permissions(dir.join("sub/run.sh"), fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::symlink("model.safetensors", dir.join("link.safetensors")).unwrap();
+}
+
+/// BLAKE3 digest, mode and mtime of every regular file; targets of symlinks.
+pub fn tree_state(dir: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let p = e.path();
+            let rel = p.strip_prefix(dir).unwrap().display().to_string();
+            let md = fs::symlink_metadata(&p).unwrap();
+            if md.file_type().is_symlink() {
+                out.insert(rel, format!("-> {}", fs::read_link(&p).unwrap().display()));
+            } else if md.is_dir() {
+                stack.push(p);
+            } else {
+                let h = blake3::hash(&fs::read(&p).unwrap());
+                out.insert(rel, format!("{} {:o} {}.{}", h.to_hex(), md.mode(), md.mtime(), md.mtime_nsec()));
+            }
+        }
+    }
+    out
+}
+
+pub fn dcfs_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_dcfs"))
+}
