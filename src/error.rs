@@ -56,6 +56,19 @@ impl Error {
         Error::corrupt(file, Some(chunk), e.to_string())
     }
 
+    /// A copy for every waiter of a shared decode (`io::Error` is not `Clone`: its kind and
+    /// message are kept).
+    pub fn duplicate(&self) -> Error {
+        match self {
+            Error::Io { path, source } => Error::io(path, std::io::Error::new(source.kind(), source.to_string())),
+            Error::Corrupt { file, chunk, what } => Error::corrupt(file, *chunk, what.clone()),
+            other => Error::Invalid {
+                path: PathBuf::new(),
+                what: other.to_string(),
+            },
+        }
+    }
+
     pub fn is_corrupt(&self) -> bool {
         matches!(self, Error::Corrupt { .. } | Error::VersionTooNew { .. })
     }

@@ -14,8 +14,10 @@ pub mod chunk;
 pub mod codec;
 pub mod error;
 pub mod format;
+pub mod fs;
 pub mod model;
 pub mod pack;
+pub mod store;
 pub mod transform;
 
 pub use error::{Error, Result};

@@ -1,6 +1,7 @@
 //! Command-line interface. Each command lives in its own file; errors travel up as
 //! `anyhow::Error` and are printed once, here.
 
+mod mount;
 mod pack;
 mod util;
 
@@ -28,6 +29,9 @@ enum Cmd {
     Unpack(pack::UnpackArgs),
     Verify(pack::VerifyArgs),
     Inspect(pack::InspectArgs),
+    Mount(mount::MountArgs),
+    Umount(mount::UmountArgs),
+    Stats(mount::StatsArgs),
 }
 
 /// What a command tells `main` about how it went, beyond success.
@@ -38,13 +42,13 @@ pub enum Outcome {
 }
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
-    util::init_logging();
-    let r = match cli.cmd {
-        Cmd::Pack(a) => pack::pack(a),
-        Cmd::Unpack(a) => pack::unpack(a),
-        Cmd::Verify(a) => pack::verify(a),
-        Cmd::Inspect(a) => pack::inspect(a),
+    let args: Vec<String> = std::env::args().collect();
+    let invoked_as = args.first().and_then(|a| a.rsplit('/').next()).unwrap_or("dcfs");
+    let r = if invoked_as == "mount.dcfs" {
+        util::init_logging();
+        mount::mount_helper(args)
+    } else {
+        run(Cli::parse())
     };
     match r {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,
@@ -53,5 +57,18 @@ pub fn main() -> ExitCode {
             eprintln!("dcfs: error: {}", util::one_line(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<Outcome> {
+    util::init_logging();
+    match cli.cmd {
+        Cmd::Pack(a) => pack::pack(a),
+        Cmd::Unpack(a) => pack::unpack(a),
+        Cmd::Verify(a) => pack::verify(a),
+        Cmd::Inspect(a) => pack::inspect(a),
+        Cmd::Mount(a) => mount::mount(a),
+        Cmd::Umount(a) => mount::umount(a),
+        Cmd::Stats(a) => mount::stats(a),
     }
 }

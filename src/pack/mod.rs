@@ -173,7 +173,7 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
 
 /// One entry of a walked tree, relative to its root.
 #[derive(Debug)]
-pub(crate) enum Entry {
+pub enum Entry {
     Dir(PathBuf),
     File(PathBuf, u64),
     Symlink(PathBuf),
@@ -181,7 +181,7 @@ pub(crate) enum Entry {
 }
 
 /// Walks `root` without following symlinks, parents before children, sorted by name.
-pub(crate) fn walk(root: &Path) -> Result<Vec<Entry>> {
+pub fn walk(root: &Path) -> Result<Vec<Entry>> {
     let mut out = Vec::new();
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {

@@ -1,0 +1,396 @@
+//! `mount`, `umount`, `stats`, and the `mount.dcfs` helper protocol of mount(8).
+
+use std::ffi::CString;
+use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::Args;
+
+use super::util::{default_threads, human, parse_size};
+use super::Outcome;
+use dcfs::fs::{Mount, MountConfig, STATS_XATTR};
+use dcfs::store::{default_cache_bytes, Snapshot, Store, StoreOptions};
+
+/// Serve a pack read-only at MNT: the original files, byte for byte.
+///
+/// Daemonises once the mount is ready (exit 0) unless -f is given. SIGINT/SIGTERM unmount
+/// cleanly. Options may also be given squashfuse-style with -o, e.g.
+/// `-o cache_size=1G,threads=4,prefetch=8,readahead=4M,allow_other`.
+#[derive(Args)]
+pub struct MountArgs {
+    /// Packed directory (made by `dcfs pack`).
+    packed: PathBuf,
+    /// Mount point (an existing, empty directory).
+    mountpoint: PathBuf,
+    /// Stay in the foreground (logs to stderr) instead of daemonising.
+    #[arg(short, long)]
+    foreground: bool,
+    /// Comma-separated options: cache_size=SIZE, threads=N, prefetch=N, readahead=SIZE,
+    /// fuse_threads=N, allow_other, ro. fstab-only options (defaults, noauto, nofail, _netdev,
+    /// user, x-*) are accepted and ignored.
+    #[arg(short = 'o', value_name = "OPTS")]
+    options: Vec<String>,
+    /// Bound on decoded chunk bytes kept in memory (default: RAM/8, 64 MiB..512 MiB).
+    #[arg(long, value_parser = parse_size)]
+    cache_size: Option<u64>,
+    /// Decode worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Chunks decoded ahead of a sequential reader (0 disables prefetch).
+    #[arg(long)]
+    prefetch: Option<usize>,
+    /// The mount's kernel readahead (bdi read_ahead_kb); 0 keeps the kernel default of 128K.
+    #[arg(long, value_parser = parse_size)]
+    readahead: Option<u64>,
+    /// Let other users read the mount (FUSE allow_other). Off unless asked for.
+    #[arg(long)]
+    allow_other: bool,
+}
+
+struct Settings {
+    store: StoreOptions,
+    mount: MountConfig,
+}
+
+fn settings(a: &MountArgs) -> Result<Settings> {
+    let mut store = StoreOptions {
+        cache_bytes: default_cache_bytes(),
+        threads: default_threads(),
+        prefetch: 8,
+    };
+    let mut mount = MountConfig {
+        allow_other: a.allow_other,
+        readahead_kb: Some(4096),
+        fuse_threads: 0,
+    };
+    let mut readahead = None;
+    for opt in a.options.iter().flat_map(|o| o.split(',')).filter(|o| !o.is_empty()) {
+        let (k, v) = opt.split_once('=').map_or((opt, None), |(k, v)| (k, Some(v)));
+        let need = || v.ok_or_else(|| anyhow!("mount option {k} needs a value ({k}=...)"));
+        let num = |s: &str| {
+            s.parse::<usize>()
+                .map_err(|_| anyhow!("mount option {k}: not a number: {s}"))
+        };
+        match k {
+            "cache_size" => store.cache_bytes = parse_size(need()?).map_err(|e| anyhow!(e))?,
+            "threads" => store.threads = num(need()?)?,
+            "prefetch" => store.prefetch = num(need()?)?,
+            "readahead" => readahead = Some(parse_size(need()?).map_err(|e| anyhow!(e))?),
+            "fuse_threads" => mount.fuse_threads = num(need()?)?,
+            "allow_other" => mount.allow_other = true,
+            "ro" | "defaults" | "auto" | "noauto" | "user" | "nouser" | "users" | "nofail" | "_netdev" | "nodev"
+            | "nosuid" | "exec" | "noexec" | "async" | "noatime" | "relatime" => {}
+            "rw" => tracing::info!("dcfs mounts are always read-only; ignoring rw"),
+            k if k.starts_with("x-") => {}
+            k => bail!("unknown mount option {k:?} (see dcfs mount --help)"),
+        }
+    }
+    if let Some(c) = a.cache_size {
+        store.cache_bytes = c;
+    }
+    if let Some(t) = a.threads {
+        store.threads = t;
+    }
+    if let Some(p) = a.prefetch {
+        store.prefetch = p;
+    }
+    if let Some(r) = a.readahead.or(readahead) {
+        mount.readahead_kb = (r > 0).then_some((r / 1024) as u32);
+    }
+    store.threads = store.threads.max(1);
+    if store.cache_bytes < (4 << 20) {
+        bail!("cache size {} is too small (at least 4M)", human(store.cache_bytes));
+    }
+    if mount.fuse_threads == 0 {
+        // Request threads mostly wait on decodes; more of them keep readahead flowing.
+        mount.fuse_threads = (store.threads * 2).clamp(2, 16);
+    }
+    Ok(Settings { store, mount })
+}
+
+/// Refuses a mount point that is missing, a stale FUSE mount, or already mounted.
+fn preflight(packed: &Path, mnt: &Path) -> Result<()> {
+    match std::fs::metadata(mnt) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => bail!(
+            "{} is a stale mount (a dcfs that died?): run `dcfs umount -l {}` and mount again",
+            mnt.display(),
+            mnt.display()
+        ),
+        Err(e) => return Err(e).with_context(|| format!("mount point {}", mnt.display())),
+        Ok(md) if !md.is_dir() => bail!("mount point {} is not a directory", mnt.display()),
+        Ok(_) => {}
+    }
+    let canon = mnt.canonicalize()?;
+    if let Some(fstype) = mounted_at(&canon) {
+        bail!(
+            "{} is already a mount point ({fstype}); unmount it first (dcfs umount {})",
+            mnt.display(),
+            mnt.display()
+        );
+    }
+    dcfs::pack::read_marker(packed)?;
+    Ok(())
+}
+
+/// The filesystem type mounted exactly at `path`, from /proc/self/mountinfo.
+fn mounted_at(path: &Path) -> Option<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let want = path.to_string_lossy().replace(' ', "\\040");
+    info.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        let sep = f.iter().position(|&x| x == "-")?;
+        (f.get(4) == Some(&want.as_str())).then(|| f.get(sep + 1).unwrap_or(&"?").to_string())
+    })
+}
+
+pub fn mount(a: MountArgs) -> Result<Outcome> {
+    let s = settings(&a)?;
+    preflight(&a.packed, &a.mountpoint)?;
+    // Absolute paths: the daemon changes its directory to /.
+    let packed = a.packed.canonicalize()?;
+    let mnt = a.mountpoint.canonicalize()?;
+    if a.foreground {
+        return serve(&packed, &mnt, &s, None);
+    }
+    let mut fds = [0i32; 2];
+    // SAFETY: `fds` is a valid two-element array for pipe(2) to fill.
+    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("pipe");
+    }
+    // SAFETY: pipe(2) just returned these two descriptors, owned by nobody else.
+    let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: no other thread exists yet (the store and FUSE threads start in the child),
+    // so the child may keep running Rust code after fork.
+    match unsafe { libc::fork() } {
+        -1 => Err(std::io::Error::last_os_error()).context("fork"),
+        0 => {
+            drop(rd);
+            detach();
+            let code = match serve(&packed, &mnt, &s, Some(wr)) {
+                Ok(_) => 0,
+                Err(_) => 1,
+            };
+            std::process::exit(code);
+        }
+        _child => {
+            drop(wr);
+            let mut msg = String::new();
+            std::fs::File::from(rd).read_to_string(&mut msg)?;
+            match msg.strip_prefix("OK") {
+                Some(_) => Ok(Outcome::Ok),
+                None if msg.is_empty() => bail!("the mount daemon exited before the mount was ready"),
+                None => bail!("{}", msg.trim_start_matches("ERR ").trim_end()),
+            }
+        }
+    }
+}
+
+/// Starts a new session and points stdio at /dev/null, like any daemon.
+fn detach() {
+    // SAFETY: setsid, chdir, open and dup2 on valid, NUL-terminated paths and descriptors.
+    unsafe {
+        libc::setsid();
+        libc::chdir(c"/".as_ptr());
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+        if null >= 0 {
+            libc::dup2(null, 0);
+            libc::dup2(null, 1);
+            libc::dup2(null, 2);
+            if null > 2 {
+                libc::close(null);
+            }
+        }
+    }
+}
+
+/// Opens the store, mounts, reports readiness through `ready`, then serves until unmounted
+/// (by `dcfs umount`, umount(8), or SIGINT/SIGTERM/SIGHUP).
+fn serve(packed: &Path, mnt: &Path, s: &Settings, ready: Option<OwnedFd>) -> Result<Outcome> {
+    let tell = |ready: Option<OwnedFd>, msg: &str| {
+        if let Some(fd) = ready {
+            let _ = std::fs::File::from(fd).write_all(msg.as_bytes());
+        }
+    };
+    // Block the stop signals before any thread starts, so only the watcher receives them.
+    let set = stop_signals();
+    // SAFETY: `set` is an initialised sigset_t; a null old-set pointer is allowed.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    let r = Store::open(packed, s.store.clone())
+        .with_context(|| format!("opening {}", packed.display()))
+        .and_then(|store| Mount::new(store, mnt, &s.mount).with_context(|| format!("mounting at {}", mnt.display())));
+    let mut m = match r {
+        Ok(m) => m,
+        Err(e) => {
+            tell(ready, &format!("ERR {}", super::util::one_line(&e)));
+            return Err(e);
+        }
+    };
+    let mut unmounter = m.unmounter();
+    let mnt_c = CString::new(mnt.as_os_str().as_bytes())?;
+    std::thread::Builder::new().name("dcfs-signals".into()).spawn(move || {
+        let mut sig = 0;
+        // SAFETY: `set` is initialised and `sig` is a valid out-pointer.
+        unsafe { libc::sigwait(&set, &mut sig) };
+        tracing::info!("signal {sig}: unmounting");
+        if unmounter.unmount().is_err() {
+            // Busy: detach lazily so the serving loop still ends.
+            // SAFETY: `mnt_c` is a valid NUL-terminated path.
+            unsafe { libc::umount2(mnt_c.as_ptr(), libc::MNT_DETACH) };
+        }
+    })?;
+    tracing::info!(
+        "serving {} at {} (cache {}, {} decode threads, prefetch {})",
+        packed.display(),
+        mnt.display(),
+        human(s.store.cache_bytes),
+        s.store.threads,
+        s.store.prefetch
+    );
+    tell(ready, "OK");
+    m.run().context("serving the mount")?;
+    Ok(Outcome::Ok)
+}
+
+fn stop_signals() -> libc::sigset_t {
+    // SAFETY: sigemptyset/sigaddset initialise and fill a zeroed sigset_t we own.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
+        set
+    }
+}
+
+/// Unmount a dcfs mount.
+#[derive(Args)]
+pub struct UmountArgs {
+    /// Mount point.
+    mountpoint: PathBuf,
+    /// Detach now even if files are open (lazy unmount); needed for a stale mount.
+    #[arg(short, long)]
+    lazy: bool,
+}
+
+pub fn umount(a: UmountArgs) -> Result<Outcome> {
+    let p = CString::new(a.mountpoint.as_os_str().as_bytes())?;
+    let flags = if a.lazy { libc::MNT_DETACH } else { 0 };
+    // SAFETY: `p` is a valid NUL-terminated path.
+    if unsafe { libc::umount2(p.as_ptr(), flags) } != 0 {
+        let e = std::io::Error::last_os_error();
+        let hint = match e.raw_os_error() {
+            Some(libc::EBUSY) => "; files are open there: close them or use `dcfs umount -l`",
+            Some(libc::EINVAL) => "; it is not a mount point",
+            Some(libc::EPERM) => "; unmounting needs root (or fusermount -u)",
+            _ => "",
+        };
+        bail!("cannot unmount {}: {e}{hint}", a.mountpoint.display());
+    }
+    Ok(Outcome::Ok)
+}
+
+/// Live statistics of a running mount.
+#[derive(Args)]
+pub struct StatsArgs {
+    /// Mount point.
+    mountpoint: PathBuf,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Reads the statistics xattr of a mount root.
+pub fn read_stats(mnt: &Path) -> Result<Snapshot> {
+    let p = CString::new(mnt.as_os_str().as_bytes())?;
+    let name = CString::new(STATS_XATTR)?;
+    let mut buf = vec![0u8; 64 << 10];
+    // SAFETY: valid NUL-terminated strings and a buffer of the length we pass.
+    let n = unsafe { libc::getxattr(p.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        let e = std::io::Error::last_os_error();
+        bail!("{} is not a dcfs mount ({e})", mnt.display());
+    }
+    buf.truncate(n as usize);
+    Ok(serde_json::from_slice(&buf)?)
+}
+
+pub fn stats(a: StatsArgs) -> Result<Outcome> {
+    let s = read_stats(&a.mountpoint)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+        return Ok(Outcome::Ok);
+    }
+    let pct = |a: u64, b: u64| if b == 0 { 0.0 } else { 100.0 * a as f64 / b as f64 };
+    println!(
+        "files            {} ({} packed -> {} served)",
+        s.files,
+        human(s.packed_bytes),
+        human(s.original_bytes)
+    );
+    println!("reads            {} ({} served)", s.reads, human(s.bytes_served));
+    println!(
+        "chunk lookups    {} hits, {} misses ({:.1}% hit), {} raw reads",
+        s.chunk_hits,
+        s.chunk_misses,
+        pct(s.chunk_hits, s.chunk_hits + s.chunk_misses),
+        s.raw_reads
+    );
+    println!(
+        "decodes          {} ({} in {:.2}s CPU, {:.0} MB/s per thread)",
+        s.decodes,
+        human(s.bytes_decoded),
+        s.decode_seconds,
+        s.bytes_decoded as f64 / 1e6 / s.decode_seconds.max(1e-9)
+    );
+    println!(
+        "cache            {} of {} in {} chunks, {} evictions",
+        human(s.cache_bytes),
+        human(s.cache_capacity),
+        s.cache_entries,
+        s.evictions
+    );
+    println!("prefetch         {} issued, {} hit", s.prefetch_issued, s.prefetch_hits);
+    println!("errors           {}", s.errors);
+    Ok(Outcome::Ok)
+}
+
+/// mount(8) runs `mount.dcfs SPEC DIR [-sfnv] [-o OPTS]` for `-t dcfs` and fstab lines.
+pub fn mount_helper(args: Vec<String>) -> Result<Outcome> {
+    let mut pos = Vec::new();
+    let mut options = Vec::new();
+    let mut fake = false;
+    let mut it = args.into_iter().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "-o" => options.push(it.next().ok_or_else(|| anyhow!("-o needs options"))?),
+            "-t" | "-N" => {
+                it.next();
+            }
+            "-f" => fake = true,
+            "-s" | "-n" | "-v" => {}
+            s if s.starts_with("-o") => options.push(s[2..].to_string()),
+            s if s.starts_with('-') => bail!("mount.dcfs: unknown flag {s}"),
+            _ => pos.push(PathBuf::from(a)),
+        }
+    }
+    let [packed, mountpoint] =
+        <[PathBuf; 2]>::try_from(pos).map_err(|_| anyhow!("usage: mount.dcfs PACKED DIR [-o OPTS]"))?;
+    if fake {
+        return Ok(Outcome::Ok);
+    }
+    mount(MountArgs {
+        packed,
+        mountpoint,
+        foreground: false,
+        options,
+        cache_size: None,
+        threads: None,
+        prefetch: None,
+        readahead: None,
+        allow_other: false,
+    })
+}

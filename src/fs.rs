@@ -1,0 +1,436 @@
+//! The FUSE adaptor: every fuser call of the crate lives here. It maps the `store`'s node
+//! table and reads onto FUSE requests, answers every write with EROFS, and turns any
+//! store error into EIO (the store has already logged it once).
+
+use std::ffi::OsStr;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    AccessFlags, BsdFileFlags, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
+    Request, Session, SessionACL, TimeOrNow, WriteFlags,
+};
+
+use crate::store::{Node, NodeKind, Store, ROOT_INO};
+
+/// The read-only tree never changes under the kernel, so attributes may be cached long.
+const TTL: Duration = Duration::from_secs(3600);
+/// Extended attribute on the mount root that serves live statistics as JSON.
+pub const STATS_XATTR: &str = "user.dcfs.stats";
+/// Largest read the kernel may send in one request.
+const MAX_REQUEST: u32 = 1 << 20;
+
+/// How to mount.
+#[derive(Clone, Debug)]
+pub struct MountConfig {
+    /// Let other users read the mount (`allow_other`); refused unless asked for.
+    pub allow_other: bool,
+    /// Value for the mount's bdi `read_ahead_kb`; `None` leaves the kernel default (128 KiB).
+    pub readahead_kb: Option<u32>,
+    /// FUSE request threads (each may wait on a decode).
+    pub fuse_threads: usize,
+}
+
+struct DcFs {
+    store: Arc<Store>,
+}
+
+fn time(s: i64, ns: u32) -> SystemTime {
+    if s >= 0 {
+        UNIX_EPOCH + Duration::new(s as u64, ns.min(999_999_999))
+    } else {
+        UNIX_EPOCH - Duration::from_secs(s.unsigned_abs())
+    }
+}
+
+fn attr(n: &Node) -> FileAttr {
+    let (kind, nlink, blocks) = match n.kind {
+        NodeKind::Dir { .. } => (FileType::Directory, 2, 8),
+        NodeKind::File { .. } => (FileType::RegularFile, 1, n.packed.div_ceil(512)),
+        NodeKind::Symlink { .. } => (FileType::Symlink, 1, 0),
+    };
+    let t = time(n.mtime_s, n.mtime_ns);
+    FileAttr {
+        ino: INodeNo(n.ino),
+        size: n.size,
+        blocks,
+        atime: t,
+        mtime: t,
+        ctime: t,
+        crtime: t,
+        kind,
+        perm: n.perm,
+        nlink,
+        uid: n.uid,
+        gid: n.gid,
+        rdev: 0,
+        blksize: n.blksize,
+        flags: 0,
+    }
+}
+
+fn kind_of(n: &Node) -> FileType {
+    match n.kind {
+        NodeKind::Dir { .. } => FileType::Directory,
+        NodeKind::File { .. } => FileType::RegularFile,
+        NodeKind::Symlink { .. } => FileType::Symlink,
+    }
+}
+
+fn errno(e: i32) -> Errno {
+    Errno::from_i32(e)
+}
+
+impl Filesystem for DcFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        // Large requests: the kernel caps max_pages from max(max_write, max_readahead).
+        let _ = config.set_max_readahead(MAX_REQUEST);
+        let _ = config.set_max_write(MAX_REQUEST);
+        let _ = config.set_max_background(64);
+        let _ = config.set_congestion_threshold(48);
+        let _ = config.add_capabilities(InitFlags::FUSE_CACHE_SYMLINKS);
+        let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.store.lookup(parent.0, name) {
+            Some(n) => reply.entry(&TTL, &attr(n), Generation(0)),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.store.node(ino.0) {
+            Some(n) => reply.attr(&TTL, &attr(n)),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.store.node(ino.0).map(|n| &n.kind) {
+            Some(NodeKind::Symlink { target }) => {
+                use std::os::unix::ffi::OsStrExt;
+                reply.data(target.as_bytes())
+            }
+            Some(_) => reply.error(Errno::EINVAL),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0 {
+            return reply.error(errno(libc::EROFS));
+        }
+        match self.store.node(ino.0).map(|n| &n.kind) {
+            Some(NodeKind::File { .. }) => {
+                let fh = self.store.open_handle();
+                // Keep the page cache across opens (the bytes never change): mmap and
+                // repeated loads are served by the kernel. Never direct_io.
+                reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE)
+            }
+            Some(NodeKind::Dir { .. }) => reply.error(Errno::EISDIR),
+            Some(_) => reply.error(Errno::EINVAL),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.store.read(ino.0, fh.0, offset, size) {
+            Ok(data) => reply.data(&data),
+            Err(_) => reply.error(Errno::EIO),
+        }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.store.release(fh.0);
+        reply.ok();
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.store.node(ino.0).map(|n| &n.kind) {
+            Some(NodeKind::Dir { .. }) => reply.opened(FileHandle(0), FopenFlags::FOPEN_CACHE_DIR),
+            Some(_) => reply.error(Errno::ENOTDIR),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let Some(n) = self.store.node(ino.0) else {
+            return reply.error(Errno::ENOENT);
+        };
+        let NodeKind::Dir { children, .. } = &n.kind else {
+            return reply.error(Errno::ENOTDIR);
+        };
+        let dots = [
+            (n.ino, FileType::Directory, OsStr::new(".")),
+            (n.parent, FileType::Directory, OsStr::new("..")),
+        ];
+        let entries = dots.into_iter().chain(
+            children
+                .iter()
+                .filter_map(|(name, child)| self.store.node(*child).map(|c| (c.ino, kind_of(c), name.as_os_str()))),
+        );
+        for (i, (ino, kind, name)) in entries.enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(ino), i as u64 + 1, kind, name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let (packed, _) = self.store.sizes();
+        reply.statfs(packed.div_ceil(4096), 0, 0, self.store.node_count(), 0, 4096, 255, 4096);
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if ino.0 != ROOT_INO || name != STATS_XATTR {
+            return reply.error(errno(libc::ENODATA));
+        }
+        let json = serde_json::to_vec(&self.store.stats()).expect("stats serialise");
+        if size == 0 {
+            reply.size(json.len() as u32)
+        } else if json.len() <= size as usize {
+            reply.data(&json)
+        } else {
+            reply.error(errno(libc::ERANGE))
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let names: Vec<u8> = if ino.0 == ROOT_INO {
+            format!("{STATS_XATTR}\0").into_bytes()
+        } else {
+            Vec::new()
+        };
+        if size == 0 {
+            reply.size(names.len() as u32)
+        } else if names.len() <= size as usize {
+            reply.data(&names)
+        } else {
+            reply.error(errno(libc::ERANGE))
+        }
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        if self.store.node(ino.0).is_none() {
+            reply.error(Errno::ENOENT)
+        } else if mask.contains(AccessFlags::W_OK) {
+            reply.error(errno(libc::EROFS))
+        } else {
+            reply.ok()
+        }
+    }
+
+    // Everything below would change the tree: a read-only filesystem says EROFS.
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _mode: Option<u32>,
+        _uid: Option<u32>,
+        _gid: Option<u32>,
+        _size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        _mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        reply.error(errno(libc::EROFS));
+    }
+
+    fn mknod(&self, _: &Request, _: INodeNo, _: &OsStr, _: u32, _: u32, _: u32, reply: ReplyEntry) {
+        reply.error(errno(libc::EROFS));
+    }
+
+    fn mkdir(&self, _: &Request, _: INodeNo, _: &OsStr, _: u32, _: u32, reply: ReplyEntry) {
+        reply.error(errno(libc::EROFS));
+    }
+
+    fn unlink(&self, _: &Request, _: INodeNo, _: &OsStr, reply: ReplyEmpty) {
+        reply.error(errno(libc::EROFS));
+    }
+
+    fn rmdir(&self, _: &Request, _: INodeNo, _: &OsStr, reply: ReplyEmpty) {
+        reply.error(errno(libc::EROFS));
+    }
+
+    fn symlink(&self, _: &Request, _: INodeNo, _: &OsStr, _: &Path, reply: ReplyEntry) {
+        reply.error(errno(libc::EROFS));
+    }
+
+    fn rename(&self, _: &Request, _: INodeNo, _: &OsStr, _: INodeNo, _: &OsStr, _: RenameFlags, reply: ReplyEmpty) {
+        reply.error(errno(libc::EROFS));
+    }
+
+    fn link(&self, _: &Request, _: INodeNo, _: INodeNo, _: &OsStr, reply: ReplyEntry) {
+        reply.error(errno(libc::EROFS));
+    }
+
+    fn write(
+        &self,
+        _: &Request,
+        _: INodeNo,
+        _: FileHandle,
+        _: u64,
+        _: &[u8],
+        _: WriteFlags,
+        _: OpenFlags,
+        _: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        reply.error(errno(libc::EROFS));
+    }
+
+    fn create(&self, _: &Request, _: INodeNo, _: &OsStr, _: u32, _: u32, _: i32, reply: ReplyCreate) {
+        reply.error(errno(libc::EROFS));
+    }
+
+    fn setxattr(&self, _: &Request, _: INodeNo, _: &OsStr, _: &[u8], _: i32, _: u32, reply: ReplyEmpty) {
+        reply.error(errno(libc::EROFS));
+    }
+
+    fn removexattr(&self, _: &Request, _: INodeNo, _: &OsStr, reply: ReplyEmpty) {
+        reply.error(errno(libc::EROFS));
+    }
+
+    fn fallocate(&self, _: &Request, _: INodeNo, _: FileHandle, _: u64, _: u64, _: i32, reply: ReplyEmpty) {
+        reply.error(errno(libc::EROFS));
+    }
+}
+
+/// A mounted (not yet serving) filesystem.
+pub struct Mount {
+    session: Session<DcFs>,
+    mountpoint: PathBuf,
+}
+
+/// Unmounts a running mount from another thread (signal handler thread, tests).
+pub struct Unmounter(fuser::SessionUnmounter);
+
+impl Unmounter {
+    pub fn unmount(&mut self) -> io::Result<()> {
+        self.0.unmount()
+    }
+}
+
+/// A mount served by a background thread; unmounts when dropped.
+pub struct Background(Option<fuser::BackgroundSession>);
+
+impl Background {
+    /// Unmounts and waits for the serving thread.
+    pub fn unmount(mut self) -> io::Result<()> {
+        match self.0.take() {
+            Some(b) => b.umount_and_join(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Some(b) = self.0.take() {
+            let _ = b.umount_and_join();
+        }
+    }
+}
+
+impl Mount {
+    /// Mounts `store` at `mountpoint` (the kernel mount exists when this returns).
+    pub fn new(store: Arc<Store>, mountpoint: &Path, cfg: &MountConfig) -> io::Result<Mount> {
+        let fsname = store.root().display().to_string().replace(',', "_");
+        let mut config = Config::default();
+        config.mount_options = vec![
+            MountOption::FSName(fsname),
+            MountOption::Subtype("dcfs".into()),
+            MountOption::RO,
+            MountOption::NoDev,
+            MountOption::NoSuid,
+            MountOption::DefaultPermissions,
+        ];
+        config.acl = if cfg.allow_other {
+            SessionACL::All
+        } else {
+            SessionACL::Owner
+        };
+        config.n_threads = Some(cfg.fuse_threads.max(1));
+        config.clone_fd = true;
+        let session = Session::new(DcFs { store }, mountpoint, &config)?;
+        let m = Mount {
+            session,
+            mountpoint: mountpoint.to_path_buf(),
+        };
+        if let Some(kb) = cfg.readahead_kb {
+            if let Err(e) = set_readahead(&m.mountpoint, kb) {
+                tracing::warn!("could not raise read_ahead_kb of {}: {e}", m.mountpoint.display());
+            }
+        }
+        Ok(m)
+    }
+
+    pub fn unmounter(&mut self) -> Unmounter {
+        Unmounter(self.session.unmount_callable())
+    }
+
+    /// Serves requests until the filesystem is unmounted.
+    pub fn run(self) -> io::Result<()> {
+        self.session.run()
+    }
+
+    /// Serves requests on a background thread.
+    pub fn spawn(self) -> io::Result<Background> {
+        self.session.spawn().map(|b| Background(Some(b)))
+    }
+}
+
+/// Sets the mount's bdi `read_ahead_kb` so buffered readers get large requests. The
+/// device number comes from /proc/self/mountinfo: a stat() of the mount point would wait
+/// for the FUSE handshake, which may not be served yet.
+pub fn set_readahead(mountpoint: &Path, kb: u32) -> io::Result<()> {
+    let dev = mount_device(mountpoint)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "mount point not in /proc/self/mountinfo"))?;
+    std::fs::write(format!("/sys/class/bdi/{dev}/read_ahead_kb"), kb.to_string())
+}
+
+/// `major:minor` of the filesystem mounted at `path` (absolute and canonical; the last
+/// mount there, if stacked).
+pub fn mount_device(path: &Path) -> Option<String> {
+    let want = path.to_string_lossy().replace(' ', "\\040");
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().rev().find_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        (f.get(4) == Some(&want.as_str()))
+            .then(|| f.get(2).map(|s| s.to_string()))
+            .flatten()
+    })
+}

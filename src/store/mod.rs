@@ -1,0 +1,496 @@
+//! A packed tree opened for serving: the node table the mount presents, and reads of any
+//! byte range through a byte-bounded chunk cache, a decode worker pool with in-flight
+//! deduplication, and sequential prefetch. Knows nothing of FUSE.
+
+mod cache;
+mod stats;
+
+pub use cache::ChunkCache;
+pub use stats::{Snapshot, Stats};
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::{OsStr, OsString};
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use parking_lot::Mutex;
+
+use crate::chunk::ChunkCodec;
+use crate::error::{Error, Result};
+use crate::format::{chunk_hash, Container};
+use crate::pack::{read_marker, walk, Entry, MARKER, SUFFIX};
+use cache::{Lookup, Outcome, Ticket};
+
+pub const ROOT_INO: u64 = 1;
+
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// Bound on decoded bytes held in the cache.
+    pub cache_bytes: u64,
+    /// Decode worker threads.
+    pub threads: usize,
+    /// Chunks decoded ahead of a sequential reader.
+    pub prefetch: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            cache_bytes: default_cache_bytes(),
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            prefetch: 8,
+        }
+    }
+}
+
+/// An eighth of RAM, between 64 MiB and 512 MiB.
+pub fn default_cache_bytes() -> u64 {
+    let ram = fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|k| k.parse::<u64>().ok()))
+        })
+        .map_or(4 << 30, |kib| kib * 1024);
+    (ram / 8).clamp(64 << 20, 512 << 20)
+}
+
+#[derive(Debug)]
+pub enum NodeKind {
+    Dir {
+        /// Sorted by name.
+        children: Vec<(OsString, u64)>,
+        index: HashMap<OsString, u64>,
+    },
+    File {
+        file: u32,
+    },
+    Symlink {
+        target: OsString,
+    },
+}
+
+#[derive(Debug)]
+pub struct Node {
+    pub ino: u64,
+    pub parent: u64,
+    pub name: OsString,
+    pub kind: NodeKind,
+    pub size: u64,
+    /// Permission bits (file type comes from `kind`).
+    pub perm: u16,
+    pub mtime_s: i64,
+    pub mtime_ns: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Bytes this node occupies in the pack.
+    pub packed: u64,
+    pub blksize: u32,
+}
+
+struct OpenFile {
+    container: Container,
+    /// Raw chunks are checked once, then served by plain pread.
+    raw_verified: Vec<AtomicBool>,
+}
+
+/// Per open file handle: where the last read ended, for sequential detection.
+#[derive(Default)]
+struct Handle {
+    last_start: u64,
+    last_end: u64,
+    run: u32,
+    prefetched_upto: Option<u32>,
+}
+
+pub struct Store {
+    root: PathBuf,
+    nodes: Vec<Node>,
+    files: Vec<OpenFile>,
+    cache: ChunkCache,
+    pool: rayon::ThreadPool,
+    stats: Stats,
+    handles: Mutex<HashMap<u64, Handle>>,
+    next_fh: AtomicU64,
+    logged: Mutex<HashSet<(u32, u32)>>,
+    opts: StoreOptions,
+    packed_bytes: u64,
+    original_bytes: u64,
+}
+
+impl Store {
+    /// Opens every container of the packed tree at `root` (validating footers and indexes)
+    /// and builds the node table. Refuses plain directories and unfinished packs.
+    pub fn open(root: &Path, opts: StoreOptions) -> Result<Arc<Store>> {
+        read_marker(root)?;
+        let md = fs::metadata(root).map_err(|e| Error::io(root, e))?;
+        let mut nodes = vec![Node {
+            ino: ROOT_INO,
+            parent: ROOT_INO,
+            name: OsString::new(),
+            kind: NodeKind::Dir {
+                children: Vec::new(),
+                index: HashMap::new(),
+            },
+            size: 4096,
+            perm: (md.mode() & 0o7777) as u16,
+            mtime_s: md.mtime(),
+            mtime_ns: md.mtime_nsec() as u32,
+            uid: md.uid(),
+            gid: md.gid(),
+            packed: 0,
+            blksize: 4096,
+        }];
+        let mut files = Vec::new();
+        let mut by_path: HashMap<PathBuf, u64> = HashMap::new();
+        by_path.insert(PathBuf::new(), ROOT_INO);
+        let (mut packed_bytes, mut original_bytes) = (0, 0);
+        for e in walk(root)? {
+            let (rel, node) = match e {
+                Entry::Dir(rel) => {
+                    let p = root.join(&rel);
+                    let md = fs::symlink_metadata(&p).map_err(|e| Error::io(&p, e))?;
+                    let name = rel.file_name().unwrap_or_default().to_os_string();
+                    let kind = NodeKind::Dir {
+                        children: Vec::new(),
+                        index: HashMap::new(),
+                    };
+                    (rel, Self::new_node(name, kind, &md, 4096, 0, 4096))
+                }
+                Entry::Symlink(rel) => {
+                    let p = root.join(&rel);
+                    let md = fs::symlink_metadata(&p).map_err(|e| Error::io(&p, e))?;
+                    let target = fs::read_link(&p).map_err(|e| Error::io(&p, e))?.into_os_string();
+                    let name = rel.file_name().unwrap_or_default().to_os_string();
+                    let size = target.len() as u64;
+                    (
+                        rel,
+                        Self::new_node(name, NodeKind::Symlink { target }, &md, size, 0, 4096),
+                    )
+                }
+                Entry::File(rel, len) => {
+                    let name = rel.file_name().unwrap_or_default().to_string_lossy().into_owned();
+                    if rel.as_os_str() == MARKER || (name.starts_with('.') && name.contains(".tmp-")) {
+                        continue;
+                    }
+                    let Some(orig) = name.strip_suffix(SUFFIX).filter(|o| !o.is_empty()) else {
+                        tracing::warn!("{}: not a container; not served", rel.display());
+                        continue;
+                    };
+                    let p = root.join(&rel);
+                    let c = Container::open(&p)?;
+                    let md = fs::metadata(&p).map_err(|e| Error::io(&p, e))?;
+                    let mut node = Self::new_node(
+                        orig.into(),
+                        NodeKind::File {
+                            file: files.len() as u32,
+                        },
+                        &md,
+                        c.meta.size,
+                        len,
+                        c.meta.chunk_size.max(4096),
+                    );
+                    node.perm = (c.meta.mode & 0o7777) as u16;
+                    node.mtime_s = c.meta.mtime_s;
+                    node.mtime_ns = c.meta.mtime_ns;
+                    packed_bytes += len;
+                    original_bytes += c.meta.size;
+                    let raw_verified = (0..c.chunks.len()).map(|_| AtomicBool::new(false)).collect();
+                    files.push(OpenFile {
+                        container: c,
+                        raw_verified,
+                    });
+                    (rel.with_file_name(orig), node)
+                }
+                Entry::Other(rel, what) => {
+                    tracing::warn!("{}: {what}; not served", rel.display());
+                    continue;
+                }
+            };
+            let parent_rel = rel.parent().map(Path::to_path_buf).unwrap_or_default();
+            let Some(&parent) = by_path.get(&parent_rel) else {
+                continue;
+            };
+            let ino = nodes.len() as u64 + 1;
+            let mut node = node;
+            node.ino = ino;
+            node.parent = parent;
+            if let NodeKind::Dir { children, index } = &mut nodes[parent as usize - 1].kind {
+                if index.contains_key(&node.name) {
+                    tracing::warn!("{}: name served twice; keeping the first", rel.display());
+                    continue;
+                }
+                children.push((node.name.clone(), ino));
+                index.insert(node.name.clone(), ino);
+            }
+            if matches!(node.kind, NodeKind::Dir { .. }) {
+                by_path.insert(rel, ino);
+            }
+            nodes.push(node);
+        }
+        for n in &mut nodes {
+            if let NodeKind::Dir { children, .. } = &mut n.kind {
+                children.sort();
+            }
+        }
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(opts.threads.max(1))
+            .thread_name(|i| format!("dcfs-decode-{i}"))
+            .build()
+            .map_err(|e| Error::Invalid {
+                path: root.to_path_buf(),
+                what: format!("cannot start decode threads: {e}"),
+            })?;
+        Ok(Arc::new(Store {
+            root: root.to_path_buf(),
+            nodes,
+            files,
+            cache: ChunkCache::new(opts.cache_bytes),
+            pool,
+            stats: Stats::default(),
+            handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            logged: Mutex::new(HashSet::new()),
+            opts,
+            packed_bytes,
+            original_bytes,
+        }))
+    }
+
+    fn new_node(name: OsString, kind: NodeKind, md: &fs::Metadata, size: u64, packed: u64, blksize: u32) -> Node {
+        Node {
+            ino: 0,
+            parent: 0,
+            name,
+            kind,
+            size,
+            perm: (md.mode() & 0o7777) as u16,
+            mtime_s: md.mtime(),
+            mtime_ns: md.mtime_nsec() as u32,
+            uid: md.uid(),
+            gid: md.gid(),
+            packed,
+            blksize,
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn node(&self, ino: u64) -> Option<&Node> {
+        ino.checked_sub(1).and_then(|i| self.nodes.get(i as usize))
+    }
+
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> Option<&Node> {
+        match &self.node(parent)?.kind {
+            NodeKind::Dir { index, .. } => index.get(name).and_then(|&i| self.node(i)),
+            _ => None,
+        }
+    }
+
+    pub fn node_count(&self) -> u64 {
+        self.nodes.len() as u64
+    }
+
+    /// Bytes the pack occupies and the originals it serves.
+    pub fn sizes(&self) -> (u64, u64) {
+        (self.packed_bytes, self.original_bytes)
+    }
+
+    pub fn stats(&self) -> Snapshot {
+        let mut s = self.stats.snapshot();
+        let (b, n) = self.cache.usage();
+        s.cache_bytes = b;
+        s.cache_entries = n;
+        s.cache_capacity = self.cache.capacity();
+        s.files = self.files.len() as u64;
+        s.packed_bytes = self.packed_bytes;
+        s.original_bytes = self.original_bytes;
+        s
+    }
+
+    /// Registers an open file handle (sequential-read tracking lives there).
+    pub fn open_handle(&self) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles.lock().insert(fh, Handle::default());
+        fh
+    }
+
+    pub fn release(&self, fh: u64) {
+        self.handles.lock().remove(&fh);
+    }
+
+    fn file_of(&self, ino: u64) -> Option<(u32, &OpenFile)> {
+        match self.node(ino)?.kind {
+            NodeKind::File { file } => Some((file, &self.files[file as usize])),
+            _ => None,
+        }
+    }
+
+    /// Reads up to `size` bytes at `offset` of file `ino`; short only at end of file.
+    /// Corrupt chunks give `Err` (EIO at the mount), never wrong bytes.
+    pub fn read(self: &Arc<Self>, ino: u64, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+        let Some((fidx, f)) = self.file_of(ino) else {
+            return Err(Error::Invalid {
+                path: self.root.clone(),
+                what: format!("inode {ino} is not a file"),
+            });
+        };
+        let c = &f.container;
+        let end = offset.saturating_add(size as u64).min(c.meta.size);
+        if offset >= end {
+            return Ok(Vec::new());
+        }
+        let first = c.chunk_at(offset).expect("offset inside the file");
+        let last = c.chunk_at(end - 1).expect("end inside the file");
+        // Start every decode this read needs before waiting on any, so they run in parallel.
+        let pending: Vec<Option<Pending>> = (first..=last).map(|i| self.request(fidx, i as u32, false)).collect();
+        if let Some(upto) = self.sequential(fh, offset, end) {
+            self.prefetch(fidx, last as u32 + 1, upto);
+        }
+        let mut out = Vec::with_capacity((end - offset) as usize);
+        for (i, p) in (first..=last).zip(pending) {
+            let e = &c.chunks[i];
+            let from = offset.max(e.orig_offset) - e.orig_offset;
+            let to = end.min(e.orig_end()) - e.orig_offset;
+            let r = match p {
+                None => self.read_raw(fidx, i, from, to, &mut out),
+                Some(p) => p
+                    .get()
+                    .map(|data| out.extend_from_slice(&data[from as usize..to as usize])),
+            };
+            if let Err(e) = r {
+                self.stats.error();
+                if self.logged.lock().insert((fidx, i as u32)) {
+                    tracing::error!("{e}");
+                }
+                return Err(e);
+            }
+        }
+        self.stats.read(out.len() as u64);
+        Ok(out)
+    }
+
+    /// Updates the handle's sequential state; returns how far to prefetch (exclusive chunk
+    /// bound) when the reader looks sequential.
+    fn sequential(&self, fh: u64, start: u64, end: u64) -> Option<u32> {
+        if self.opts.prefetch == 0 {
+            return None;
+        }
+        let mut hs = self.handles.lock();
+        let h = hs.entry(fh).or_default();
+        // Kernel readahead issues requests slightly out of order: accept a small window.
+        let seq = start >= h.last_start && start <= h.last_end.saturating_add(4 << 20);
+        h.run = if seq { h.run.saturating_add(1) } else { 0 };
+        h.last_start = start;
+        h.last_end = h.last_end.max(end);
+        if !seq {
+            h.last_end = end;
+            h.prefetched_upto = None;
+        }
+        (h.run >= 1).then_some(self.opts.prefetch as u32)
+    }
+
+    fn prefetch(self: &Arc<Self>, fidx: u32, from: u32, n: u32) {
+        let c = &self.files[fidx as usize].container;
+        // Never prefetch more than half the cache could hold.
+        let budget = self.cache.capacity() / 2;
+        let mut bytes = 0u64;
+        for i in from..from.saturating_add(n).min(c.chunks.len() as u32) {
+            let e = &c.chunks[i as usize];
+            bytes += e.orig_len as u64;
+            if bytes > budget {
+                break;
+            }
+            if e.codec == ChunkCodec::Raw || self.cache.contains((fidx, i)) {
+                continue;
+            }
+            if self.request(fidx, i, true).is_some() {
+                self.stats.prefetch_issued();
+            }
+        }
+    }
+
+    /// Looks a coded chunk up, or starts its decode on the pool. `None` for raw chunks.
+    fn request(self: &Arc<Self>, fidx: u32, i: u32, prefetch: bool) -> Option<Pending> {
+        let e = &self.files[fidx as usize].container.chunks[i as usize];
+        if e.codec == ChunkCodec::Raw {
+            return None;
+        }
+        Some(match self.cache.lookup_or_claim((fidx, i), &self.stats) {
+            Lookup::Hit(d) => {
+                if !prefetch {
+                    self.stats.hit();
+                }
+                Pending::Ready(d)
+            }
+            Lookup::Wait(t) => Pending::Waiting(t),
+            Lookup::Claimed(t) => {
+                if !prefetch {
+                    self.stats.miss();
+                }
+                let me = self.clone();
+                let ticket = t.clone();
+                self.pool.spawn(move || me.decode(ticket, prefetch));
+                Pending::Waiting(t)
+            }
+        })
+    }
+
+    /// Runs on a pool thread: decode, verify, publish.
+    fn decode(&self, t: Ticket, prefetch: bool) {
+        let (fidx, i) = t.key();
+        let c = &self.files[fidx as usize].container;
+        let t0 = Instant::now();
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| c.decode_chunk(i as usize)));
+        let out: Outcome = match r {
+            Ok(Ok(d)) => {
+                self.stats.decoded(d.len() as u64, t0.elapsed().as_nanos() as u64);
+                Ok(Arc::new(d))
+            }
+            Ok(Err(e)) => Err(Arc::new(e)),
+            Err(_) => Err(Arc::new(Error::corrupt(c.path(), Some(i), "decoder panicked"))),
+        };
+        self.cache.complete(&t, out, prefetch, &self.stats);
+    }
+
+    /// Serves a raw chunk's bytes `[from, to)` straight from the container. The first
+    /// touch reads and checks the whole chunk.
+    fn read_raw(&self, fidx: u32, i: usize, from: u64, to: u64, out: &mut Vec<u8>) -> Result<()> {
+        let f = &self.files[fidx as usize];
+        let e = &f.container.chunks[i];
+        self.stats.raw_read();
+        if !f.raw_verified[i].load(Ordering::Acquire) {
+            let data = f.container.read_payload(i)?;
+            if chunk_hash(&data) != e.xxh3 {
+                return Err(Error::corrupt(f.container.path(), Some(i as u32), "checksum mismatch"));
+            }
+            f.raw_verified[i].store(true, Ordering::Release);
+            out.extend_from_slice(&data[from as usize..to as usize]);
+            return Ok(());
+        }
+        let at = out.len();
+        out.resize(at + (to - from) as usize, 0);
+        f.container.read_exact_at(&mut out[at..], e.payload_offset + from)
+    }
+}
+
+enum Pending {
+    Ready(cache::Bytes),
+    Waiting(Ticket),
+}
+
+impl Pending {
+    fn get(self) -> Result<cache::Bytes> {
+        match self {
+            Pending::Ready(d) => Ok(d),
+            Pending::Waiting(t) => t.wait().map_err(|e| e.duplicate()),
+        }
+    }
+}

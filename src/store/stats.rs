@@ -1,0 +1,96 @@
+//! Live counters of a mount. Plain atomics: readers on many threads bump them without a lock.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Default, Debug)]
+pub struct Stats {
+    reads: AtomicU64,
+    bytes_served: AtomicU64,
+    chunk_hits: AtomicU64,
+    chunk_misses: AtomicU64,
+    raw_reads: AtomicU64,
+    decodes: AtomicU64,
+    bytes_decoded: AtomicU64,
+    decode_ns: AtomicU64,
+    evictions: AtomicU64,
+    prefetch_issued: AtomicU64,
+    prefetch_hits: AtomicU64,
+    errors: AtomicU64,
+}
+
+/// A point-in-time copy, as served to `dcfs stats`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Snapshot {
+    pub reads: u64,
+    pub bytes_served: u64,
+    pub chunk_hits: u64,
+    pub chunk_misses: u64,
+    /// Reads of raw chunks served straight from the container.
+    pub raw_reads: u64,
+    pub decodes: u64,
+    pub bytes_decoded: u64,
+    pub decode_seconds: f64,
+    pub cache_bytes: u64,
+    pub cache_entries: u64,
+    pub cache_capacity: u64,
+    pub evictions: u64,
+    pub prefetch_issued: u64,
+    pub prefetch_hits: u64,
+    pub errors: u64,
+    pub files: u64,
+    pub packed_bytes: u64,
+    pub original_bytes: u64,
+}
+
+impl Stats {
+    pub fn read(&self, bytes: u64) {
+        self.reads.fetch_add(1, Relaxed);
+        self.bytes_served.fetch_add(bytes, Relaxed);
+    }
+    pub fn hit(&self) {
+        self.chunk_hits.fetch_add(1, Relaxed);
+    }
+    pub fn miss(&self) {
+        self.chunk_misses.fetch_add(1, Relaxed);
+    }
+    pub fn raw_read(&self) {
+        self.raw_reads.fetch_add(1, Relaxed);
+    }
+    pub fn decoded(&self, bytes: u64, ns: u64) {
+        self.decodes.fetch_add(1, Relaxed);
+        self.bytes_decoded.fetch_add(bytes, Relaxed);
+        self.decode_ns.fetch_add(ns, Relaxed);
+    }
+    pub fn eviction(&self) {
+        self.evictions.fetch_add(1, Relaxed);
+    }
+    pub fn prefetch_issued(&self) {
+        self.prefetch_issued.fetch_add(1, Relaxed);
+    }
+    pub fn prefetch_hit(&self) {
+        self.prefetch_hits.fetch_add(1, Relaxed);
+    }
+    pub fn error(&self) {
+        self.errors.fetch_add(1, Relaxed);
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            reads: self.reads.load(Relaxed),
+            bytes_served: self.bytes_served.load(Relaxed),
+            chunk_hits: self.chunk_hits.load(Relaxed),
+            chunk_misses: self.chunk_misses.load(Relaxed),
+            raw_reads: self.raw_reads.load(Relaxed),
+            decodes: self.decodes.load(Relaxed),
+            bytes_decoded: self.bytes_decoded.load(Relaxed),
+            decode_seconds: self.decode_ns.load(Relaxed) as f64 / 1e9,
+            evictions: self.evictions.load(Relaxed),
+            prefetch_issued: self.prefetch_issued.load(Relaxed),
+            prefetch_hits: self.prefetch_hits.load(Relaxed),
+            errors: self.errors.load(Relaxed),
+            ..Default::default()
+        }
+    }
+}
