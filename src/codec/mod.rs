@@ -4,6 +4,8 @@
 //! treat every input byte as hostile on the way back.
 
 pub mod rans;
+#[cfg(target_arch = "x86_64")]
+mod rans_avx2;
 pub mod rans_layout;
 
 use std::fmt;

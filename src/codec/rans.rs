@@ -366,6 +366,14 @@ pub fn parse(stream: &[u8], expected_len: usize) -> Result<Parsed<'_>, CodecErro
     })
 }
 
+/// Whether the AVX2 group decoder runs (`DCFS_NO_SIMD=1` forces the scalar path, for
+/// comparisons).
+#[cfg(target_arch = "x86_64")]
+fn use_simd() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| super::rans_avx2::available() && std::env::var_os("DCFS_NO_SIMD").is_none())
+}
+
 /// Decodes one sub-block: `out.len()` symbols from `block` (states then words).
 pub fn decode_sub_block(dtab: &[u32], block: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
     if block.len() < STATES_BYTES || dtab.len() != PROB_SCALE as usize {
@@ -382,13 +390,21 @@ pub fn decode_sub_block(dtab: &[u32], block: &[u8], out: &mut [u8]) -> Result<()
     let n_words = words.len() / 2;
     let mask = PROB_SCALE - 1;
     let mut pos = 0usize;
+    let mut done = 0usize;
+    #[cfg(target_arch = "x86_64")]
+    if use_simd() {
+        // SAFETY: AVX2 is present (checked by use_simd) and dtab has PROB_SCALE entries.
+        let (d, p) = unsafe { super::rans_avx2::decode_groups(dtab, &mut st, words, out) };
+        done = d;
+        pos = p;
+    }
     let word = |p: usize| -> u32 {
         match words.get(2 * p..2 * p + 2) {
             Some(w) => u16::from_le_bytes([w[0], w[1]]) as u32,
             None => 0,
         }
     };
-    let mut groups = out.chunks_exact_mut(LANES);
+    let mut groups = out[done..].chunks_exact_mut(LANES);
     for group in &mut groups {
         for (lane, o) in group.iter_mut().enumerate() {
             let mut x = st[lane];
