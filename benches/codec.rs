@@ -34,8 +34,12 @@ fn synthetic(dtype: Dtype) -> Vec<u8> {
         (acc - 6.0) * 0.04
     };
     match dtype {
-        Dtype::BF16 => (0..CHUNK / 2).flat_map(|_| ((normal() as f32).to_bits() >> 16).to_le_bytes()[..2].to_vec()).collect(),
-        Dtype::I8 => (0..CHUNK).map(|_| (normal() / 0.2 * 127.0).round().clamp(-127.0, 127.0) as i8 as u8).collect(),
+        Dtype::BF16 => (0..CHUNK / 2)
+            .flat_map(|_| ((normal() as f32).to_bits() >> 16).to_le_bytes()[..2].to_vec())
+            .collect(),
+        Dtype::I8 => (0..CHUNK)
+            .map(|_| (normal() / 0.2 * 127.0).round().clamp(-127.0, 127.0) as i8 as u8)
+            .collect(),
         _ => (0..CHUNK / 4).flat_map(|_| (normal() as f32).to_le_bytes()).collect(),
     }
 }
@@ -43,7 +47,11 @@ fn synthetic(dtype: Dtype) -> Vec<u8> {
 fn inputs() -> Vec<(&'static str, Vec<u8>, Dtype)> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
     let mut v = Vec::new();
-    for (name, dir, dt) in [("bf16", "minilm-bf16", Dtype::BF16), ("int8", "minilm-int8-tensor", Dtype::I8), ("f32", "minilm-f32", Dtype::F32)] {
+    for (name, dir, dt) in [
+        ("bf16", "minilm-bf16", Dtype::BF16),
+        ("int8", "minilm-int8-tensor", Dtype::I8),
+        ("f32", "minilm-f32", Dtype::F32),
+    ] {
         match real_chunk(&root.join(dir).join("model.safetensors")) {
             Some((d, t)) => v.push((name, d, t)),
             None => {

@@ -56,27 +56,34 @@ impl FreqTable {
                 }
             }
             let mut sum: i64 = freq.iter().map(|&f| f as i64).sum();
-            // Fix the rounding error one step at a time, always picking the symbol whose
-            // change costs the least extra code length: count * log2(f / f').
+            // Fix the rounding error where it costs the fewest bits: rank symbols by the
+            // code-length change of one step, count * log2(f / f'), and step the best ones.
+            // Each pass moves every symbol at most once; one or two passes settle it.
             while sum != PROB_SCALE as i64 {
-                let (step, cand) = if sum > PROB_SCALE as i64 {
-                    let best = (0..256).filter(|&s| freq[s] > 1).min_by(|&a, &b| {
-                        let ca = counts[a] as f64 * (freq[a] as f64 / (freq[a] - 1) as f64).ln();
-                        let cb = counts[b] as f64 * (freq[b] as f64 / (freq[b] - 1) as f64).ln();
-                        ca.total_cmp(&cb)
-                    });
-                    (-1i64, best)
-                } else {
-                    let best = (0..256).filter(|&s| freq[s] > 0).max_by(|&a, &b| {
-                        let ga = counts[a] as f64 * ((freq[a] + 1) as f64 / freq[a] as f64).ln();
-                        let gb = counts[b] as f64 * ((freq[b] + 1) as f64 / freq[b] as f64).ln();
-                        ga.total_cmp(&gb)
-                    });
-                    (1i64, best)
-                };
-                let s = cand.expect("a present symbol exists while the sum is off");
-                freq[s] = (freq[s] as i64 + step) as u32;
-                sum += step;
+                let up = sum < PROB_SCALE as i64;
+                let mut cand: Vec<(f64, usize)> = (0..256)
+                    .filter(|&s| if up { freq[s] > 0 } else { freq[s] > 1 })
+                    .map(|s| {
+                        let (c, f) = (counts[s] as f64, freq[s] as f64);
+                        let cost = if up {
+                            -c * ((f + 1.0) / f).ln()
+                        } else {
+                            c * (f / (f - 1.0)).ln()
+                        };
+                        (cost, s)
+                    })
+                    .collect();
+                cand.sort_by(|a, b| a.0.total_cmp(&b.0));
+                let need = (PROB_SCALE as i64 - sum).unsigned_abs() as usize;
+                for &(_, s) in cand.iter().take(need) {
+                    if up {
+                        freq[s] += 1;
+                        sum += 1;
+                    } else {
+                        freq[s] -= 1;
+                        sum -= 1;
+                    }
+                }
             }
         }
         Self::with_freqs(freq)
@@ -241,28 +248,53 @@ pub fn encode_with(data: &[u8], table: &FreqTable, out: &mut Vec<u8>) {
     out.resize(offsets_at + 4 * n_sub, 0);
     let data_at = out.len();
 
-    // Per-symbol encoder parameters, looked up once per symbol.
-    let mut words: Vec<u16> = Vec::with_capacity(SUB_BLOCK / 2);
+    // Per-symbol encoder parameters: frequency, start, renormalisation bound, and a
+    // reciprocal so the hot loop divides by multiplying (q = hi64(x * rcp) is exact for
+    // 32-bit x with rcp = floor(2^64 / f) + 1, f >= 2).
+    #[derive(Clone, Copy, Default)]
+    struct Sym {
+        freq: u32,
+        cum: u32,
+        x_max: u64,
+        rcp: u64,
+    }
+    let mut syms = [Sym::default(); 256];
+    for (s, e) in syms.iter_mut().enumerate() {
+        let f = table.freq[s];
+        if f > 0 {
+            *e = Sym {
+                freq: f,
+                cum: table.cum[s],
+                x_max: (((STATE_LOW >> PROB_BITS) as u64) << WORD_BITS) * f as u64,
+                rcp: if f >= 2 { u64::MAX / f as u64 + 1 } else { 0 },
+            };
+        }
+    }
+    let mut words: Vec<u16> = vec![0; SUB_BLOCK];
     for (k, block) in data.chunks(SUB_BLOCK).enumerate() {
         let mut st = [STATE_LOW; LANES];
-        words.clear();
+        let mut n_words = 0usize;
         // Encode backwards; within a group of LANES symbols the decoder takes words in
         // ascending lane order, so the encoder emits them in descending order and the
         // whole word list is reversed at the end.
         for j in (0..block.len()).rev() {
-            let s = block[j] as usize;
+            let e = syms[block[j] as usize];
+            debug_assert!(e.freq > 0, "symbol missing from table");
             let lane = j % LANES;
-            let f = table.freq[s];
-            debug_assert!(f > 0, "symbol missing from table");
             let mut x = st[lane];
-            let x_max = ((STATE_LOW >> PROB_BITS) as u64) << WORD_BITS;
-            if x as u64 >= x_max * f as u64 {
-                words.push(x as u16);
-                x >>= WORD_BITS;
-            }
-            x = ((x / f) << PROB_BITS) + (x % f) + table.cum[s];
-            st[lane] = x;
+            let flush = x as u64 >= e.x_max;
+            // Branch-free: always store, advance only when flushing.
+            words[n_words] = x as u16;
+            n_words += flush as usize;
+            x = if flush { x >> WORD_BITS } else { x };
+            let q = if e.freq >= 2 {
+                ((x as u128 * e.rcp as u128) >> 64) as u32
+            } else {
+                x
+            };
+            st[lane] = (q << PROB_BITS) + (x - q * e.freq) + e.cum;
         }
+        let words = &words[..n_words];
         for x in st {
             out.extend_from_slice(&x.to_le_bytes());
         }

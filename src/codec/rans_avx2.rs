@@ -69,7 +69,10 @@ pub unsafe fn decode_groups(dtab: &[u32], states: &mut [u32; LANES], words: &[u8
                 syms[v] = _mm256_srli_epi32::<24>(e);
                 let f = _mm256_add_epi32(_mm256_and_si256(e, low12), one);
                 let bias = _mm256_and_si256(_mm256_srli_epi32::<12>(e), low12);
-                let x = _mm256_add_epi32(_mm256_mullo_epi32(f, _mm256_srli_epi32::<{ PROB_BITS as i32 }>(x)), bias);
+                let x = _mm256_add_epi32(
+                    _mm256_mullo_epi32(f, _mm256_srli_epi32::<{ PROB_BITS as i32 }>(x)),
+                    bias,
+                );
                 let need = _mm256_cmpeq_epi32(_mm256_srli_epi32::<16>(x), zero);
                 let m = _mm256_movemask_ps(_mm256_castsi256_ps(need)) as usize;
                 let w = _mm256_cvtepu16_epi32(_mm_loadu_si128(words.as_ptr().add(2 * pos).cast()));
