@@ -485,3 +485,44 @@ fn sigterm_unmounts_and_a_killed_daemon_is_reported_as_stale() {
         .success());
     assert!(!is_mounted(&mnt));
 }
+
+#[test]
+fn mount_helper_protocol_of_mount8_works() {
+    if !can_mount() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    synth_tree(&src, 17);
+    let (_pt, p, _) = packed(&src);
+    // mount(8) runs /sbin/mount.dcfs SPEC DIR -o OPTS; argv[0] selects the helper mode.
+    let helper = t.path().join("mount.dcfs");
+    std::os::unix::fs::symlink(dcfs_bin(), &helper).unwrap();
+    let mnt = t.path().join("mnt");
+    fs::create_dir_all(&mnt).unwrap();
+    let out = Command::new(&helper)
+        .arg(&p)
+        .arg(&mnt)
+        .args(["-o", "ro,nofail,cache_size=16M,prefetch=2,x-systemd.automount"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let m = Mounted {
+        mnt: mnt.canonicalize().unwrap(),
+    };
+    assert_eq!(m.stats()["cache_capacity"].as_u64(), Some(16 << 20));
+    assert_eq!(
+        fs::read(m.mnt.join("config.json")).unwrap(),
+        fs::read(src.join("config.json")).unwrap()
+    );
+    drop(m);
+    // Unknown options are refused with their name.
+    let out = Command::new(&helper)
+        .arg(&p)
+        .arg(&mnt)
+        .args(["-o", "bogus=1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bogus"));
+}
