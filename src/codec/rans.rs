@@ -398,17 +398,9 @@ pub fn parse(stream: &[u8], expected_len: usize) -> Result<Parsed<'_>, CodecErro
     })
 }
 
-/// Whether the AVX2 group decoder runs (`DCFS_NO_SIMD=1` forces the scalar path, for
-/// comparisons).
-#[cfg(target_arch = "x86_64")]
-fn use_simd() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| super::rans_avx2::available() && std::env::var_os("DCFS_NO_SIMD").is_none())
-}
-
-/// Decodes one sub-block: `out.len()` symbols from `block` (states then words).
-pub fn decode_sub_block(dtab: &[u32], block: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
-    if block.len() < STATES_BYTES || dtab.len() != PROB_SCALE as usize {
+/// Splits a sub-block into its initial lane states and its word bytes.
+fn prologue(block: &[u8]) -> Result<([u32; LANES], &[u8]), CodecError> {
+    if block.len() < STATES_BYTES {
         return Err(CodecError::corrupt("rANS sub-block shorter than its state prologue"));
     }
     let (states, words) = block.split_at(STATES_BYTES);
@@ -419,17 +411,22 @@ pub fn decode_sub_block(dtab: &[u32], block: &[u8], out: &mut [u8]) -> Result<()
             return Err(CodecError::corrupt("rANS initial state below the normalised range"));
         }
     }
+    Ok((st, words))
+}
+
+/// Decodes symbols `done..` with the scalar loop (words from `pos`), then proves the
+/// sub-block ended where the encoder started: every word consumed, every lane at
+/// `STATE_LOW`.
+fn finish(
+    dtab: &[u32],
+    st: &mut [u32; LANES],
+    words: &[u8],
+    out: &mut [u8],
+    done: usize,
+    mut pos: usize,
+) -> Result<(), CodecError> {
     let n_words = words.len() / 2;
     let mask = PROB_SCALE - 1;
-    let mut pos = 0usize;
-    let mut done = 0usize;
-    #[cfg(target_arch = "x86_64")]
-    if use_simd() {
-        // SAFETY: AVX2 is present (checked by use_simd) and dtab has PROB_SCALE entries.
-        let (d, p) = unsafe { super::rans_avx2::decode_groups(dtab, &mut st, words, out) };
-        done = d;
-        pos = p;
-    }
     let word = |p: usize| -> u32 {
         match words.get(2 * p..2 * p + 2) {
             Some(w) => u16::from_le_bytes([w[0], w[1]]) as u32,
@@ -470,6 +467,65 @@ pub fn decode_sub_block(dtab: &[u32], block: &[u8], out: &mut [u8]) -> Result<()
     Ok(())
 }
 
+/// Whether the AVX2 group decoder runs (`DCFS_NO_SIMD=1` forces the scalar path, for
+/// comparisons).
+#[cfg(target_arch = "x86_64")]
+fn use_simd() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| super::rans_avx2::available() && std::env::var_os("DCFS_NO_SIMD").is_none())
+}
+
+/// Decodes one sub-block, or two independent ones side by side (`b`), which lets the SIMD
+/// path overlap their latencies.
+fn decode_blocks(dtab: &[u32], a: (&[u8], &mut [u8]), b: Option<(&[u8], &mut [u8])>) -> Result<(), CodecError> {
+    if dtab.len() != PROB_SCALE as usize {
+        return Err(CodecError::corrupt("rANS decode table has the wrong size"));
+    }
+    let (mut sa, wa) = prologue(a.0)?;
+    let mut b = match b {
+        Some((blk, out)) => {
+            let (st, w) = prologue(blk)?;
+            Some((st, w, out))
+        }
+        None => None,
+    };
+    let (mut done_a, mut pos_a, mut done_b, mut pos_b) = (0, 0, 0, 0);
+    #[cfg(target_arch = "x86_64")]
+    if use_simd() {
+        use super::rans_avx2::{decode_groups, Lane};
+        let mut la = Lane {
+            states: &mut sa,
+            words: wa,
+            out: &mut *a.1,
+            done: 0,
+            pos: 0,
+        };
+        let mut lb = b.as_mut().map(|(st, w, out)| Lane {
+            states: st,
+            words: w,
+            out: &mut **out,
+            done: 0,
+            pos: 0,
+        });
+        // SAFETY: AVX2 is present (checked by use_simd).
+        unsafe { decode_groups(dtab, &mut la, lb.as_mut()) };
+        (done_a, pos_a) = (la.done, la.pos);
+        if let Some(lb) = lb {
+            (done_b, pos_b) = (lb.done, lb.pos);
+        }
+    }
+    finish(dtab, &mut sa, wa, a.1, done_a, pos_a)?;
+    if let Some((mut st, w, out)) = b {
+        finish(dtab, &mut st, w, out, done_b, pos_b)?;
+    }
+    Ok(())
+}
+
+/// Decodes one sub-block: `out.len()` symbols from `block` (states then words).
+pub fn decode_sub_block(dtab: &[u32], block: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
+    decode_blocks(dtab, (block, out), None)
+}
+
 /// Decodes a whole stream into `out`, whose length is the expected symbol count.
 pub fn decode(stream: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
     let p = parse(stream, out.len())?;
@@ -477,8 +533,13 @@ pub fn decode(stream: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
         return Ok(());
     }
     let dtab = p.table.decode_table();
-    for (k, chunk) in out.chunks_mut(SUB_BLOCK).enumerate() {
-        decode_sub_block(&dtab, p.sub_block(k), chunk)?;
+    for (k, pair) in out.chunks_mut(2 * SUB_BLOCK).enumerate() {
+        if pair.len() > SUB_BLOCK {
+            let (a, b) = pair.split_at_mut(SUB_BLOCK);
+            decode_blocks(&dtab, (p.sub_block(2 * k), a), Some((p.sub_block(2 * k + 1), b)))?;
+        } else {
+            decode_blocks(&dtab, (p.sub_block(2 * k), pair), None)?;
+        }
     }
     Ok(())
 }
