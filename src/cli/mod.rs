@@ -2,6 +2,7 @@
 //! `anyhow::Error` and are printed once, here.
 
 mod pack;
+mod quantize;
 mod util;
 
 use std::process::ExitCode;
@@ -28,6 +29,8 @@ enum Cmd {
     Unpack(pack::UnpackArgs),
     Verify(pack::VerifyArgs),
     Inspect(pack::InspectArgs),
+    Quantize(quantize::QuantizeArgs),
+    Analyze(quantize::AnalyzeArgs),
 }
 
 /// What a command tells `main` about how it went, beyond success.
@@ -45,6 +48,8 @@ pub fn main() -> ExitCode {
         Cmd::Unpack(a) => pack::unpack(a),
         Cmd::Verify(a) => pack::verify(a),
         Cmd::Inspect(a) => pack::inspect(a),
+        Cmd::Quantize(a) => quantize::quantize(a),
+        Cmd::Analyze(a) => quantize::analyze(a),
     };
     match r {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,
