@@ -3,6 +3,7 @@
 
 mod mount;
 mod pack;
+mod quantize;
 mod util;
 
 use std::process::ExitCode;
@@ -32,6 +33,8 @@ enum Cmd {
     Mount(mount::MountArgs),
     Umount(mount::UmountArgs),
     Stats(mount::StatsArgs),
+    Quantize(quantize::QuantizeArgs),
+    Analyze(quantize::AnalyzeArgs),
 }
 
 /// What a command tells `main` about how it went, beyond success.
@@ -70,5 +73,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Cmd::Mount(a) => mount::mount(a),
         Cmd::Umount(a) => mount::umount(a),
         Cmd::Stats(a) => mount::stats(a),
+        Cmd::Quantize(a) => quantize::quantize(a),
+        Cmd::Analyze(a) => quantize::analyze(a),
     }
 }

@@ -503,7 +503,7 @@ fn decode_blocks(dtab: &[u32], a: (&[u8], &mut [u8]), b: Option<(&[u8], &mut [u8
         let mut lb = b.as_mut().map(|(st, w, out)| Lane {
             states: st,
             words: w,
-            out: &mut **out,
+            out,
             done: 0,
             pos: 0,
         });

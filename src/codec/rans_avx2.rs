@@ -105,7 +105,7 @@ impl Lane<'_> {
 /// # Safety
 /// The CPU must support AVX2 ([`available`]).
 #[target_feature(enable = "avx2")]
-pub unsafe fn decode_groups(dtab: &[u32], a: &mut Lane<'_>, mut b: Option<&mut Lane<'_>>) {
+pub unsafe fn decode_groups(dtab: &[u32], a: &mut Lane<'_>, b: Option<&mut Lane<'_>>) {
     assert_eq!(dtab.len(), PROB_SCALE as usize);
     // SAFETY (whole block): every `group` call is preceded by `can_step`, which keeps its
     // 32 output bytes inside `out` and its at most 32 words inside `words`; `dtab` holds
@@ -133,7 +133,7 @@ pub unsafe fn decode_groups(dtab: &[u32], a: &mut Lane<'_>, mut b: Option<&mut L
         };
         let base = dtab.as_ptr() as *const i32;
         let mut sa = load(a.states);
-        if let Some(b) = b.as_deref_mut() {
+        if let Some(b) = b {
             let mut sb = load(b.states);
             while a.can_step() && b.can_step() {
                 a.pos += group(
