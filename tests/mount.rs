@@ -526,3 +526,36 @@ fn mount_helper_protocol_of_mount8_works() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("bogus"));
 }
+
+#[test]
+fn a_container_truncated_under_a_running_mount_gives_eio_not_a_crash() {
+    if !can_mount() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    synth_tree(&src, 18);
+    let (_pt, p, _) = packed(&src);
+    let m = Mounted::new(&p, &t.path().join("mnt"), &["--prefetch", "0", "--readahead", "0"]);
+    let cpath = p.join("model.safetensors.dcz");
+    let len = fs::metadata(&cpath).unwrap().len();
+    // Cut the payload area in half while the mount holds the container open.
+    File::options()
+        .write(true)
+        .open(&cpath)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    let orig = fs::read(src.join("model.safetensors")).unwrap();
+    let f = File::open(m.mnt.join("model.safetensors")).unwrap();
+    let mut buf = vec![0u8; 4096];
+    let tail = (orig.len() - 4096) as u64;
+    let e = f.read_exact_at(&mut buf, tail).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    // The daemon is alive and still serves the other files.
+    assert_eq!(
+        fs::read(m.mnt.join("config.json")).unwrap(),
+        fs::read(src.join("config.json")).unwrap()
+    );
+    assert!(m.stats()["errors"].as_u64().unwrap() > 0);
+}

@@ -217,3 +217,40 @@ fn plain_directories_and_interrupted_packs_are_refused() {
     // Packing a tree into itself is refused.
     assert!(pack::pack_tree(&src, &src.join("inner"), &PackOptions::default(), &NoProgress).is_err());
 }
+
+#[test]
+fn a_newer_format_major_is_refused_with_both_versions() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    synth_tree(&src, 5);
+    let packed = t.path().join("packed");
+    pack::pack_tree(&src, &packed, &PackOptions::default(), &NoProgress).unwrap();
+    let p = packed.join("config.json.dcz");
+    let mut b = fs::read(&p).unwrap();
+    let n = b.len();
+    // Major version lives at header offset 8 and footer offset 24; the footer checksums
+    // its first 32 bytes at offset 32.
+    b[8..10].copy_from_slice(&7u16.to_le_bytes());
+    let ft = n - 48;
+    b[ft + 24..ft + 26].copy_from_slice(&7u16.to_le_bytes());
+    let h = xxhash_rust::xxh3::xxh3_64(&b[ft..ft + 32]);
+    b[ft + 32..ft + 40].copy_from_slice(&h.to_le_bytes());
+    fs::write(&p, &b).unwrap();
+    let e = Container::open(&p).unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        matches!(
+            e,
+            dcfs::Error::VersionTooNew {
+                expected: 1,
+                actual: 7,
+                ..
+            }
+        ),
+        "{msg}"
+    );
+    assert!(
+        msg.contains('7') && msg.contains('1') && msg.contains("upgrade"),
+        "{msg}"
+    );
+}
