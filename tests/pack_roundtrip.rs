@@ -119,6 +119,26 @@ fn real_models_roundtrip_and_meet_ratio_targets() {
         eprintln!("{d}: whole-directory ratio {got:.4}");
         assert!(got >= floor, "{d}: ratio {got:.4} below {floor}");
     }
+    // Every coded plane of every tensor of 1 MiB or more sits within 1% of its order-0
+    // entropy bound (stored bytes include tables, lane states and framing).
+    let insp = pack::inspect_path(&packed, &PackOptions::default(), &NoProgress).unwrap();
+    let mut planes = 0;
+    for f in &insp.files {
+        for t in f.tensors.iter().filter(|t| t.bytes >= 1 << 20) {
+            for (i, p) in t.planes.iter().enumerate().filter(|(_, p)| p.stored < p.bytes) {
+                planes += 1;
+                let over = p.stored as f64 / p.bound - 1.0;
+                assert!(
+                    over < 0.01,
+                    "{} {} plane {i}: {:.2}% above the bound",
+                    f.path,
+                    t.name,
+                    over * 100.0
+                );
+            }
+        }
+    }
+    assert!(planes > 20, "only {planes} coded planes checked");
 }
 
 #[test]
