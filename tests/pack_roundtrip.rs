@@ -67,9 +67,20 @@ fn compress_fraction_is_recorded_and_leaves_chunks_raw() {
     assert!(rh.packed_bytes > rf.packed_bytes);
     let c = Container::open(&half.join("model.safetensors.dcz")).unwrap();
     assert_eq!(c.meta.compress_fraction_ppm, 500_000);
-    let tensor_chunks: Vec<_> = c.chunks.iter().filter(|e| e.tensor != dcfs::format::NO_TENSOR).collect();
-    let raw = tensor_chunks.iter().filter(|e| e.codec == dcfs::chunk::ChunkCodec::Raw).count();
-    assert!(raw * 3 >= tensor_chunks.len() && raw * 3 <= tensor_chunks.len() * 2, "{raw} of {}", tensor_chunks.len());
+    let tensor_chunks: Vec<_> = c
+        .chunks
+        .iter()
+        .filter(|e| e.tensor != dcfs::format::NO_TENSOR)
+        .collect();
+    let raw = tensor_chunks
+        .iter()
+        .filter(|e| e.codec == dcfs::chunk::ChunkCodec::Raw)
+        .count();
+    assert!(
+        raw * 3 >= tensor_chunks.len() && raw * 3 <= tensor_chunks.len() * 2,
+        "{raw} of {}",
+        tensor_chunks.len()
+    );
 }
 
 #[test]
@@ -90,12 +101,20 @@ fn real_models_roundtrip_and_meet_ratio_targets() {
     }
     // Ratio floors per model directory (deterministic: the same bytes always pack the same).
     let dir_ratio = |d: &str| {
-        let fs: Vec<_> = r.files.iter().filter(|f| f.path.starts_with(&format!("{d}/"))).collect();
+        let fs: Vec<_> = r
+            .files
+            .iter()
+            .filter(|f| f.path.starts_with(&format!("{d}/")))
+            .collect();
         let o: u64 = fs.iter().map(|f| f.size).sum();
         let p: u64 = fs.iter().map(|f| f.packed).sum();
         o as f64 / p as f64
     };
-    for (d, floor) in [("minilm-bf16", 1.48), ("minilm-int8-tensor", 1.60), ("minilm-f32", 1.18)] {
+    for (d, floor) in [
+        ("minilm-bf16", 1.48),
+        ("minilm-int8-tensor", 1.60),
+        ("minilm-f32", 1.18),
+    ] {
         let got = dir_ratio(d);
         eprintln!("{d}: whole-directory ratio {got:.4}");
         assert!(got >= floor, "{d}: ratio {got:.4} below {floor}");
@@ -120,7 +139,12 @@ fn every_flipped_byte_of_a_container_is_detected() {
             bad[pos] ^= 1 << (rng.next() % 8);
             fs::write(&p, &bad).unwrap();
             let r = pack::verify_tree(&p, 1, &NoProgress).unwrap();
-            assert_eq!(r.failures(), 1, "{name}: flip at {pos} of {} went unnoticed", good.len());
+            assert_eq!(
+                r.failures(),
+                1,
+                "{name}: flip at {pos} of {} went unnoticed",
+                good.len()
+            );
         }
         for cut in [0, 10, 16, 100, good.len() / 2, good.len() - 49, good.len() - 1] {
             fs::write(&p, &good[..cut]).unwrap();
@@ -150,7 +174,12 @@ fn cli_rejects_malformed_headers_unless_lenient() {
     f.extend_from_slice(br#"{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}}"#);
     f.resize(200, 7);
     fs::write(src.join("bad.safetensors"), &f).unwrap();
-    let out = Command::new(dcfs_bin()).arg("pack").arg(&src).arg(t.path().join("p")).output().unwrap();
+    let out = Command::new(dcfs_bin())
+        .arg("pack")
+        .arg(&src)
+        .arg(t.path().join("p"))
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.safetensors") && err.lines().count() == 1, "{err}");
@@ -162,7 +191,12 @@ fn cli_rejects_malformed_headers_unless_lenient() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("opaque"));
-    let out = Command::new(dcfs_bin()).arg("unpack").arg(t.path().join("p")).arg(t.path().join("u")).output().unwrap();
+    let out = Command::new(dcfs_bin())
+        .arg("unpack")
+        .arg(t.path().join("p"))
+        .arg(t.path().join("u"))
+        .output()
+        .unwrap();
     assert!(out.status.success());
     assert_eq!(fs::read(t.path().join("u/bad.safetensors")).unwrap(), f);
 }

@@ -1,6 +1,7 @@
 //! Command-line interface. Each command lives in its own file; errors travel up as
 //! `anyhow::Error` and are printed once, here.
 
+mod gpu;
 mod pack;
 mod util;
 
@@ -28,6 +29,11 @@ enum Cmd {
     Unpack(pack::UnpackArgs),
     Verify(pack::VerifyArgs),
     Inspect(pack::InspectArgs),
+    GpuInfo(gpu::GpuInfoArgs),
+    #[command(hide = true)]
+    GpuDefines(gpu::GpuDefinesArgs),
+    #[command(hide = true)]
+    GpuBench(gpu::GpuBenchArgs),
 }
 
 /// What a command tells `main` about how it went, beyond success.
@@ -45,6 +51,9 @@ pub fn main() -> ExitCode {
         Cmd::Unpack(a) => pack::unpack(a),
         Cmd::Verify(a) => pack::verify(a),
         Cmd::Inspect(a) => pack::inspect(a),
+        Cmd::GpuInfo(a) => gpu::gpu_info(a),
+        Cmd::GpuDefines(a) => gpu::gpu_defines(a),
+        Cmd::GpuBench(a) => gpu::gpu_bench(a),
     };
     match r {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,

@@ -328,7 +328,10 @@ pub fn parse(stream: &[u8], expected_len: usize) -> Result<Parsed<'_>, CodecErro
     }
     let (table, tlen) = FreqTable::read(&stream[H_TABLE..], n)?;
     let offsets_at = (H_TABLE + tlen).next_multiple_of(4);
-    if stream.get(H_TABLE + tlen..offsets_at).is_some_and(|pad| pad.iter().any(|&b| b != 0)) {
+    if stream
+        .get(H_TABLE + tlen..offsets_at)
+        .is_some_and(|pad| pad.iter().any(|&b| b != 0))
+    {
         return Err(CodecError::corrupt("rANS table padding is not zero"));
     }
     let n_sub = expected_len.div_ceil(SUB_BLOCK);

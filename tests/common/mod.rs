@@ -20,7 +20,10 @@ pub fn models() -> Option<PathBuf> {
     if m.join("MANIFEST.sha256").exists() && m.join("minilm-bf16").is_dir() {
         Some(m)
     } else {
-        eprintln!("SKIP real models: {} not fetched; run scripts/fetch-models.sh", m.display());
+        eprintln!(
+            "SKIP real models: {} not fetched; run scripts/fetch-models.sh",
+            m.display()
+        );
         None
     }
 }
@@ -67,7 +70,9 @@ pub fn f32_bytes(w: &[f32]) -> Vec<u8> {
 
 pub fn i8_tensorwise(w: &[f32]) -> Vec<u8> {
     let m = w.iter().fold(0f32, |a, x| a.max(x.abs())).max(1e-12);
-    w.iter().map(|x| ((x / m * 127.0).round().clamp(-127.0, 127.0) as i8) as u8).collect()
+    w.iter()
+        .map(|x| ((x / m * 127.0).round().clamp(-127.0, 127.0) as i8) as u8)
+        .collect()
 }
 
 /// Q8_0 blocks: f16 scale (as raw bits of a plausible value) + 32 int8 quants.
@@ -103,8 +108,18 @@ pub fn synth_tree(dir: &Path, seed: u64) {
     fs::write(dir.join("model.safetensors"), st).unwrap();
     let g = gguf::build(
         &[
-            ("blk.0.ffn_up.weight", vec![32 * 64, 40], gguf::GGML_Q8_0, q8_0_bytes(&mut r, 64 * 40)),
-            ("output_norm.weight", vec![1000], gguf::GGML_F32, f32_bytes(&weights(&mut r, 1000))),
+            (
+                "blk.0.ffn_up.weight",
+                vec![32 * 64, 40],
+                gguf::GGML_Q8_0,
+                q8_0_bytes(&mut r, 64 * 40),
+            ),
+            (
+                "output_norm.weight",
+                vec![1000],
+                gguf::GGML_F32,
+                f32_bytes(&weights(&mut r, 1000)),
+            ),
         ],
         32,
     );
@@ -133,7 +148,10 @@ pub fn tree_state(dir: &Path) -> BTreeMap<String, String> {
                 stack.push(p);
             } else {
                 let h = blake3::hash(&fs::read(&p).unwrap());
-                out.insert(rel, format!("{} {:o} {}.{}", h.to_hex(), md.mode(), md.mtime(), md.mtime_nsec()));
+                out.insert(
+                    rel,
+                    format!("{} {:o} {}.{}", h.to_hex(), md.mode(), md.mtime(), md.mtime_nsec()),
+                );
             }
         }
     }
