@@ -34,7 +34,9 @@ def compile_one(nvrtc, src, name, arch, defines):
     check(nvrtc.nvrtcGetProgramLog(prog, log), nvrtc, "log")
     ptx_size = ctypes.c_size_t()
     if rc == 0:
-        check(nvrtc.nvrtcGetPTXSize(prog, ctypes.byref(ptx_size)), nvrtc, "ptx size")
+        # compute_XY gives PTX; sm_XY runs ptxas too and gives a cubin.
+        get = nvrtc.nvrtcGetCUBINSize if arch.startswith("sm_") else nvrtc.nvrtcGetPTXSize
+        check(get(prog, ctypes.byref(ptx_size)), nvrtc, "image size")
     nvrtc.nvrtcDestroyProgram(ctypes.byref(prog))
     lines = log.value.decode(errors="replace").strip().splitlines()
     if int(arch.split("_")[1]) < DEPRECATED_BELOW:
@@ -59,7 +61,9 @@ def main(argv):
         for arch in archs:
             rc, log, ptx = compile_one(nvrtc, src, f, arch, defines)
             bad = rc != 0 or log != ""
-            print(f"{'FAIL' if bad else 'ok  '} {f} {arch}: {'error' if rc else f'{ptx} bytes of PTX'}")
+            kind = "cubin" if arch.startswith("sm_") else "PTX"
+            what = "error" if rc else f"{ptx} bytes of {kind}"
+            print(f"{'FAIL' if bad else 'ok  '} {f} {arch}: {what}")
             if log:
                 print("  " + log.replace("\n", "\n  "))
             failed += bad

@@ -130,6 +130,7 @@ struct BenchReport {
     groups: u64,
     groups_with_reads: u64,
     max_lane_words: u64,
+    cpu_reasons: std::collections::BTreeMap<String, usize>,
 }
 
 pub fn gpu_bench(a: GpuBenchArgs) -> Result<Outcome> {
@@ -182,6 +183,9 @@ pub fn gpu_bench(a: GpuBenchArgs) -> Result<Outcome> {
             r.groups += st.warp.groups;
             r.groups_with_reads += st.warp.groups_with_reads;
             r.max_lane_words = r.max_lane_words.max(st.warp.max_lane_words);
+            for (why, n) in st.cpu_reasons {
+                *r.cpu_reasons.entry(why.to_string()).or_default() += n;
+            }
         }
     }
     if a.json {
@@ -198,6 +202,9 @@ pub fn gpu_bench(a: GpuBenchArgs) -> Result<Outcome> {
             human(r.bytes),
             r.mismatches
         );
+        for (why, n) in &r.cpu_reasons {
+            println!("  {n} chunks on the CPU: {why}");
+        }
         if !a.emulate {
             println!(
                 "GPU kernels: {:.3} s, {:.1} GB/s of output; with copies in/out: {:.1} GB/s; end to end (host planning, checks, fallbacks): {:.2} GB/s; CPU decode on this host: {:.2} GB/s",

@@ -54,6 +54,8 @@ pub struct BatchStats {
     /// Device time including the copies in and out.
     pub device_s: f64,
     pub warp: WarpStats,
+    /// Why chunks went to the CPU, with counts.
+    pub cpu_reasons: std::collections::BTreeMap<&'static str, usize>,
 }
 
 /// A tensor decoded into device memory. Freed on drop.
@@ -208,6 +210,7 @@ impl Decoder {
     ) {
         for s in &plan.skipped {
             tracing::debug!("chunk {} on the CPU: {}", idx[s.chunk], s.reason);
+            *stats.cpu_reasons.entry(s.reason).or_default() += 1;
             cpu.push(s.chunk);
         }
         if plan.slots.is_empty() {
@@ -228,6 +231,7 @@ impl Decoder {
             Ok(x) => x,
             Err(e) => {
                 tracing::warn!("GPU batch failed, decoding it on the CPU: {e}");
+                *stats.cpu_reasons.entry("GPU batch failed").or_default() += plan.slots.len();
                 cpu.extend(plan.slots.iter().map(|s| s.chunk));
                 return;
             }
@@ -239,9 +243,11 @@ impl Decoder {
             let bytes = &out[(s.out.start - plan.out.start) as usize..(s.out.end - plan.out.start) as usize];
             if f != 0 {
                 tracing::debug!("chunk {}: GPU flags {f:#x}; decoding on the CPU", idx[k]);
+                *stats.cpu_reasons.entry("flagged by the GPU kernel").or_default() += 1;
                 cpu.push(k);
             } else if chunk_hash(bytes) != c.chunks[idx[k]].xxh3 {
                 tracing::warn!("chunk {}: GPU output fails its checksum; decoding on the CPU", idx[k]);
+                *stats.cpu_reasons.entry("GPU output failed its checksum").or_default() += 1;
                 cpu.push(k);
             } else {
                 stats.chunks_gpu += 1;

@@ -19,7 +19,7 @@ pub mod plan;
 
 mod decoder;
 
-pub use decoder::{Decoder, DeviceTensor};
+pub use decoder::{BatchStats, Decoder, DeviceTensor};
 
 use crate::codec::rans_layout as L;
 use crate::transform::Transform;
