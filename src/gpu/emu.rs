@@ -313,6 +313,31 @@ mod tests {
     }
 
     #[test]
+    fn merge_inverts_every_transform() {
+        let mut r = rng(5);
+        for t in crate::gpu::TRANSFORMS {
+            let len = t.unit() * 517;
+            let data: Vec<u8> = (0..len).map(|_| r() as u8).collect();
+            let planes = t.split(&data);
+            // Arena: planes back to back (unaligned on purpose), then the output.
+            let mut arena = Vec::new();
+            let mut m = MergeDesc {
+                n_units: (len / t.unit()) as u32,
+                transform: t as u32,
+                ..Default::default()
+            };
+            for (i, p) in planes.iter().enumerate() {
+                m.plane[i] = arena.len() as u64;
+                arena.extend_from_slice(p);
+            }
+            m.dst = arena.len() as u64;
+            arena.resize(arena.len() + len, 0);
+            merge(&mut arena, &m);
+            assert_eq!(&arena[m.dst as usize..], &data[..], "{t}");
+        }
+    }
+
+    #[test]
     fn bad_descriptors_are_flagged() {
         let mut arena = vec![0u8; 64 * 1024];
         let mut st = WarpStats::default();
