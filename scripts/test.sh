@@ -11,6 +11,8 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --all-targets -- -D warnings
+echo "== NVRTC compile of cuda/*.cu (no GPU needed)"
+scripts/nvrtc-check.sh
 echo "== cargo test"
 cargo test --all-targets 2>&1 | tee target/test.log
 grep -q "test result: ok" target/test.log

@@ -5,9 +5,9 @@
 //! `codec` (raw/zstd/rANS) and `transform` (byte planes) → `chunk` (one chunk's payload)
 //! → `model` (safetensors/GGUF headers) → `format` (the `.dcz` container) → `pack`
 //! (trees: pack, unpack, verify, inspect) → `store` (cached reads of a packed tree) → `fs`
-//! (the FUSE adaptor). `gpu` offloads rANS decoding and depends only on `codec`/`chunk`.
-//! `quantize` (DC's lossy INT8 stage and `analyze`) uses `model`/`chunk`/`codec`/`pack`;
-//! nothing depends on it.
+//! (the FUSE adaptor). `gpu` offloads rANS decoding; it uses `codec`, `chunk` and
+//! `format`, and `pack` uses it. `quantize` (DC's lossy INT8 stage and `analyze`) uses
+//! `model`/`chunk`/`codec`/`pack`; nothing depends on it.
 
 // Symbol tables are indexed by symbol value; index loops say that more plainly.
 #![allow(clippy::needless_range_loop)]
@@ -17,6 +17,7 @@ pub mod codec;
 pub mod error;
 pub mod format;
 pub mod fs;
+pub mod gpu;
 pub mod model;
 pub mod pack;
 pub mod quantize;

@@ -1,6 +1,7 @@
 //! Command-line interface. Each command lives in its own file; errors travel up as
 //! `anyhow::Error` and are printed once, here.
 
+mod gpu;
 mod mount;
 mod pack;
 mod quantize;
@@ -35,6 +36,11 @@ enum Cmd {
     Stats(mount::StatsArgs),
     Quantize(quantize::QuantizeArgs),
     Analyze(quantize::AnalyzeArgs),
+    GpuInfo(gpu::GpuInfoArgs),
+    #[command(hide = true)]
+    GpuDefines(gpu::GpuDefinesArgs),
+    #[command(hide = true)]
+    GpuBench(gpu::GpuBenchArgs),
 }
 
 /// What a command tells `main` about how it went, beyond success.
@@ -75,5 +81,8 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Cmd::Stats(a) => mount::stats(a),
         Cmd::Quantize(a) => quantize::quantize(a),
         Cmd::Analyze(a) => quantize::analyze(a),
+        Cmd::GpuInfo(a) => gpu::gpu_info(a),
+        Cmd::GpuDefines(a) => gpu::gpu_defines(a),
+        Cmd::GpuBench(a) => gpu::gpu_bench(a),
     }
 }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 
+use super::gpu::GpuArg;
 use super::util::{default_threads, human, parse_size, Bar};
 use super::Outcome;
 use dcfs::chunk::{CodecChoice, EncodeOptions};
@@ -155,14 +156,18 @@ pub struct UnpackArgs {
     /// Decode threads (default: all cores).
     #[arg(long, short = 'j', default_value_t = default_threads())]
     threads: usize,
+    /// Decode rANS on an NVIDIA GPU: auto (when present), on (required), off.
+    #[arg(long, value_enum, default_value = "auto")]
+    gpu: GpuArg,
     /// Print the report as JSON on stdout.
     #[arg(long)]
     json: bool,
 }
 
 pub fn unpack(a: UnpackArgs) -> Result<Outcome> {
+    let gpu = a.gpu.decoder()?;
     let bar = Bar::new(a.json);
-    let r = pack::unpack_tree(&a.packed, &a.dst, a.threads, &bar);
+    let r = pack::unpack_tree_with(&a.packed, &a.dst, a.threads, gpu.as_ref(), &bar);
     bar.finish();
     let r = r.with_context(|| format!("unpacking {}", a.packed.display()))?;
     if a.json {
@@ -188,14 +193,18 @@ pub struct VerifyArgs {
     /// Decode threads (default: all cores).
     #[arg(long, short = 'j', default_value_t = default_threads())]
     threads: usize,
+    /// Decode rANS on an NVIDIA GPU: auto (when present), on (required), off.
+    #[arg(long, value_enum, default_value = "auto")]
+    gpu: GpuArg,
     /// Print the report as JSON on stdout.
     #[arg(long)]
     json: bool,
 }
 
 pub fn verify(a: VerifyArgs) -> Result<Outcome> {
+    let gpu = a.gpu.decoder()?;
     let bar = Bar::new(a.json);
-    let r = pack::verify_tree(&a.packed, a.threads, &bar);
+    let r = pack::verify_tree_with(&a.packed, a.threads, gpu.as_ref(), &bar);
     bar.finish();
     let r = r.with_context(|| format!("verifying {}", a.packed.display()))?;
     if a.json {

@@ -12,8 +12,8 @@ mod verify;
 
 pub use inspect::{inspect_path, FileInspect, InspectReport, PlaneSummary, TensorInspect};
 pub use plan::{plan_chunks, PlannedChunk};
-pub use unpack::{unpack_tree, UnpackReport};
-pub use verify::{verify_tree, FileVerify, VerifyReport};
+pub use unpack::{unpack_tree, unpack_tree_with, UnpackReport};
+pub use verify::{stream_chunks, verify_tree, verify_tree_with, FileVerify, VerifyReport};
 
 use std::ffi::OsString;
 use std::fs::{self, File};

@@ -13,6 +13,7 @@ use super::verify::stream_chunks;
 use super::{read_marker, same_or_inside, set_mode_mtime, sync_dir, walk, Entry, Progress, MARKER, SUFFIX};
 use crate::error::{Error, Result};
 use crate::format::Container;
+use crate::gpu;
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct UnpackReport {
@@ -24,6 +25,17 @@ pub struct UnpackReport {
 }
 
 pub fn unpack_tree(packed: &Path, dst: &Path, threads: usize, progress: &dyn Progress) -> Result<UnpackReport> {
+    unpack_tree_with(packed, dst, threads, None, progress)
+}
+
+/// [`unpack_tree`], decoding on `gpu` when given.
+pub fn unpack_tree_with(
+    packed: &Path,
+    dst: &Path,
+    threads: usize,
+    gpu: Option<&gpu::Decoder>,
+    progress: &dyn Progress,
+) -> Result<UnpackReport> {
     let t0 = Instant::now();
     read_marker(packed)?;
     fs::create_dir_all(dst).map_err(|e| Error::io(dst, e))?;
@@ -85,7 +97,7 @@ pub fn unpack_tree(packed: &Path, dst: &Path, threads: usize, progress: &dyn Pro
         let r = (|| {
             let f = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
             let mut w = BufWriter::with_capacity(1 << 20, f);
-            stream_chunks(c, &pool, |_, data| {
+            stream_chunks(c, &pool, gpu, |_, data| {
                 progress.advance(data.len() as u64);
                 w.write_all(data).map_err(|e| Error::io(&tmp, e))
             })?;

@@ -9,6 +9,7 @@ use serde::Serialize;
 use super::{read_marker, walk, Entry, Progress, MARKER, SUFFIX};
 use crate::error::{Error, Result};
 use crate::format::Container;
+use crate::gpu;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct FileVerify {
@@ -33,18 +34,31 @@ impl VerifyReport {
     }
 }
 
-/// Decodes every chunk of `c` in order (in parallel windows), hands each to `sink`, and
-/// proves the whole-file digest. Never hands a chunk that failed its checksum to `sink`.
+/// Chunks per GPU batch: enough sub-blocks to fill a large GPU (64 x 1 MiB chunks of
+/// BF16 are ~2000 warps) while keeping the host's window memory modest.
+const GPU_WINDOW: usize = 64;
+
+/// Decodes every chunk of `c` in order (in parallel windows, on the GPU when `gpu` is
+/// given), hands each to `sink`, and proves the whole-file digest. Never hands a chunk
+/// that failed its checksum to `sink`.
 pub fn stream_chunks(
     c: &Container,
     pool: &rayon::ThreadPool,
+    gpu: Option<&gpu::Decoder>,
     mut sink: impl FnMut(usize, &[u8]) -> Result<()>,
 ) -> Result<()> {
     let mut hasher = blake3::Hasher::new();
-    let window = pool.current_num_threads() * 4;
+    let window = if gpu.is_some() {
+        GPU_WINDOW
+    } else {
+        pool.current_num_threads() * 4
+    };
     let idx: Vec<usize> = (0..c.chunks.len()).collect();
     for group in idx.chunks(window.max(1)) {
-        let decoded: Vec<Result<Vec<u8>>> = pool.install(|| group.par_iter().map(|&i| c.decode_chunk(i)).collect());
+        let decoded: Vec<Result<Vec<u8>>> = pool.install(|| match gpu {
+            Some(g) => g.decode_chunks(c, group),
+            None => group.par_iter().map(|&i| c.decode_chunk(i)).collect(),
+        });
         for (&i, d) in group.iter().zip(decoded) {
             let d = d?;
             hasher.update(&d);
@@ -58,9 +72,14 @@ pub fn stream_chunks(
 }
 
 /// Verifies one container.
-pub fn verify_container(path: &Path, pool: &rayon::ThreadPool, progress: &dyn Progress) -> Result<Container> {
+pub fn verify_container(
+    path: &Path,
+    pool: &rayon::ThreadPool,
+    gpu: Option<&gpu::Decoder>,
+    progress: &dyn Progress,
+) -> Result<Container> {
     let c = Container::open(path)?;
-    stream_chunks(&c, pool, |i, _| {
+    stream_chunks(&c, pool, gpu, |i, _| {
         progress.advance(c.chunks[i].orig_len as u64);
         Ok(())
     })?;
@@ -70,6 +89,16 @@ pub fn verify_container(path: &Path, pool: &rayon::ThreadPool, progress: &dyn Pr
 /// Verifies a packed tree (or one `.dcz` file). Damage is reported per file, not thrown:
 /// the caller decides the exit code from [`VerifyReport::failures`].
 pub fn verify_tree(packed: &Path, threads: usize, progress: &dyn Progress) -> Result<VerifyReport> {
+    verify_tree_with(packed, threads, None, progress)
+}
+
+/// [`verify_tree`], decoding on `gpu` when given.
+pub fn verify_tree_with(
+    packed: &Path,
+    threads: usize,
+    gpu: Option<&gpu::Decoder>,
+    progress: &dyn Progress,
+) -> Result<VerifyReport> {
     let t0 = Instant::now();
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads.max(1))
@@ -99,7 +128,7 @@ pub fn verify_tree(packed: &Path, threads: usize, progress: &dyn Progress) -> Re
     progress.set_total(total);
     for (p, name) in containers {
         progress.message(&name);
-        let (size, packed_len, chunks, error) = match verify_container(&p, &pool, progress) {
+        let (size, packed_len, chunks, error) = match verify_container(&p, &pool, gpu, progress) {
             Ok(c) => (c.meta.size, c.packed_len(), c.chunks.len(), None),
             Err(e) => {
                 let (s, pl, n) =

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# For a machine with an NVIDIA GPU: build, show the GPU, pack the fetched models, decode
+# every chunk on the GPU, compare with the CPU decoder, print GB/s, then run
+# `dcfs verify --gpu on` (every chunk checksum and whole-file digest). Expected output:
+# docs/GPU.md. NVRTC comes from $DCFS_NVRTC, the loader path, or the project venv
+# (scripts/nvrtc-check.sh installs it there).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+VENV="${DCFS_VENV:-$ROOT/.venv}"
+export DCFS_VENV="$VENV"
+WORK="${DCFS_SELFTEST_DIR:-$(mktemp -d)}"
+
+echo "== build (release)"
+cargo build --release --quiet
+DCFS="$ROOT/target/release/dcfs"
+echo "== dcfs gpu-info"
+"$DCFS" gpu-info
+if [ -z "${DCFS_NVRTC:-}" ] && ! ls "$VENV"/lib/python3*/site-packages/nvidia/cuda_nvrtc/lib/libnvrtc.so.12 >/dev/null 2>&1; then
+    [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+    "$VENV/bin/pip" install --quiet "nvidia-cuda-nvrtc-cu12>=12.0,<13"
+fi
+echo "== fetch and pack the models"
+scripts/fetch-models.sh
+for m in models/*/; do
+    name="$(basename "$m")"
+    [ -d "$WORK/$name" ] || "$DCFS" pack "$m" "$WORK/$name" >/dev/null
+    echo "== $name: GPU decode vs CPU"
+    "$DCFS" gpu-bench "$WORK/$name"
+    echo "== $name: dcfs verify --gpu on"
+    "$DCFS" verify --gpu on "$WORK/$name" | tail -n1
+done
+echo "gpu-selftest: all chunks identical to the CPU decoder"

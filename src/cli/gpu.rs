@@ -1,0 +1,248 @@
+//! `gpu-info`, and the hidden `gpu-defines` (for scripts/nvrtc-check.sh) and `gpu-bench`
+//! (for scripts/gpu-selftest.sh).
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use serde::Serialize;
+
+use super::util::human;
+use super::Outcome;
+use dcfs::format::Container;
+use dcfs::gpu::{self, Decoder, GpuError, GpuMode};
+
+/// `--gpu` values.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum GpuArg {
+    /// GPU when a driver, a device and NVRTC are present; CPU otherwise.
+    Auto,
+    /// Require the GPU (error without one).
+    On,
+    /// CPU only.
+    Off,
+}
+
+impl GpuArg {
+    pub fn decoder(self) -> Result<Option<Decoder>> {
+        let mode = match self {
+            GpuArg::Auto => GpuMode::Auto,
+            GpuArg::On => GpuMode::On,
+            GpuArg::Off => GpuMode::Off,
+        };
+        Decoder::new(mode).context("--gpu on")
+    }
+}
+
+/// Show the NVIDIA GPUs, driver and compute capabilities (via NVML).
+#[derive(Args)]
+pub struct GpuInfoArgs {
+    /// Print JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn gpu_info(a: GpuInfoArgs) -> Result<Outcome> {
+    let info = match gpu::info::query() {
+        Ok(i) => i,
+        Err(e @ GpuError::NoDriver(_)) => {
+            if a.json {
+                println!("{}", serde_json::json!({ "error": e.to_string(), "devices": [] }));
+            }
+            eprintln!("dcfs: {e}");
+            return Ok(Outcome::Failed);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&info)?);
+    } else {
+        println!(
+            "NVIDIA driver {} (CUDA {}), {} GPU(s)",
+            info.driver_version,
+            info.cuda_driver_version,
+            info.devices.len()
+        );
+        for d in &info.devices {
+            println!(
+                "  [{}] {}  {} total, {} free  compute capability {}",
+                d.index,
+                d.name,
+                human(d.memory_total),
+                human(d.memory_free),
+                d.compute_capability
+            );
+        }
+    }
+    Ok(if info.devices.is_empty() {
+        Outcome::Failed
+    } else {
+        Outcome::Ok
+    })
+}
+
+/// Print the -D options the CUDA kernel is compiled with (one per line).
+#[derive(Args)]
+pub struct GpuDefinesArgs {}
+
+pub fn gpu_defines(_: GpuDefinesArgs) -> Result<Outcome> {
+    for d in gpu::kernel_defines() {
+        println!("{d}");
+    }
+    Ok(Outcome::Ok)
+}
+
+/// Decode every chunk of a pack on the GPU, compare with the CPU, print GB/s.
+#[derive(Args)]
+pub struct GpuBenchArgs {
+    /// Packed directory or .dcz file.
+    packed: PathBuf,
+    /// Run the CPU emulation of the kernels instead of the GPU (slow; reports per-lane work).
+    #[arg(long)]
+    emulate: bool,
+    /// Chunks per batch.
+    #[arg(long, default_value_t = 256)]
+    batch: usize,
+    /// Print JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Default, Serialize)]
+struct BenchReport {
+    device: String,
+    files: usize,
+    chunks: usize,
+    chunks_gpu: usize,
+    chunks_cpu: usize,
+    mismatches: usize,
+    bytes: u64,
+    bytes_gpu: u64,
+    bytes_uploaded: u64,
+    kernel_s: f64,
+    device_s: f64,
+    wall_s: f64,
+    cpu_s: f64,
+    sub_blocks: u64,
+    symbols: u64,
+    words: u64,
+    groups: u64,
+    groups_with_reads: u64,
+    max_lane_words: u64,
+    cpu_reasons: std::collections::BTreeMap<String, usize>,
+}
+
+pub fn gpu_bench(a: GpuBenchArgs) -> Result<Outcome> {
+    let dec = if a.emulate {
+        Decoder::emulated()
+    } else {
+        Decoder::new(GpuMode::On)?.context("no GPU decoder")?
+    };
+    let mut files = Vec::new();
+    if a.packed.is_file() {
+        files.push(a.packed.clone());
+    } else {
+        for e in walk(&a.packed)? {
+            files.push(e);
+        }
+    }
+    files.sort();
+    let mut r = BenchReport {
+        device: dec.describe(),
+        ..Default::default()
+    };
+    for f in &files {
+        let c = Container::open(f)?;
+        r.files += 1;
+        let idx: Vec<usize> = (0..c.chunks.len()).collect();
+        for group in idx.chunks(a.batch.max(1)) {
+            let t0 = Instant::now();
+            let (got, st) = dec.decode_chunks_stats(&c, group);
+            r.wall_s += t0.elapsed().as_secs_f64();
+            let t1 = Instant::now();
+            let want: Vec<_> = group.iter().map(|&i| c.decode_chunk(i)).collect();
+            r.cpu_s += t1.elapsed().as_secs_f64();
+            for (g, w) in got.iter().zip(&want) {
+                match (g, w) {
+                    (Ok(g), Ok(w)) if g == w => {}
+                    _ => r.mismatches += 1,
+                }
+                r.bytes += w.as_ref().map_or(0, |w| w.len() as u64);
+            }
+            r.chunks += group.len();
+            r.chunks_gpu += st.chunks_gpu;
+            r.chunks_cpu += st.chunks_cpu;
+            r.bytes_gpu += st.bytes_gpu;
+            r.bytes_uploaded += st.bytes_uploaded;
+            r.kernel_s += st.kernel_s;
+            r.device_s += st.device_s;
+            r.sub_blocks += st.warp.sub_blocks;
+            r.symbols += st.warp.symbols;
+            r.words += st.warp.words;
+            r.groups += st.warp.groups;
+            r.groups_with_reads += st.warp.groups_with_reads;
+            r.max_lane_words = r.max_lane_words.max(st.warp.max_lane_words);
+            for (why, n) in st.cpu_reasons {
+                *r.cpu_reasons.entry(why.to_string()).or_default() += n;
+            }
+        }
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        let gbs = |b: u64, s: f64| if s > 0.0 { b as f64 / 1e9 / s } else { 0.0 };
+        println!("device: {}", r.device);
+        println!(
+            "{} files, {} chunks ({} on the GPU path, {} on the CPU), {} original, {} mismatches vs CPU",
+            r.files,
+            r.chunks,
+            r.chunks_gpu,
+            r.chunks_cpu,
+            human(r.bytes),
+            r.mismatches
+        );
+        for (why, n) in &r.cpu_reasons {
+            println!("  {n} chunks on the CPU: {why}");
+        }
+        if !a.emulate {
+            println!(
+                "GPU kernels: {:.3} s, {:.1} GB/s of output; with copies in/out: {:.1} GB/s; end to end (host planning, checks, fallbacks): {:.2} GB/s; CPU decode on this host: {:.2} GB/s",
+                r.kernel_s,
+                gbs(r.bytes_gpu, r.kernel_s),
+                gbs(r.bytes_gpu, r.device_s),
+                gbs(r.bytes, r.wall_s),
+                gbs(r.bytes, r.cpu_s)
+            );
+        }
+        if r.sub_blocks > 0 {
+            let lanes = (r.sub_blocks * 32) as f64;
+            println!(
+                "per lane (emulated): {:.0} symbols, {:.0} words read (max {}), {:.1}% of 32-symbol steps have a read; {:.3} stored bytes per symbol",
+                r.symbols as f64 / lanes,
+                r.words as f64 / lanes,
+                r.max_lane_words,
+                100.0 * r.groups_with_reads as f64 / r.groups.max(1) as f64,
+                (r.words * 2 + r.sub_blocks * 128) as f64 / r.symbols.max(1) as f64
+            );
+        }
+    }
+    if r.mismatches > 0 {
+        bail!("{} chunks differ between the GPU path and the CPU", r.mismatches);
+    }
+    Ok(Outcome::Ok)
+}
+
+/// Every `.dcz` under `dir`.
+fn walk(dir: &std::path::Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let p = e?.path();
+        if p.is_dir() {
+            out.extend(walk(&p)?);
+        } else if p.extension().is_some_and(|x| x == "dcz") {
+            out.push(p);
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,250 @@
+//! Batch planning: lays a set of chunks out in one device arena and writes the kernel
+//! descriptors. Shared by the CUDA backend and the CPU emulation, so the emulation tests
+//! this code too.
+//!
+//! ```text
+//! arena := upload (sub-block bytes, decode tables, raw plane bodies; copied to the device)
+//!        | scratch (decoded byte planes of transformed chunks)
+//!        | out (the chunks' original bytes; copied back)
+//! ```
+//! Offsets the kernel reads as u16/u32 are 4-aligned; planes and outputs are 16-aligned.
+
+use std::ops::Range;
+
+use crate::chunk::{self, ChunkCodec};
+use crate::codec::{rans, Codec};
+use crate::format::ChunkEntry;
+use crate::transform::Transform;
+
+/// Kernel error flags (`DCFS_ERR_*` in `cuda/rans_decode.cu`).
+pub const ERR_DESCRIPTOR: u32 = 1;
+pub const ERR_INIT_STATE: u32 = 2;
+pub const ERR_WORDS: u32 = 4;
+pub const ERR_FINAL_STATE: u32 = 8;
+
+/// One sub-block for `dcfs_rans_decode`; layout identical to `DcfsSubBlock`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SubBlockDesc {
+    pub src: u64,
+    pub dst: u64,
+    pub table: u64,
+    pub src_len: u32,
+    pub n_sym: u32,
+}
+
+/// One chunk for `dcfs_merge`; layout identical to `DcfsMerge`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MergeDesc {
+    pub dst: u64,
+    pub plane: [u64; 5],
+    pub n_units: u32,
+    pub transform: u32,
+}
+
+const _: () = assert!(std::mem::size_of::<SubBlockDesc>() == 32);
+const _: () = assert!(std::mem::size_of::<MergeDesc>() == 56);
+
+/// Where a planned chunk's bytes end up.
+#[derive(Clone, Debug)]
+pub struct Slot {
+    pub chunk: usize,
+    /// Arena range of the decoded original bytes.
+    pub out: Range<u64>,
+    /// Its sub-blocks in [`BatchPlan::subs`] (and in the flags).
+    pub subs: Range<usize>,
+}
+
+/// A chunk the GPU path does not take, and why (logged at debug; the CPU decodes it).
+#[derive(Clone, Debug)]
+pub struct Skipped {
+    pub chunk: usize,
+    pub reason: &'static str,
+}
+
+/// A laid-out batch, ready for the emulation or the device.
+#[derive(Clone, Debug, Default)]
+pub struct BatchPlan {
+    /// Bytes of `arena[0..upload.len()]`.
+    pub upload: Vec<u8>,
+    pub arena_len: u64,
+    /// Arena range to copy back (every slot's `out` lies inside it).
+    pub out: Range<u64>,
+    pub subs: Vec<SubBlockDesc>,
+    pub merges: Vec<MergeDesc>,
+    pub slots: Vec<Slot>,
+    pub skipped: Vec<Skipped>,
+    /// Symbols decoded by the rANS kernel in this batch.
+    pub symbols: u64,
+}
+
+/// Address spaces while planning; resolved to arena offsets by [`Planner::finish`].
+const SPACE_SHIFT: u32 = 60;
+const UPLOAD: u64 = 0;
+const SCRATCH: u64 = 1 << SPACE_SHIFT;
+const OUT: u64 = 2 << SPACE_SHIFT;
+
+/// Builds a [`BatchPlan`] chunk by chunk.
+#[derive(Default)]
+pub struct Planner {
+    plan: BatchPlan,
+    scratch_len: u64,
+    out_len: u64,
+}
+
+fn align(x: u64, a: u64) -> u64 {
+    x.next_multiple_of(a)
+}
+
+impl Planner {
+    pub fn new() -> Planner {
+        Planner::default()
+    }
+
+    /// Bytes of original data planned so far.
+    pub fn out_len(&self) -> u64 {
+        self.out_len
+    }
+
+    fn upload(&mut self, bytes: &[u8], a: u64) -> u64 {
+        let at = align(self.plan.upload.len() as u64, a);
+        self.plan.upload.resize(at as usize, 0);
+        self.plan.upload.extend_from_slice(bytes);
+        at
+    }
+
+    /// Plans chunk `index` (entry `c`, stored `payload`). `raw_on_device` also uploads
+    /// chunks stored raw (for decoding into device memory); otherwise they are skipped,
+    /// since the host already has their bytes.
+    pub fn add(&mut self, index: usize, c: &ChunkEntry, payload: &[u8], raw_on_device: bool) {
+        let len = c.orig_len as u64;
+        let skip = |p: &mut Planner, reason| p.plan.skipped.push(Skipped { chunk: index, reason });
+        if c.codec == ChunkCodec::Raw {
+            if !raw_on_device || payload.len() as u64 != len {
+                return skip(self, "stored raw: nothing to decode");
+            }
+            let src = self.upload(payload, 16);
+            let out = OUT | align(self.out_len, 16);
+            self.out_len = (out & !OUT) + len;
+            self.plan.merges.push(MergeDesc {
+                dst: out,
+                plane: [src, 0, 0, 0, 0],
+                n_units: len as u32,
+                transform: Transform::None as u32,
+            });
+            let n = self.plan.subs.len();
+            self.plan.slots.push(Slot {
+                chunk: index,
+                out: out..out + len,
+                subs: n..n,
+            });
+            return;
+        }
+        let Ok(framed) = chunk::parse(c.transform, payload, len as usize) else {
+            return skip(self, "plane framing invalid (the CPU decoder names the damage)");
+        };
+        if framed.planes.iter().any(|p| p.0 == Codec::Zstd) {
+            return skip(self, "zstd plane: no GPU zstd decoder; decoded on the CPU");
+        }
+        if framed.planes.len() > 5 {
+            return skip(self, "more than 5 planes");
+        }
+        let mut parsed = Vec::with_capacity(framed.planes.len());
+        for &(codec, body, plen) in &framed.planes {
+            if codec == Codec::Rans {
+                match rans::parse(body, plen) {
+                    Ok(p) => parsed.push(Some(p)),
+                    Err(_) => return skip(self, "rANS header invalid (the CPU decoder names the damage)"),
+                }
+            } else if body.len() != plen {
+                return skip(self, "raw plane of the wrong length");
+            } else {
+                parsed.push(None);
+            }
+        }
+        let out = OUT | align(self.out_len, 16);
+        self.out_len = (out & !OUT) + len;
+        let direct = c.transform == Transform::None && parsed[0].is_some();
+        let sub_start = self.plan.subs.len();
+        let mut merge = MergeDesc {
+            dst: out,
+            n_units: (len / c.transform.unit() as u64) as u32,
+            transform: c.transform as u32,
+            ..Default::default()
+        };
+        for (i, (p, &(_, body, plen))) in parsed.iter().zip(&framed.planes).enumerate() {
+            let Some(p) = p else {
+                merge.plane[i] = UPLOAD | self.upload(body, 16);
+                continue;
+            };
+            let dst = if direct {
+                out
+            } else {
+                let at = SCRATCH | align(self.scratch_len, 16);
+                self.scratch_len = (at & !SCRATCH) + plen as u64;
+                at
+            };
+            merge.plane[i] = dst;
+            if p.n_symbols == 0 {
+                continue;
+            }
+            let dtab = p.table.decode_table();
+            let table_bytes: Vec<u8> = dtab.iter().flat_map(|e| e.to_le_bytes()).collect();
+            let table = self.upload(&table_bytes, 16);
+            let data = self.upload(p.data, 16);
+            let mut start = 0u64;
+            for (k, &end) in p.offsets.iter().enumerate() {
+                let n_sym = (plen - k * rans::SUB_BLOCK).min(rans::SUB_BLOCK);
+                self.plan.subs.push(SubBlockDesc {
+                    src: data + start,
+                    dst: dst + (k * rans::SUB_BLOCK) as u64,
+                    table,
+                    src_len: (end as u64 - start) as u32,
+                    n_sym: n_sym as u32,
+                });
+                start = end as u64;
+            }
+            self.plan.symbols += plen as u64;
+        }
+        if !direct {
+            self.plan.merges.push(merge);
+        }
+        self.plan.slots.push(Slot {
+            chunk: index,
+            out: out..out + len,
+            subs: sub_start..self.plan.subs.len(),
+        });
+    }
+
+    /// Resolves every offset into the arena.
+    pub fn finish(mut self) -> BatchPlan {
+        let scratch_base = align(self.plan.upload.len() as u64, 256);
+        let out_base = align(scratch_base + self.scratch_len, 256);
+        let fix = |x: u64| -> u64 {
+            let off = x & ((1 << SPACE_SHIFT) - 1);
+            match x >> SPACE_SHIFT {
+                0 => off,
+                1 => scratch_base + off,
+                _ => out_base + off,
+            }
+        };
+        for s in &mut self.plan.subs {
+            s.src = fix(s.src);
+            s.dst = fix(s.dst);
+            s.table = fix(s.table);
+        }
+        for m in &mut self.plan.merges {
+            m.dst = fix(m.dst);
+            for p in &mut m.plane {
+                *p = fix(*p);
+            }
+        }
+        for s in &mut self.plan.slots {
+            s.out = fix(s.out.start)..fix(s.out.start) + (s.out.end - s.out.start);
+        }
+        self.plan.out = out_base..out_base + self.out_len;
+        self.plan.arena_len = out_base + self.out_len;
+        self.plan
+    }
+}
