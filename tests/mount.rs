@@ -559,3 +559,48 @@ fn a_container_truncated_under_a_running_mount_gives_eio_not_a_crash() {
     );
     assert!(m.stats()["errors"].as_u64().unwrap() > 0);
 }
+
+#[test]
+fn prefetch_batches_through_the_gpu_path_serve_the_same_bytes() {
+    if !can_mount() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    synth_tree(&src, 19);
+    let p = t.path().join("packed");
+    let o = PackOptions {
+        chunk_size: 64 << 10,
+        ..Default::default()
+    };
+    pack::pack_tree(&src, &p, &o, &NoProgress).unwrap();
+    // `--gpu emulate` runs the CPU model of the CUDA kernels through the same batching,
+    // descriptors and host-side checksum checks the GPU path uses.
+    let m = Mounted::new(&p, &t.path().join("mnt"), &["--gpu", "emulate", "--prefetch", "8"]);
+    for rel in files_under(&src) {
+        assert!(
+            read_all_with(&m.mnt.join(&rel), 64 << 10) == fs::read(src.join(&rel)).unwrap(),
+            "{}",
+            rel.display()
+        );
+    }
+    let s = m.stats();
+    assert!(s["prefetch_issued"].as_u64().unwrap() > 0, "{s}");
+    assert_eq!(s["errors"].as_u64().unwrap(), 0);
+    drop(m);
+    // Without a GPU, `--gpu on` is a clear error and nothing is mounted.
+    if !Path::new("/dev/nvidia0").exists() {
+        let mnt2 = t.path().join("mnt2");
+        fs::create_dir_all(&mnt2).unwrap();
+        let out = Command::new(dcfs_bin())
+            .args(["mount", "--gpu", "on"])
+            .arg(&p)
+            .arg(&mnt2)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(err.contains("NVIDIA") || err.contains("CUDA"), "{err}");
+        assert!(!is_mounted(&mnt2.canonicalize().unwrap()));
+    }
+}

@@ -22,6 +22,9 @@ pub enum GpuArg {
     On,
     /// CPU only.
     Off,
+    /// The CPU model of the GPU kernels through the whole batch path (tests, no GPU).
+    #[value(hide = true)]
+    Emulate,
 }
 
 impl GpuArg {
@@ -30,6 +33,7 @@ impl GpuArg {
             GpuArg::Auto => GpuMode::Auto,
             GpuArg::On => GpuMode::On,
             GpuArg::Off => GpuMode::Off,
+            GpuArg::Emulate => return Ok(Some(Decoder::emulated())),
         };
         Decoder::new(mode).context("--gpu on")
     }

@@ -48,6 +48,9 @@ pub struct MountArgs {
     /// Let other users read the mount (FUSE allow_other). Off unless asked for.
     #[arg(long)]
     allow_other: bool,
+    /// Decode prefetch windows on an NVIDIA GPU: auto (when present), on (required), off.
+    #[arg(long, value_enum, default_value = "auto")]
+    gpu: super::gpu::GpuArg,
 }
 
 struct Settings {
@@ -153,7 +156,7 @@ pub fn mount(a: MountArgs) -> Result<Outcome> {
     let packed = a.packed.canonicalize()?;
     let mnt = a.mountpoint.canonicalize()?;
     if a.foreground {
-        return serve(&packed, &mnt, &s, None);
+        return serve(&packed, &mnt, &s, a.gpu, None);
     }
     let mut fds = [0i32; 2];
     // SAFETY: `fds` is a valid two-element array for pipe(2) to fill.
@@ -169,7 +172,7 @@ pub fn mount(a: MountArgs) -> Result<Outcome> {
         0 => {
             drop(rd);
             detach();
-            let code = match serve(&packed, &mnt, &s, Some(wr)) {
+            let code = match serve(&packed, &mnt, &s, a.gpu, Some(wr)) {
                 Ok(_) => 0,
                 Err(_) => 1,
             };
@@ -208,7 +211,7 @@ fn detach() {
 
 /// Opens the store, mounts, reports readiness through `ready`, then serves until unmounted
 /// (by `dcfs umount`, umount(8), or SIGINT/SIGTERM/SIGHUP).
-fn serve(packed: &Path, mnt: &Path, s: &Settings, ready: Option<OwnedFd>) -> Result<Outcome> {
+fn serve(packed: &Path, mnt: &Path, s: &Settings, gpu: super::gpu::GpuArg, ready: Option<OwnedFd>) -> Result<Outcome> {
     let tell = |ready: Option<OwnedFd>, msg: &str| {
         if let Some(fd) = ready {
             let _ = std::fs::File::from(fd).write_all(msg.as_bytes());
@@ -218,8 +221,11 @@ fn serve(packed: &Path, mnt: &Path, s: &Settings, ready: Option<OwnedFd>) -> Res
     let set = stop_signals();
     // SAFETY: `set` is an initialised sigset_t; a null old-set pointer is allowed.
     unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-    let r = Store::open(packed, s.store.clone())
-        .with_context(|| format!("opening {}", packed.display()))
+    let r = gpu
+        .decoder()
+        .and_then(|g| {
+            Store::open_with_gpu(packed, s.store.clone(), g).with_context(|| format!("opening {}", packed.display()))
+        })
         .and_then(|store| Mount::new(store, mnt, &s.mount).with_context(|| format!("mounting at {}", mnt.display())));
     let mut m = match r {
         Ok(m) => m,
@@ -392,5 +398,6 @@ pub fn mount_helper(args: Vec<String>) -> Result<Outcome> {
         prefetch: None,
         readahead: None,
         allow_other: false,
+        gpu: super::gpu::GpuArg::Auto,
     })
 }

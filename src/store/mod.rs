@@ -119,6 +119,8 @@ pub struct Store {
     next_fh: AtomicU64,
     logged: Mutex<HashSet<(u32, u32)>>,
     opts: StoreOptions,
+    /// Batch decoder for prefetch windows (GPU, or its CPU emulation in tests).
+    gpu: Option<crate::gpu::Decoder>,
     packed_bytes: u64,
     original_bytes: u64,
 }
@@ -127,6 +129,12 @@ impl Store {
     /// Opens every container of the packed tree at `root` (validating footers and indexes)
     /// and builds the node table. Refuses plain directories and unfinished packs.
     pub fn open(root: &Path, opts: StoreOptions) -> Result<Arc<Store>> {
+        Self::open_with_gpu(root, opts, None)
+    }
+
+    /// Like [`open`](Self::open); prefetch windows of two or more chunks are decoded as one
+    /// batch by `gpu` (checksums are still verified on the host, with CPU fallback).
+    pub fn open_with_gpu(root: &Path, opts: StoreOptions, gpu: Option<crate::gpu::Decoder>) -> Result<Arc<Store>> {
         read_marker(root)?;
         let md = fs::metadata(root).map_err(|e| Error::io(root, e))?;
         let mut nodes = vec![Node {
@@ -257,6 +265,7 @@ impl Store {
             next_fh: AtomicU64::new(1),
             logged: Mutex::new(HashSet::new()),
             opts,
+            gpu,
             packed_bytes,
             original_bytes,
         }))
@@ -402,6 +411,7 @@ impl Store {
         // Never prefetch more than half the cache could hold.
         let budget = self.cache.capacity() / 2;
         let mut bytes = 0u64;
+        let mut batch = Vec::new();
         for i in from..from.saturating_add(n).min(c.chunks.len() as u32) {
             let e = &c.chunks[i as usize];
             bytes += e.orig_len as u64;
@@ -411,8 +421,49 @@ impl Store {
             if e.codec == ChunkCodec::Raw || self.cache.contains((fidx, i)) {
                 continue;
             }
-            if self.request(fidx, i, true).is_some() {
+            if self.gpu.is_some() {
+                if let Lookup::Claimed(t) = self.cache.lookup_or_claim((fidx, i), &self.stats) {
+                    batch.push(t);
+                }
+            } else if self.request(fidx, i, true).is_some() {
                 self.stats.prefetch_issued();
+            }
+        }
+        if !batch.is_empty() {
+            for _ in &batch {
+                self.stats.prefetch_issued();
+            }
+            let me = self.clone();
+            self.pool.spawn(move || me.decode_batch(fidx, batch));
+        }
+    }
+
+    /// Runs on a pool thread: one batch through the GPU decoder, then publish each chunk.
+    fn decode_batch(&self, fidx: u32, tickets: Vec<Ticket>) {
+        let c = &self.files[fidx as usize].container;
+        let Some(gpu) = &self.gpu else { return };
+        let idx: Vec<usize> = tickets.iter().map(|t| t.key().1 as usize).collect();
+        let t0 = Instant::now();
+        let results = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| gpu.decode_chunks(c, &idx)));
+        let ns = t0.elapsed().as_nanos() as u64 / tickets.len().max(1) as u64;
+        match results {
+            Ok(results) => {
+                for (t, r) in tickets.iter().zip(results) {
+                    let out: Outcome = match r {
+                        Ok(d) => {
+                            self.stats.decoded(d.len() as u64, ns);
+                            Ok(Arc::new(d))
+                        }
+                        Err(e) => Err(Arc::new(e)),
+                    };
+                    self.cache.complete(t, out, true, &self.stats);
+                }
+            }
+            Err(_) => {
+                for t in &tickets {
+                    let e = Error::corrupt(c.path(), Some(t.key().1), "batch decoder panicked");
+                    self.cache.complete(t, Err(Arc::new(e)), true, &self.stats);
+                }
             }
         }
     }
