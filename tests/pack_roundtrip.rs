@@ -234,8 +234,17 @@ fn plain_directories_and_interrupted_packs_are_refused() {
     fs::write(foreign.join("keep.txt"), b"precious").unwrap();
     assert!(pack::pack_tree(&src, &foreign, &PackOptions::default(), &NoProgress).is_err());
     assert_eq!(fs::read(foreign.join("keep.txt")).unwrap(), b"precious");
-    // Packing a tree into itself is refused.
-    assert!(pack::pack_tree(&src, &src.join("inner"), &PackOptions::default(), &NoProgress).is_err());
+    // Packing a tree into itself is refused before anything is created in the source.
+    let before = tree_state(&src);
+    assert!(pack::pack_tree(&src, &src.join("inner/deeper"), &PackOptions::default(), &NoProgress).is_err());
+    assert!(pack::pack_tree(
+        &src,
+        &t.path().join("src/../src/x"),
+        &PackOptions::default(),
+        &NoProgress
+    )
+    .is_err());
+    assert_eq!(tree_state(&src), before, "the source was modified");
 }
 
 #[test]

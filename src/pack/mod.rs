@@ -236,11 +236,31 @@ pub(crate) fn set_mode_mtime(path: &Path, mode: u32, mtime_s: i64, mtime_ns: u32
     fs::set_permissions(path, fs::Permissions::from_mode(mode & 0o7777)).map_err(|e| Error::io(path, e))
 }
 
-fn same_or_inside(a: &Path, b: &Path) -> bool {
-    match (a.canonicalize(), b.canonicalize()) {
-        (Ok(a), Ok(b)) => a.starts_with(&b) || b.starts_with(&a),
-        _ => false,
+/// Resolves `p` as the OS would once it exists: the longest existing ancestor is
+/// canonicalised (symlinks, `..`), the rest appended.
+fn resolve(p: &Path) -> PathBuf {
+    let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let mut existing = abs.as_path();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(c) = existing.canonicalize() {
+            return rest.iter().rev().fold(c, |acc, part| acc.join(part));
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                existing = parent;
+            }
+            _ => return abs,
+        }
     }
+}
+
+/// Whether either path contains the other; `b` need not exist yet, so this can be asked
+/// before anything is created.
+fn same_or_inside(a: &Path, b: &Path) -> bool {
+    let (a, b) = (resolve(a), resolve(b));
+    a.starts_with(&b) || b.starts_with(&a)
 }
 
 /// Packs the tree at `src` into `dst`.
@@ -259,13 +279,14 @@ pub fn pack_tree(src: &Path, dst: &Path, opts: &PackOptions, progress: &dyn Prog
             what: format!("compress fraction {} is outside 0..=1", opts.compress_fraction),
         });
     }
-    fs::create_dir_all(dst).map_err(|e| Error::io(dst, e))?;
+    // Checked before anything is created: SRC is only ever read.
     if same_or_inside(src, dst) {
         return Err(Error::Invalid {
             path: dst.to_path_buf(),
             what: "destination and source must not contain each other".into(),
         });
     }
+    fs::create_dir_all(dst).map_err(|e| Error::io(dst, e))?;
     let occupied = fs::read_dir(dst).map_err(|e| Error::io(dst, e))?.next().is_some();
     if occupied && !dst.join(MARKER).exists() {
         return Err(Error::Invalid {

@@ -38,13 +38,13 @@ pub fn unpack_tree_with(
 ) -> Result<UnpackReport> {
     let t0 = Instant::now();
     read_marker(packed)?;
-    fs::create_dir_all(dst).map_err(|e| Error::io(dst, e))?;
     if same_or_inside(packed, dst) {
         return Err(Error::Invalid {
             path: dst.to_path_buf(),
             what: "destination and pack must not contain each other".into(),
         });
     }
+    fs::create_dir_all(dst).map_err(|e| Error::io(dst, e))?;
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads.max(1))
         .build()
