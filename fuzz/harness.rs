@@ -13,7 +13,7 @@ use std::path::Path;
 
 use dcfs::chunk::{self, ChunkCodec};
 use dcfs::codec::{self, rans, Codec};
-use dcfs::format::Container;
+use dcfs::format::{Container, MAX_EXPANSION};
 use dcfs::model::{gguf, safetensors, ModelError};
 use dcfs::transform::Transform;
 
@@ -68,6 +68,10 @@ pub fn container(data: &[u8]) {
     let Ok(c) = Container::from_file(Path::new("fuzz.dcz"), f) else {
         return;
     };
+    for e in &c.chunks {
+        // What any decode below may allocate is bounded by what was read.
+        assert!(e.orig_len as u64 <= (e.payload_len as u64).max(1) * MAX_EXPANSION);
+    }
     for i in 0..c.chunks.len().min(MAX_CHUNKS) {
         if let Ok(d) = c.decode_chunk(i) {
             assert_eq!(d.len(), c.chunks[i].orig_len as usize);
