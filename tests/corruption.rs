@@ -6,7 +6,8 @@
 //! bytes.
 //!
 //! Sizes: DCFS_CORRUPTION_FLIPS (default 500), DCFS_CORRUPTION_TRUNCS (50),
-//! DCFS_CORRUPTION_MOUNTS (20 of the flips also read through a fresh real mount).
+//! DCFS_CORRUPTION_MOUNTS (20 payload flips also read through a fresh real mount, plus 10
+//! damages elsewhere that must make the mount refuse to start).
 
 mod common;
 
@@ -66,6 +67,7 @@ struct Counts {
     unpack_tried: usize,
     unpack_failed_clean: usize,
     mounts: usize,
+    mounts_structural: usize,
     mount_refused: usize,
     mount_eio: usize,
     mount_ok: usize,
@@ -111,7 +113,8 @@ fn read_via_store(root: &Path, t: &Target) -> Option<ReadOutcome> {
     Some(out)
 }
 
-fn read_via_mount(packed: &Path, mnt: &Path, t: &Target) -> Option<ReadOutcome> {
+/// `Err(stderr)` when the mount refused to start.
+fn read_via_mount(packed: &Path, mnt: &Path, t: &Target) -> Result<ReadOutcome, String> {
     fs::create_dir_all(mnt).unwrap();
     let st = Command::new(dcfs_bin())
         .arg("mount")
@@ -121,7 +124,7 @@ fn read_via_mount(packed: &Path, mnt: &Path, t: &Target) -> Option<ReadOutcome> 
         .output()
         .unwrap();
     if !st.status.success() {
-        return None;
+        return Err(String::from_utf8_lossy(&st.stderr).into_owned());
     }
     let guard = Mounted {
         mnt: mnt.canonicalize().unwrap(),
@@ -136,7 +139,7 @@ fn read_via_mount(packed: &Path, mnt: &Path, t: &Target) -> Option<ReadOutcome> 
         match f.read_exact_at(&mut buf, off as u64) {
             Ok(()) => {
                 if buf[..] != t.original[off..end] {
-                    return Some(ReadOutcome::Wrong(off as u64));
+                    return Ok(ReadOutcome::Wrong(off as u64));
                 }
             }
             Err(e) => {
@@ -146,7 +149,7 @@ fn read_via_mount(packed: &Path, mnt: &Path, t: &Target) -> Option<ReadOutcome> 
         }
         off = end;
     }
-    Some(out)
+    Ok(out)
 }
 
 /// After a failed unpack: the damaged file is absent under its name (or, when verify said
@@ -335,14 +338,29 @@ fn every_single_byte_flip_and_truncation_is_caught_and_never_served() {
                 assert!(detected.is_none(), "{d:?}: verify failed but unpack succeeded");
             }
         }
-        // A fresh real mount for the first payload flips.
-        if mount_ok && c.mounts < n_mounts && region == "payload" {
+        // A fresh real mount for the first payload flips, and for the first damages
+        // elsewhere (which must make it refuse to start, naming the file).
+        let structural = region != "payload";
+        let want = if structural {
+            c.mounts_structural < 10
+        } else {
+            c.mounts - c.mounts_structural < n_mounts
+        };
+        if mount_ok && want {
             c.mounts += 1;
+            c.mounts_structural += structural as usize;
             match read_via_mount(&packed, &t.path().join("mnt"), tg) {
-                None => c.mount_refused += 1,
-                Some(ReadOutcome::Correct) => c.mount_ok += 1,
-                Some(ReadOutcome::Error) => c.mount_eio += 1,
-                Some(ReadOutcome::Wrong(off)) => {
+                Err(stderr) => {
+                    let name = tg.container.file_name().unwrap().to_string_lossy();
+                    assert!(
+                        stderr.contains(&*name),
+                        "{d:?}: mount refused without naming the file: {stderr}"
+                    );
+                    c.mount_refused += 1;
+                }
+                Ok(ReadOutcome::Correct) => c.mount_ok += 1,
+                Ok(ReadOutcome::Error) => c.mount_eio += 1,
+                Ok(ReadOutcome::Wrong(off)) => {
                     c.wrong_bytes += 1;
                     eprintln!("WRONG BYTES via mount: {} {d:?} at offset {off}", tg.rel.display());
                 }
