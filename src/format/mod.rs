@@ -92,6 +92,11 @@ const CE_TENSOR: usize = 36;
 pub const MAX_CHUNK_LEN: u32 = 64 << 20;
 /// Largest index a reader accepts (about 22 million chunk entries).
 pub const MAX_INDEX_LEN: u64 = 1 << 30;
+/// Most original bytes a coded chunk may claim per payload byte. The best any codec here
+/// does is a zstd RLE block (4 bytes for 128 KiB: 32768x; a zero chunk measures 32388x);
+/// this is twice that. A chunk claiming more is corrupt, so a reader never allocates more
+/// than this many times the payload it read.
+pub const MAX_EXPANSION: u64 = 64 * 1024;
 
 pub const FLAG_LENIENT_OPAQUE: u8 = 1;
 pub const NO_TENSOR: u32 = u32::MAX;

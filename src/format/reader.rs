@@ -226,6 +226,12 @@ fn decode_index(path: &Path, b: &[u8], index_offset: u64) -> Result<Index> {
         if codec == ChunkCodec::Raw && c.payload_len != c.orig_len {
             return Err(cbad("raw payload length differs from the chunk length".into()));
         }
+        if c.orig_len as u64 > c.payload_len as u64 * MAX_EXPANSION {
+            return Err(cbad(format!(
+                "{}-byte payload cannot hold {} bytes",
+                c.payload_len, c.orig_len
+            )));
+        }
         if c.tensor != NO_TENSOR && c.tensor as usize >= n_tensors {
             return Err(cbad(format!("names tensor {} of {n_tensors}", c.tensor)));
         }
@@ -265,4 +271,43 @@ fn decode_index(path: &Path, b: &[u8], index_offset: u64) -> Result<Index> {
         });
     }
     Ok((meta, chunks, tensors))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chunk::{self, CodecChoice, EncodeOptions};
+
+    /// The most compressible chunk there is, under every codec and level the packer can
+    /// use, stays within half of `MAX_EXPANSION`, so the reader's bound never rejects a
+    /// real pack.
+    #[test]
+    fn constant_chunks_stay_within_the_expansion_bound() {
+        let data = vec![0u8; MAX_CHUNK_LEN as usize];
+        for (codec, level) in [
+            (CodecChoice::Zstd, 1),
+            (CodecChoice::Zstd, 3),
+            (CodecChoice::Zstd, 19),
+            (CodecChoice::Rans, 3),
+            (CodecChoice::Auto, 3),
+        ] {
+            let opt = EncodeOptions {
+                codec,
+                zstd_level: level,
+                ..Default::default()
+            };
+            for t in [Transform::None, Transform::Split4] {
+                let e = chunk::encode(&data, &[t], true, &opt);
+                let ratio = data.len() as f64 / e.payload.len() as f64;
+                eprintln!(
+                    "{codec:?} level {level} {t:?}: {} bytes, ratio {ratio:.0}",
+                    e.payload.len()
+                );
+                assert!(
+                    e.payload.len() as u64 * MAX_EXPANSION / 2 >= data.len() as u64,
+                    "{codec:?} level {level} {t:?}: ratio {ratio:.0}"
+                );
+            }
+        }
+    }
 }

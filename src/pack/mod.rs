@@ -36,6 +36,14 @@ pub const MARKER: &str = ".dcfs-pack.json";
 /// Default chunk size: see docs/FORMAT.md for the measured trade-off.
 pub const DEFAULT_CHUNK_SIZE: u32 = 1 << 20;
 
+/// The original's name for a container's file name (`X.dcz` gives `X`), byte for byte:
+/// names need not be UTF-8. `None` for anything that is not a container name.
+pub fn original_name(container: &std::ffi::OsStr) -> Option<OsString> {
+    use std::os::unix::ffi::OsStrExt;
+    let orig = container.as_bytes().strip_suffix(SUFFIX.as_bytes())?;
+    (!orig.is_empty()).then(|| std::ffi::OsStr::from_bytes(orig).to_os_string())
+}
+
 /// Receives progress in bytes of original data. Implemented by the CLI's progress bar.
 pub trait Progress: Send + Sync {
     fn set_total(&self, _bytes: u64) {}

@@ -1,7 +1,8 @@
 //! `unpack`: write the originals back, byte-identical, with mode and mtime. A file is
 //! only renamed into place after its every chunk and its whole-file digest verified.
 
-use std::fs::{self, File};
+use std::ffi::OsString;
+use std::fs::{self, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -10,7 +11,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::verify::stream_chunks;
-use super::{read_marker, same_or_inside, set_mode_mtime, sync_dir, walk, Entry, Progress, MARKER, SUFFIX};
+use super::{original_name, read_marker, same_or_inside, set_mode_mtime, sync_dir, walk, Entry, Progress, MARKER};
 use crate::error::{Error, Result};
 use crate::format::Container;
 use crate::gpu;
@@ -57,7 +58,7 @@ pub fn unpack_tree_with(
         match e {
             Entry::Dir(rel) => {
                 let d = dst.join(rel);
-                fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
+                real_dir(&d)?;
                 dirs.push(rel.clone());
                 report.dirs += 1;
             }
@@ -70,11 +71,11 @@ pub fn unpack_tree_with(
                 report.symlinks += 1;
             }
             Entry::File(rel, _) => {
-                let name = rel.file_name().unwrap_or_default().to_string_lossy().into_owned();
-                if let Some(orig) = name.strip_suffix(SUFFIX).filter(|o| !o.is_empty()) {
+                let name = rel.file_name().unwrap_or_default();
+                if let Some(orig) = original_name(name) {
                     let orig = rel.with_file_name(orig);
                     containers.push((packed.join(rel), orig));
-                } else if rel.as_os_str() != MARKER && !name.starts_with('.') {
+                } else if rel.as_os_str() != MARKER && !name.to_string_lossy().starts_with('.') {
                     progress.warn(&format!("{}: not a container; not unpacked", rel.display()));
                 }
             }
@@ -89,13 +90,19 @@ pub fn unpack_tree_with(
     for (c, orig) in &opened {
         progress.message(&orig.display().to_string());
         let out = dst.join(orig);
-        let tmp = out.with_file_name(format!(
-            ".{}.tmp-{}",
-            out.file_name().unwrap_or_default().to_string_lossy(),
-            std::process::id()
-        ));
+        let mut tmp_name = OsString::from(".");
+        tmp_name.push(out.file_name().unwrap_or_default());
+        tmp_name.push(format!(".tmp-{}", std::process::id()));
+        let tmp = out.with_file_name(tmp_name);
         let r = (|| {
-            let f = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+            // A pack may hold a symlink under the temporary name (restored above): remove
+            // whatever is there and create exclusively, so nothing is written through a link.
+            remove_if_present(&tmp)?;
+            let f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&tmp)
+                .map_err(|e| Error::io(&tmp, e))?;
             let mut w = BufWriter::with_capacity(1 << 20, f);
             stream_chunks(c, &pool, gpu, |_, data| {
                 progress.advance(data.len() as u64);
@@ -124,4 +131,27 @@ pub fn unpack_tree_with(
     sync_dir(dst)?;
     report.seconds = t0.elapsed().as_secs_f64();
     Ok(report)
+}
+
+fn remove_if_present(p: &Path) -> Result<()> {
+    match fs::remove_file(p) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(p, e)),
+        _ => Ok(()),
+    }
+}
+
+/// Creates directory `d` (its parent exists), or accepts one that is already there, but
+/// never a symlink to one: a link left in the destination must not carry writes elsewhere.
+fn real_dir(d: &Path) -> Result<()> {
+    match fs::create_dir(d) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => match fs::symlink_metadata(d) {
+            Ok(md) if md.is_dir() => Ok(()),
+            _ => Err(Error::Invalid {
+                path: d.to_path_buf(),
+                what: "exists and is not a directory (a symlink is not followed); refusing to unpack into it".into(),
+            }),
+        },
+        Err(e) => Err(Error::io(d, e)),
+    }
 }

@@ -22,7 +22,7 @@ use parking_lot::Mutex;
 use crate::chunk::ChunkCodec;
 use crate::error::{Error, Result};
 use crate::format::{chunk_hash, Container};
-use crate::pack::{read_marker, walk, Entry, MARKER, SUFFIX};
+use crate::pack::{original_name, read_marker, walk, Entry, MARKER};
 use cache::{Lookup, Outcome, Ticket};
 
 pub const ROOT_INO: u64 = 1;
@@ -186,7 +186,7 @@ impl Store {
                     if rel.as_os_str() == MARKER || (name.starts_with('.') && name.contains(".tmp-")) {
                         continue;
                     }
-                    let Some(orig) = name.strip_suffix(SUFFIX).filter(|o| !o.is_empty()) else {
+                    let Some(orig) = original_name(rel.file_name().unwrap_or_default()) else {
                         tracing::warn!("{}: not a container; not served", rel.display());
                         continue;
                     };
@@ -194,7 +194,7 @@ impl Store {
                     let c = Container::open(&p)?;
                     let md = fs::metadata(&p).map_err(|e| Error::io(&p, e))?;
                     let mut node = Self::new_node(
-                        orig.into(),
+                        orig.clone(),
                         NodeKind::File {
                             file: files.len() as u32,
                         },

@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
 
 use dcfs::model::{gguf, safetensors};
 
@@ -160,4 +162,76 @@ pub fn tree_state(dir: &Path) -> BTreeMap<String, String> {
 
 pub fn dcfs_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_dcfs"))
+}
+
+/// Mounting needs root and /dev/fuse; without them the test says why and passes.
+pub fn can_mount() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let ok = root && Path::new("/dev/fuse").exists();
+    if !ok {
+        eprintln!("SKIP mount tests: need root and /dev/fuse (root={root})");
+    }
+    ok
+}
+
+/// A daemonised `dcfs mount`, unmounted when dropped (even when the test fails).
+pub struct Mounted {
+    pub mnt: PathBuf,
+}
+
+impl Mounted {
+    pub fn new(packed: &Path, mnt: &Path, extra: &[&str]) -> Mounted {
+        fs::create_dir_all(mnt).unwrap();
+        let out = Command::new(dcfs_bin())
+            .arg("mount")
+            .arg(packed)
+            .arg(mnt)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mount failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Mounted {
+            mnt: mnt.canonicalize().unwrap(),
+        }
+    }
+
+    pub fn stats(&self) -> serde_json::Value {
+        let out = Command::new(dcfs_bin())
+            .arg("stats")
+            .arg(&self.mnt)
+            .arg("--json")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let st = Command::new(dcfs_bin()).arg("umount").arg(&self.mnt).status();
+        if !st.is_ok_and(|s| s.success()) {
+            let _ = Command::new(dcfs_bin()).args(["umount", "-l"]).arg(&self.mnt).status();
+        }
+        // Wait for the daemon to let go, so the next mount of the same pack is clean.
+        for _ in 0..100 {
+            if !is_mounted(&self.mnt) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+pub fn is_mounted(p: &Path) -> bool {
+    let s = p.to_string_lossy().to_string();
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(s.as_str()))
 }
