@@ -18,6 +18,7 @@ REQ="$ROOT/tests/loaders/requirements.txt"
 STAMP="$VENV/.dcfs-loader-requirements"
 MODELS="${DCFS_MODELS:-$ROOT/models}"
 DCFS="$ROOT/target/release/dcfs"
+UV_VERSION=0.13.9
 
 die() { echo "loader-tests: error: $*" >&2; exit 1; }
 
@@ -43,7 +44,14 @@ if cmp -s "$REQ" "$STAMP" && "$PY" -c "$IMPORTS" 2>/dev/null; then
 else
   echo "== loader-tests: installing tests/loaders/requirements.txt into $VENV (torch from PyPI is ~3 GB with its CUDA libraries)"
   t0=$SECONDS
-  "$PY" -m pip install -q --disable-pip-version-check -r "$REQ" || die "pip install failed"
+  # uv (from PyPI) installs these ~3.5x faster than pip: measured 49 s against 178 s into an
+  # empty venv, both without a cache, on the 2-core dev machine. pip if uv can't be had.
+  if [[ -x "$VENV/bin/uv" ]] || "$PY" -m pip install -q --disable-pip-version-check "uv==$UV_VERSION"; then
+    "$VENV/bin/uv" pip install -q --python "$PY" -r "$REQ" || die "uv pip install failed"
+  else
+    echo "loader-tests: uv not installable; using pip"
+    "$PY" -m pip install -q --disable-pip-version-check -r "$REQ" || die "pip install failed"
+  fi
   "$PY" -c "$IMPORTS" || die "installed packages do not import"
   cp "$REQ" "$STAMP"
   echo "== loader-tests: installed in $((SECONDS - t0))s"
