@@ -75,9 +75,19 @@ cleanup() {
   fi
   exit "$rc"
 }
+PYTEST_PID=
+SIGNALLED=
+# On INT/TERM: ask pytest to stop (conftest turns SIGTERM into KeyboardInterrupt, so its
+# fixtures unmount), then the EXIT trap unmounts whatever is still mounted.
+# A pytest stuck in native code gets SIGKILL 30 s later.
+on_signal() {
+  SIGNALLED=1
+  [[ -n "$PYTEST_PID" ]] || exit 143
+  kill -TERM "$PYTEST_PID" 2>/dev/null || true
+  (sleep 30 && kill -KILL "$PYTEST_PID") >/dev/null 2>&1 &
+}
 trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+trap on_signal INT TERM
 
 echo "== loader-tests: dcfs pack $MODELS"
 t0=$SECONDS
@@ -85,12 +95,18 @@ t0=$SECONDS
 echo "   packed in $((SECONDS - t0))s"
 
 echo "== loader-tests: pytest tests/loaders"
-set +e
+# In the background so that a signal to this script is handled while pytest runs.
 DCFS_BIN="$DCFS" DCFS_MODELS="$MODELS" DCFS_LOADER_PACKED="$WORK/packed" DCFS_LOADER_MNT="$MNT" \
   HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
-  "$PY" -m pytest "$ROOT/tests/loaders" -p no:cacheprovider -rs -v -s "$@"
-rc=$?
-set -e
+  "$PY" -m pytest "$ROOT/tests/loaders" -p no:cacheprovider -rs -v -s "$@" &
+PYTEST_PID=$!
+while :; do
+  rc=0
+  wait "$PYTEST_PID" || rc=$?
+  kill -0 "$PYTEST_PID" 2>/dev/null || break
+done
+PYTEST_PID=
+[[ -z "$SIGNALLED" ]] || die "interrupted (pytest exit $rc)"
 case $rc in
   0) ;;
   5) die "pytest collected no tests (exit 5)" ;;

@@ -10,6 +10,7 @@ Environment (scripts/loader-tests.sh sets these):
 
 import json
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -102,6 +103,15 @@ def mount(packed, tmp_path_factory, request) -> Mount:
 @pytest.fixture(scope="session")
 def mnt(mount) -> Path:
     return mount.mnt
+
+
+def pytest_configure(config):
+    # SIGTERM (scripts/loader-tests.sh forwards INT/TERM as TERM) stops the run like ^C, so
+    # session fixtures are torn down and the mount is unmounted.
+    def on_term(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, on_term)
 
 
 def can_drop_caches() -> bool:
