@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The project's test command (README and .ci/run call exactly this):
-# fetch the real models, check formatting and lints, run every test.
+# fetch the real models, check formatting and lints, run every test, then the real loaders
+# (safetensors, sentence-transformers, llama.cpp) on a dcfs mount (scripts/loader-tests.sh;
+# the first run installs their venv, ~3 GB of torch from PyPI).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -16,3 +18,7 @@ scripts/nvrtc-check.sh
 echo "== cargo test"
 cargo test --all-targets 2>&1 | tee target/test.log
 grep -q "test result: ok" target/test.log
+echo "== loader tests (scripts/loader-tests.sh)"
+t0=$SECONDS
+scripts/loader-tests.sh
+echo "== loader tests took $((SECONDS - t0))s"
