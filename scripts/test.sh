@@ -22,3 +22,5 @@ echo "== loader tests (scripts/loader-tests.sh)"
 t0=$SECONDS
 scripts/loader-tests.sh
 echo "== loader tests took $((SECONDS - t0))s"
+echo "== DC accuracy check (dcfs quantize on MiniLM, embeddings vs F32)"
+"${DCFS_LOADER_VENV:-$ROOT/.venv-loaders}/bin/python" scripts/dc_accuracy.py --quick --dcfs target/release/dcfs
