@@ -21,7 +21,12 @@ fn contents(dir: &Path) -> Vec<(String, String)> {
     let mut v: Vec<_> = tree_state(dir)
         .keys()
         .filter(|k| dir.join(k).is_file() && !dir.join(k).is_symlink())
-        .map(|k| (k.clone(), blake3::hash(&fs::read(dir.join(k)).unwrap()).to_hex().to_string()))
+        .map(|k| {
+            (
+                k.clone(),
+                blake3::hash(&fs::read(dir.join(k)).unwrap()).to_hex().to_string(),
+            )
+        })
         .collect();
     v.sort();
     v
@@ -53,16 +58,28 @@ fn make_v1_fixture() {
     let mut r = Rng::new(2026);
     let w = weights(&mut r, 24_000);
     let st = safetensors::build(&[
-        ("ids", "I64", vec![64], (0..64u64).flat_map(|i| i.to_le_bytes()).collect()),
+        (
+            "ids",
+            "I64",
+            vec![64],
+            (0..64u64).flat_map(|i| i.to_le_bytes()).collect(),
+        ),
         ("attn.q.weight", "BF16", vec![100, 120], bf16_bytes(&w[..12_000])),
         ("mlp.up.weight", "F32", vec![6000], f32_bytes(&w[12_000..18_000])),
         ("mlp.down.weight", "I8", vec![24_000], i8_tensorwise(&w)),
         ("noise", "U8", vec![3000], (0..3000).map(|_| r.next() as u8).collect()),
     ]);
     fs::write(src.join("model.safetensors"), st).unwrap();
-    let g = gguf::build(&[("blk.0.w", vec![32 * 8, 16], gguf::GGML_Q8_0, q8_0_bytes(&mut r, 128))], 32);
+    let g = gguf::build(
+        &[("blk.0.w", vec![32 * 8, 16], gguf::GGML_Q8_0, q8_0_bytes(&mut r, 128))],
+        32,
+    );
     fs::write(src.join("sub/model.gguf"), g).unwrap();
-    fs::write(src.join("config.json"), br#"{"hidden_size": 384, "layers": 6}"#.repeat(30)).unwrap();
+    fs::write(
+        src.join("config.json"),
+        br#"{"hidden_size": 384, "layers": 6}"#.repeat(30),
+    )
+    .unwrap();
     fs::write(src.join("empty.txt"), b"").unwrap();
     let mut o = PackOptions {
         chunk_size: 8192,

@@ -1,6 +1,7 @@
 //! Command-line interface. Each command lives in its own file; errors travel up as
 //! `anyhow::Error` and are printed once, here.
 
+mod bench;
 mod mount;
 mod pack;
 mod util;
@@ -32,6 +33,7 @@ enum Cmd {
     Mount(mount::MountArgs),
     Umount(mount::UmountArgs),
     Stats(mount::StatsArgs),
+    Bench(bench::BenchArgs),
 }
 
 /// What a command tells `main` about how it went, beyond success.
@@ -70,5 +72,6 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Cmd::Mount(a) => mount::mount(a),
         Cmd::Umount(a) => mount::umount(a),
         Cmd::Stats(a) => mount::stats(a),
+        Cmd::Bench(a) => bench::bench(a),
     }
 }
