@@ -95,8 +95,10 @@ if os.path.exists(cj):
             if not a:
                 r.append("")
                 continue
-            r.append("%.2f / %.2f / %.2f / %.2f" % tuple(get[(f, cl, k)]["ratio"] for k in
-                                                        ("dcfs-auto", "zstd-3", "lz4", "order0-bound")))
+            v = ["%.2f" % get[(f, cl, k)]["ratio"] for k in ("dcfs-auto", "zstd-3", "lz4", "order0-bound")]
+            if a["bytes"] < 4096:
+                v[3] = "-"  # an order-0 bound of a few bytes ignores the table and means nothing
+            r.append(" / ".join(v))
         body.append(r)
     table(["model"] + classes, body)
     md.append("### Order-0 bits per byte of each plane (tensor bytes)\n")
@@ -169,6 +171,7 @@ if rr:
 lr = rows("load.csv")
 if lr:
     g = defaultdict(list)
+    lr = [r for r in lr if r["seconds"]]
     for r in lr:
         g[(int(r["bw_mb_s"]), r["contender"], r["workload"])].append(float(r["seconds"]))
     bws = sorted({int(r["bw_mb_s"]) for r in lr}, key=lambda b: b if b else 10 ** 9)
@@ -218,6 +221,32 @@ if fr:
         if r["picked"] == "1":
             picks[int(r["bw_mb_s"])] = float(r["fraction"])
     bws = sorted({k[0] for k in g}, key=lambda b: b if b else 10 ** 9)
+    # modelled curves printed by `dcfs pack --compress-fraction auto` (fraction-auto.txt)
+    models, cur = defaultdict(dict), []
+    fa = os.path.join(RES, "fraction-auto.txt")
+    for line in open(fa) if os.path.exists(fa) else []:
+        line = line.strip()
+        if line.startswith("modelled load ("):
+            name = line[len("modelled load ("):line.index(")")]
+            pts = [(float(p.split()[0][2:]), float(p.split()[1][:-1]))
+                   for p in line[line.index(":") + 1:].split(";")[0].split(",")]
+            cur.append((name, pts, line.split("pick ")[-1]))
+        elif line.startswith("bw="):
+            bw = int(line.split()[0][3:])
+            for name, pts, pick in cur:
+                models[bw][name] = (pts, pick)
+            cur = []
+    if models:
+        md.append("### Modelled load time (s) at f = 0 / 0.2 / 0.5 / 1 and the model's pick, vs measured\n")
+        body = []
+        for bw in bws:
+            meas = [st.median(g[(bw, f, False)]) if g.get((bw, f, False)) else float("nan")
+                    for f in (0.0, 0.2, 0.5, 1.0)]
+            body.append([f"{bw} MB/s" if bw else "unthrottled", "measured",
+                         " / ".join(f"{x:.3f}" for x in meas), "-"])
+            for name, (pts, pick) in models.get(bw, {}).items():
+                body.append(["", name, " / ".join(f"{p[1]:.3f}" for p in pts), pick])
+        table(["storage", "model", "f=0 / 0.2 / 0.5 / 1", "pick"], body)
     md.append("### Cold `cat` load time vs --compress-fraction: seconds, median (min-max); auto pick\n")
     fr_all = sorted({k[1] for k in g if not k[2]})
     body = []
@@ -235,11 +264,14 @@ if fr:
         if pv:
             ax.scatter([picks[bw]], [st.median(pv)], marker="*", s=200, color=line[0].get_color(),
                        edgecolor="black", zorder=5)
+        m = models.get(bw, {}).get("Overlap, mount rates")
+        if m:
+            ax.plot([p[0] for p in m[0]], [p[1] for p in m[0]], ls="--", lw=1, color=line[0].get_color())
     table(["storage"] + [f"f={f}" for f in fr_all] + ["auto pick: time", "pick / best measured"], body)
     ax.set_yscale("log")
     ax.set_xlabel("--compress-fraction")
     ax.set_ylabel("cold cat time, s (log)")
-    ax.set_title("Partial compression: load time vs fraction (star: auto pick)")
+    ax.set_title("Load time vs fraction (star: auto pick; dashed: model)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

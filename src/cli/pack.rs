@@ -51,6 +51,12 @@ pub struct EncodeArgs {
     /// Decode threads the mount will use, for `--compress-fraction auto` (default: all cores).
     #[arg(long)]
     decode_threads: Option<usize>,
+    /// For `--compress-fraction auto`: the mount's measured end-to-end rates on this machine,
+    /// `RAW,CODED` bytes/s of original data (e.g. 700M,500M), from `dcfs bench read` on a
+    /// fresh mount of a `--codec raw` and an auto pack whose containers are in the page
+    /// cache. Without it only the sampled codec speed is modelled (FUSE cost ignored).
+    #[arg(long, value_name = "RAW,CODED")]
+    mount_rates: Option<String>,
     /// Pack files whose safetensors/GGUF header is malformed as opaque bytes (with a
     /// warning) instead of failing.
     #[arg(long)]
@@ -132,7 +138,24 @@ pub fn pack(a: PackArgs) -> Result<Outcome> {
         let threads = a.enc.decode_threads.unwrap_or_else(default_threads).max(1);
         let sample =
             adaptive::sample_tree(&a.src, &opts, 32 << 20).with_context(|| format!("sampling {}", a.src.display()))?;
-        let c = adaptive::choose_fraction(&sample, bw as f64, threads, adaptive::DEFAULT_MODEL);
+        let rates = match &a.enc.mount_rates {
+            None => None,
+            Some(r) => {
+                let v: Vec<u64> = r
+                    .split(',')
+                    .map(parse_size)
+                    .collect::<std::result::Result<_, _>>()
+                    .map_err(|e| anyhow::anyhow!("--mount-rates: {e}"))?;
+                let [raw, coded] = v[..] else {
+                    bail!("--mount-rates takes RAW,CODED (two rates, e.g. 700M,500M)");
+                };
+                Some(adaptive::MountRates {
+                    raw_bps: raw as f64,
+                    coded_bps: coded as f64,
+                })
+            }
+        };
+        let c = adaptive::choose_fraction(&sample, bw as f64, threads, adaptive::DEFAULT_MODEL, rates);
         eprintln!(
             "compress-fraction auto: {:.2} (storage {}/s, sample ratio {:.3}, decode {:.0} MB/s/thread x {threads}, \
              modelled load {:.2}s)",
@@ -142,21 +165,30 @@ pub fn pack(a: PackArgs) -> Result<Outcome> {
             sample.decode_bps / 1e6,
             c.predicted_s
         );
-        for model in [adaptive::LoadModel::Overlap, adaptive::LoadModel::Serial] {
+        let variants = [
+            (adaptive::LoadModel::Overlap, None),
+            (adaptive::LoadModel::Serial, None),
+        ]
+        .into_iter()
+        .chain(rates.map(|r| (adaptive::LoadModel::Overlap, Some(r))))
+        .chain(rates.map(|r| (adaptive::LoadModel::Serial, Some(r))));
+        for (model, r) in variants {
             let pts: Vec<String> = [0.0, 0.2, 0.5, 1.0]
                 .iter()
                 .map(|&f| {
                     format!(
                         "f={f} {:.3}s",
-                        adaptive::model_time(&sample, f, bw as f64, threads, model)
+                        adaptive::model_time(&sample, f, bw as f64, threads, model, r)
                     )
                 })
                 .collect();
-            eprintln!("  modelled load ({model:?}): {}", pts.join(", "));
+            let pick = adaptive::choose_fraction(&sample, bw as f64, threads, model, r).fraction;
+            let how = if r.is_some() { "mount rates" } else { "codec speed" };
+            eprintln!("  modelled load ({model:?}, {how}): {}; pick {pick:.2}", pts.join(", "));
         }
         opts.compress_fraction = c.fraction;
-    } else if a.enc.storage_bw.is_some() {
-        bail!("--storage-bw only applies to --compress-fraction auto");
+    } else if a.enc.storage_bw.is_some() || a.enc.mount_rates.is_some() {
+        bail!("--storage-bw and --mount-rates only apply to --compress-fraction auto");
     }
     let bar = Bar::new(a.json);
     let r = pack::pack_tree(&a.src, &a.dst, &opts, &bar);

@@ -6,8 +6,12 @@
 //! Model, with T tensor bytes, O other bytes, ratio r, decode speed d per thread, P decode
 //! threads and storage bandwidth B, coding a fraction f of the tensor chunks:
 //! stored S(f) = O + T(1 - f) + T f / r, decoded D(f) = T f.
-//! `Overlap`: load = max(S/B, D/(P d)) (the mount reads ahead while it decodes);
-//! `Serial`: load = S/B + D/(P d). docs/BENCHMARKS.md compares both with measured loads.
+//! `Overlap`: load = max(S/B, C) (the mount reads ahead while it decodes);
+//! `Serial`: load = S/B + C, where C is the CPU side: D/(P d) from the sampled codec speed
+//! alone, or, given the mount's measured end-to-end rates (bytes/s of original data served
+//! from a fresh mount over page-cached containers: R for raw chunks, K for coded chunks),
+//! C = (O + T(1 - f))/R + T f/K, which also counts FUSE's own cost and a busy machine.
+//! docs/BENCHMARKS.md compares these with measured loads.
 
 use std::fs::File;
 use std::path::Path;
@@ -40,6 +44,14 @@ pub struct TreeSample {
     pub decode_bps: f64,
 }
 
+/// End-to-end rates of a mount on this machine, bytes/s of original data, with no storage
+/// cost (containers in the page cache, the mount's chunk cache empty).
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct MountRates {
+    pub raw_bps: f64,
+    pub coded_bps: f64,
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct FractionChoice {
     pub fraction: f64,
@@ -47,6 +59,7 @@ pub struct FractionChoice {
     pub storage_bps: f64,
     pub threads: usize,
     pub model: LoadModel,
+    pub rates: Option<MountRates>,
     pub sample: TreeSample,
     /// (fraction, modelled seconds) on a 0.05 grid.
     pub curve: Vec<(f64, f64)>,
@@ -114,24 +127,40 @@ pub fn sample_tree(src: &Path, opts: &PackOptions, budget: u64) -> Result<TreeSa
 }
 
 /// Modelled load time of coding fraction `f` of the tensor chunks.
-pub fn model_time(s: &TreeSample, f: f64, storage_bps: f64, threads: usize, model: LoadModel) -> f64 {
+pub fn model_time(
+    s: &TreeSample,
+    f: f64,
+    storage_bps: f64,
+    threads: usize,
+    model: LoadModel,
+    rates: Option<MountRates>,
+) -> f64 {
     let t = s.tensor_bytes as f64;
     let stored = s.other_bytes as f64 + t * (1.0 - f) + t * f / s.ratio.max(1.0);
     let io = stored / storage_bps.max(1.0);
-    let dec = t * f / (s.decode_bps * threads.max(1) as f64);
+    let cpu = match rates {
+        Some(r) => (s.other_bytes as f64 + t * (1.0 - f)) / r.raw_bps.max(1.0) + t * f / r.coded_bps.max(1.0),
+        None => t * f / (s.decode_bps * threads.max(1) as f64),
+    };
     match model {
-        LoadModel::Overlap => io.max(dec),
-        LoadModel::Serial => io + dec,
+        LoadModel::Overlap => io.max(cpu),
+        LoadModel::Serial => io + cpu,
     }
 }
 
 /// The fraction (on a 0.05 grid) with the smallest modelled load time; ties go to the
 /// smaller fraction (less decoding, less CPU).
-pub fn choose_fraction(s: &TreeSample, storage_bps: f64, threads: usize, model: LoadModel) -> FractionChoice {
+pub fn choose_fraction(
+    s: &TreeSample,
+    storage_bps: f64,
+    threads: usize,
+    model: LoadModel,
+    rates: Option<MountRates>,
+) -> FractionChoice {
     let curve: Vec<(f64, f64)> = (0..=20)
         .map(|i| {
             let f = i as f64 / 20.0;
-            (f, model_time(s, f, storage_bps, threads, model))
+            (f, model_time(s, f, storage_bps, threads, model, rates))
         })
         .collect();
     let best = curve.iter().copied().fold(
@@ -144,6 +173,7 @@ pub fn choose_fraction(s: &TreeSample, storage_bps: f64, threads: usize, model: 
         storage_bps,
         threads,
         model,
+        rates,
         sample: s.clone(),
         curve,
     }
@@ -166,10 +196,21 @@ mod tests {
     #[test]
     fn slow_storage_codes_everything_fast_storage_less() {
         let s = sample();
-        assert_eq!(choose_fraction(&s, 50e6, 2, LoadModel::Overlap).fraction, 1.0);
-        let fast = choose_fraction(&s, 5e9, 2, LoadModel::Overlap).fraction;
+        assert_eq!(choose_fraction(&s, 50e6, 2, LoadModel::Overlap, None).fraction, 1.0);
+        let fast = choose_fraction(&s, 5e9, 2, LoadModel::Overlap, None).fraction;
         assert!(fast < 0.5, "{fast}");
-        assert_eq!(choose_fraction(&s, 50e6, 2, LoadModel::Serial).fraction, 1.0);
-        assert_eq!(choose_fraction(&s, 5e9, 2, LoadModel::Serial).fraction, 0.0);
+        assert_eq!(choose_fraction(&s, 50e6, 2, LoadModel::Serial, None).fraction, 1.0);
+        assert_eq!(choose_fraction(&s, 5e9, 2, LoadModel::Serial, None).fraction, 0.0);
+    }
+
+    #[test]
+    fn a_slow_mount_decoder_moves_the_pick_down() {
+        let s = sample();
+        let slow = Some(MountRates {
+            raw_bps: 700e6,
+            coded_bps: 500e6,
+        });
+        assert_eq!(choose_fraction(&s, 50e6, 2, LoadModel::Overlap, slow).fraction, 1.0);
+        assert_eq!(choose_fraction(&s, 1e9, 2, LoadModel::Overlap, slow).fraction, 0.0);
     }
 }
