@@ -14,7 +14,8 @@
 # Usage: scripts/bench.sh [--quick] [--out DIR] [--only SECTION[,SECTION..]] [--runs N]
 # Needs root (drop_caches, loop devices, cgroups, FUSE). Env: DCFS_BENCH_WORK (scratch,
 # default /var/tmp/dcfs-bench), DCFS_VENV (default <repo>/.venv), DCFS_BENCH_NOBUILD=1 (use
-# the existing target/release/dcfs).
+# the existing target/release/dcfs), DCFS_BENCH_WORKLOADS (load workloads, default
+# "read mmap safetensors").
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -222,7 +223,8 @@ import sys, time, glob
 from safetensors.torch import load_file
 fs = sorted(glob.glob(sys.argv[1] + "/*/*.safetensors"))
 t = time.perf_counter()
-n = sum(a.nbytes for f in fs for a in load_file(f).values())
+# clone(): materialise every tensor (load_file may hand out lazily mapped storage)
+n = sum(a.clone().nbytes for f in fs for a in load_file(f).values())
 print(time.perf_counter() - t)' "$target")
     else
       local flag=""; [[ $w == mmap ]] && flag="--mmap"
@@ -256,7 +258,7 @@ print(time.perf_counter() - t)' "$target")
   for bw in "${BWS[@]}"; do
     setbw "$bw"
     if want load; then
-      WLS=(read mmap safetensors)
+      read -r -a WLS <<< "${DCFS_BENCH_WORKLOADS:-read mmap safetensors}"
       [[ $QUICK -eq 1 ]] && WLS=(read)
       for w in "${WLS[@]}"; do
         for r in $(seq 1 "$RUNS"); do

@@ -50,7 +50,8 @@ def main():
     for path in sys.argv[1:]:
         data, dtype, dtypes = tensor_bytes(path)
         mode = MODES.get(dtype)
-        row = {"file": path, "dtype": dtype, "dtypes": dtypes, "mode": mode, "zipnn": version,
+        label = "/".join(path.split("/")[-2:])  # model dir / file, no machine-local prefix
+        row = {"file": label, "dtype": dtype, "dtypes": dtypes, "mode": mode, "zipnn": version,
                "bytes": len(data)}
         if mode is None:
             row.update(ok=False, error=f"no ZipNN mode for {dtype}")
