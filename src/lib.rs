@@ -12,6 +12,7 @@
 // Symbol tables are indexed by symbol value; index loops say that more plainly.
 #![allow(clippy::needless_range_loop)]
 
+pub mod bench;
 pub mod chunk;
 pub mod codec;
 pub mod error;

@@ -1,6 +1,7 @@
 //! Command-line interface. Each command lives in its own file; errors travel up as
 //! `anyhow::Error` and are printed once, here.
 
+mod bench;
 mod gpu;
 mod mount;
 mod pack;
@@ -41,6 +42,7 @@ enum Cmd {
     GpuDefines(gpu::GpuDefinesArgs),
     #[command(hide = true)]
     GpuBench(gpu::GpuBenchArgs),
+    Bench(bench::BenchArgs),
 }
 
 /// What a command tells `main` about how it went, beyond success.
@@ -84,5 +86,6 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Cmd::GpuInfo(a) => gpu::gpu_info(a),
         Cmd::GpuDefines(a) => gpu::gpu_defines(a),
         Cmd::GpuBench(a) => gpu::gpu_bench(a),
+        Cmd::Bench(a) => bench::bench(a),
     }
 }

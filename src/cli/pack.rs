@@ -9,7 +9,7 @@ use super::gpu::GpuArg;
 use super::util::{default_threads, human, parse_size, Bar};
 use super::Outcome;
 use dcfs::chunk::{CodecChoice, EncodeOptions};
-use dcfs::pack::{self, PackOptions};
+use dcfs::pack::{self, adaptive, PackOptions};
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum CodecArg {
@@ -40,9 +40,24 @@ pub struct EncodeArgs {
     #[arg(long, default_value_t = 0.03)]
     min_gain: f64,
     /// Fraction of each tensor's chunks to compress (DC's speed-adaptive partial
-    /// compression: for storage faster than the decoder). 0..=1.
-    #[arg(long, default_value_t = 1.0)]
-    compress_fraction: f64,
+    /// compression: for storage faster than the decoder). 0..=1, or `auto` (pack only):
+    /// sample the tensors, measure ratio and decode speed here, and pick the fraction with
+    /// the shortest modelled load time at --storage-bw.
+    #[arg(long, default_value = "1", value_parser = parse_fraction)]
+    compress_fraction: Fraction,
+    /// Storage read bandwidth for `--compress-fraction auto`, bytes per second (e.g. 200M;
+    /// measure it with `dcfs bench storage PATH`).
+    #[arg(long, value_parser = parse_size)]
+    storage_bw: Option<u64>,
+    /// Decode threads the mount will use, for `--compress-fraction auto` (default: all cores).
+    #[arg(long)]
+    decode_threads: Option<usize>,
+    /// For `--compress-fraction auto`: the mount's measured end-to-end rates on this machine,
+    /// `RAW,CODED` bytes/s of original data (e.g. 700M,500M), from `dcfs bench read` on a
+    /// fresh mount of a `--codec raw` and an auto pack whose containers are in the page
+    /// cache. Without it only the sampled codec speed is modelled (FUSE cost ignored).
+    #[arg(long, value_name = "RAW,CODED")]
+    mount_rates: Option<String>,
     /// Pack files whose safetensors/GGUF header is malformed as opaque bytes (with a
     /// warning) instead of failing.
     #[arg(long)]
@@ -52,11 +67,29 @@ pub struct EncodeArgs {
     threads: usize,
 }
 
+#[derive(Clone, Copy, Debug)]
+pub enum Fraction {
+    Auto,
+    Value(f64),
+}
+
+fn parse_fraction(s: &str) -> Result<Fraction, String> {
+    if s.eq_ignore_ascii_case("auto") {
+        return Ok(Fraction::Auto);
+    }
+    match s.parse::<f64>() {
+        Ok(f) if (0.0..=1.0).contains(&f) => Ok(Fraction::Value(f)),
+        _ => Err(format!("{s:?}: expected a number between 0 and 1, or auto")),
+    }
+}
+
 impl EncodeArgs {
     fn options(&self) -> Result<PackOptions> {
-        if !(0.0..=1.0).contains(&self.compress_fraction) {
-            bail!("--compress-fraction must be between 0 and 1");
-        }
+        let compress_fraction = match self.compress_fraction {
+            Fraction::Value(f) => f,
+            // Resolved by `pack` once the tree is sampled.
+            Fraction::Auto => 1.0,
+        };
         if !(0.0..1.0).contains(&self.min_gain) {
             bail!("--min-gain must be in [0, 1)");
         }
@@ -77,7 +110,7 @@ impl EncodeArgs {
             },
             chunk_size: self.chunk_size as u32,
             threads: self.threads.max(1),
-            compress_fraction: self.compress_fraction,
+            compress_fraction,
             lenient: self.lenient,
         })
     }
@@ -98,7 +131,66 @@ pub struct PackArgs {
 }
 
 pub fn pack(a: PackArgs) -> Result<Outcome> {
-    let opts = a.enc.options()?;
+    let mut opts = a.enc.options()?;
+    if let Fraction::Auto = a.enc.compress_fraction {
+        let Some(bw) = a.enc.storage_bw else {
+            bail!("--compress-fraction auto needs --storage-bw (measure it with `dcfs bench storage PATH`)");
+        };
+        let threads = a.enc.decode_threads.unwrap_or_else(default_threads).max(1);
+        let sample =
+            adaptive::sample_tree(&a.src, &opts, 32 << 20).with_context(|| format!("sampling {}", a.src.display()))?;
+        let rates = match &a.enc.mount_rates {
+            None => None,
+            Some(r) => {
+                let v: Vec<u64> = r
+                    .split(',')
+                    .map(parse_size)
+                    .collect::<std::result::Result<_, _>>()
+                    .map_err(|e| anyhow::anyhow!("--mount-rates: {e}"))?;
+                let [raw, coded] = v[..] else {
+                    bail!("--mount-rates takes RAW,CODED (two rates, e.g. 700M,500M)");
+                };
+                Some(adaptive::MountRates {
+                    raw_bps: raw as f64,
+                    coded_bps: coded as f64,
+                })
+            }
+        };
+        let c = adaptive::choose_fraction(&sample, bw as f64, threads, adaptive::DEFAULT_MODEL, rates);
+        eprintln!(
+            "compress-fraction auto: {:.2} (storage {}/s, sample ratio {:.3}, decode {:.0} MB/s/thread x {threads}, \
+             modelled load {:.2}s)",
+            c.fraction,
+            human(bw),
+            sample.ratio,
+            sample.decode_bps / 1e6,
+            c.predicted_s
+        );
+        let variants = [
+            (adaptive::LoadModel::Overlap, None),
+            (adaptive::LoadModel::Serial, None),
+        ]
+        .into_iter()
+        .chain(rates.map(|r| (adaptive::LoadModel::Overlap, Some(r))))
+        .chain(rates.map(|r| (adaptive::LoadModel::Serial, Some(r))));
+        for (model, r) in variants {
+            let pts: Vec<String> = [0.0, 0.2, 0.5, 1.0]
+                .iter()
+                .map(|&f| {
+                    format!(
+                        "f={f} {:.3}s",
+                        adaptive::model_time(&sample, f, bw as f64, threads, model, r)
+                    )
+                })
+                .collect();
+            let pick = adaptive::choose_fraction(&sample, bw as f64, threads, model, r).fraction;
+            let how = if r.is_some() { "mount rates" } else { "codec speed" };
+            eprintln!("  modelled load ({model:?}, {how}): {}; pick {pick:.2}", pts.join(", "));
+        }
+        opts.compress_fraction = c.fraction;
+    } else if a.enc.storage_bw.is_some() || a.enc.mount_rates.is_some() {
+        bail!("--storage-bw and --mount-rates only apply to --compress-fraction auto");
+    }
     let bar = Bar::new(a.json);
     let r = pack::pack_tree(&a.src, &a.dst, &opts, &bar);
     bar.finish();

@@ -5,6 +5,7 @@
 //! and renamed, so a killed pack never leaves a container that looks complete. A marker
 //! file at the root records whether the whole pack finished.
 
+pub mod adaptive;
 mod inspect;
 mod plan;
 mod unpack;

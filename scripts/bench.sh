@@ -1,0 +1,335 @@
+#!/usr/bin/env bash
+# Reproduces every figure of docs/BENCHMARKS.md in one run (not part of CI's pass/fail):
+#   codecs   dcfs bench codecs (+ ZipNN in the venv) per model, dtype and tensor class
+#   mount    warm/cold sequential read() and mmap touch, random 4 KiB mmap latency:
+#            dcfs mount vs `--codec raw` mount vs the unpacked files (page cache)
+#   load     cold load at equal storage speed: ext4 image on a loop device, reads throttled
+#            with cgroup v1 blkio (50, 200, 1000 MB/s, unthrottled): unpacked vs dcfs vs
+#            dcfs raw vs squashfuse; cat, mmap touch, safetensors load_file
+#   fraction load time vs --compress-fraction, and the pick of --compress-fraction auto
+#   scale    synthetic BF16 models of 0.1-2 GB: pack/verify/mounted cat time, peak RSS
+# Results: docs/bench/*.csv|json and docs/img/*.png (or --out DIR, DIR/img), tables in
+# docs/bench/tables.md (scripts/bench_plots.py redraws plots and tables from the results).
+#
+# Usage: scripts/bench.sh [--quick] [--out DIR] [--only SECTION[,SECTION..]] [--runs N]
+# Needs root (drop_caches, loop devices, cgroups, FUSE). Env: DCFS_BENCH_WORK (scratch,
+# default /var/tmp/dcfs-bench), DCFS_VENV (default <repo>/.venv), DCFS_BENCH_NOBUILD=1 (use
+# the existing target/release/dcfs), DCFS_BENCH_WORKLOADS (load workloads, default
+# "read mmap safetensors").
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+OUT="$ROOT/docs/bench"
+IMG="$ROOT/docs/img"
+WORK="${DCFS_BENCH_WORK:-/var/tmp/dcfs-bench}"
+VENV="${DCFS_VENV:-$ROOT/.venv}"
+QUICK=0
+RUNS=3
+ONLY="codecs,mount,load,fraction,scale"
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --quick) QUICK=1; RUNS=1 ;;
+    --out) OUT="$2"; IMG="$2/img"; shift ;;
+    --only) ONLY="$2"; shift ;;
+    --runs) RUNS="$2"; shift ;;
+    -h|--help) sed -n 2,19p "$0"; exit 0 ;;
+    *) echo "bench: unknown argument $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+want() { [[ ",$ONLY," == *",$1,"* ]]; }
+log() { echo "[bench $(date +%T)] $*" >&2; }
+[[ $EUID -eq 0 ]] || { echo "bench: needs root (drop_caches, loop devices, cgroups)" >&2; exit 1; }
+
+mkdir -p "$OUT" "$WORK"
+DCFS="$ROOT/target/release/dcfs"
+PY="$VENV/bin/python"
+MNT="$WORK/mnt"
+LO="$WORK/lo"
+CG=""
+LOOP=""
+mkdir -p "$MNT" "$LO"
+
+cleanup() {
+  set +e
+  mountpoint -q "$MNT" && umount "$MNT"
+  mountpoint -q "$LO" && umount "$LO"
+  [[ -n "$LOOP" ]] && losetup -d "$LOOP"
+  if [[ -n "$CG" && -d "$CG" ]]; then
+    while read -r p; do echo "$p" > /sys/fs/cgroup/blkio/cgroup.procs; done < "$CG/cgroup.procs"
+    rmdir "$CG"
+  fi
+}
+trap cleanup EXIT
+trap 'echo "bench: error: line $LINENO: \"$BASH_COMMAND\" exited $?" >&2' ERR
+trap 'exit 130' INT TERM
+
+# --- build, models, venv -----------------------------------------------------
+if [[ -z "${DCFS_BENCH_NOBUILD:-}" ]]; then
+  log "cargo build --release"
+  (cd "$ROOT" && cargo build --release -q)
+fi
+log "fetch models"
+"$ROOT/scripts/fetch-models.sh" >/dev/null
+"$PY" -c 'import safetensors, numpy, zipnn, matplotlib' 2>/dev/null \
+  || "$PY" -m pip install -q safetensors numpy zipnn matplotlib
+M="$ROOT/models"
+{
+  echo "date: $(date -u +%FT%TZ)"
+  echo "kernel: $(uname -r)"
+  echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | xargs), $(nproc) cores"
+  echo "ram: $(free -g | awk '/Mem:/ {print $2}') GiB"
+  echo "loadavg at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "commit: $(cd "$ROOT" && git rev-parse --short HEAD)$(cd "$ROOT" && git diff --quiet || echo '+dirty')"
+  echo "zipnn: $("$PY" -c 'from importlib.metadata import version; print(version("zipnn"))')"
+  echo "quick: $QUICK runs: $RUNS"
+} > "$OUT/machine.txt"
+
+# Runs "$@" inside the blkio cgroup (children, e.g. a daemonised FUSE server, stay there).
+incg() { bash -c 'echo $$ > "$0/cgroup.procs"; exec "$@"' "$CG" "$@"; }
+j() { "$PY" -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
+mount_dcfs() { "$DCFS" mount "$1" "$MNT"; }
+umnt() { umount "$MNT"; sleep 0.2; }
+
+# --- codecs ------------------------------------------------------------------
+if want codecs; then
+  log "codec table"
+  if [[ $QUICK -eq 1 ]]; then
+    set -- "$M/minilm-bf16" "$M/minilm-int8-tensor"
+    "$DCFS" bench codecs "$@" --json --no-zstd19 --reps 1 > "$OUT/codecs.json"
+  else
+    set -- "$M"/minilm-f32 "$M"/minilm-bf16 "$M"/minilm-f16 "$M"/minilm-int8-tensor "$M"/minilm-int8-channel \
+      "$M"/minilm-fp8 "$M"/smollm2-q4_1
+    "$DCFS" bench codecs "$@" --json > "$OUT/codecs.json"
+  fi
+  log "zipnn"
+  files=()
+  for d in "$@"; do for f in "$d"/*.safetensors; do [[ -f "$f" ]] && files+=("$f"); done; done
+  "$PY" -W ignore "$ROOT/scripts/bench_zipnn.py" "${files[@]}" > "$OUT/zipnn.json" 2> "$WORK/zipnn.err" \
+    || { cat "$WORK/zipnn.err" >&2; false; }
+  grep WARNING "$WORK/zipnn.err" >&2 || true
+  set --
+fi
+
+# --- packs on the normal disk (mount section) --------------------------------
+MODELS=(minilm-bf16 minilm-int8-tensor smollm2-q4_1)
+[[ $QUICK -eq 1 ]] && MODELS=(minilm-bf16)
+PK="$WORK/packs"
+pack() { # SRC DST [args..]: packs unless DST is already a finished pack of the same args
+  local src="$1" dst="$2"; shift 2
+  local stamp="$dst.args"
+  if [[ -f "$stamp" && "$(cat "$stamp")" == "$* $(stat -c %Y "$DCFS")" && -f "$dst/.dcfs-pack.json" ]]; then return; fi
+  rm -rf "$dst"
+  "$DCFS" pack "$src" "$dst" "$@" --json > "$dst.pack.json"
+  echo "$* $(stat -c %Y "$DCFS")" > "$stamp"
+}
+
+if want mount; then
+  mkdir -p "$PK"
+  CSV="$OUT/mount.csv"
+  echo "model,contender,workload,state,run,seconds,mb_s" > "$CSV"
+  RCSV="$OUT/random.csv"
+  echo "model,contender,state,run,p50_us,p99_us,mean_us" > "$RCSV"
+  for m in "${MODELS[@]}"; do
+    pack "$M/$m" "$PK/$m.auto"
+    pack "$M/$m" "$PK/$m.raw" --codec raw
+    wfile="$(cd "$M/$m" && find . -maxdepth 1 \( -name '*.safetensors' -o -name '*.gguf' \) | sort | head -1)"
+    for c in unpacked dcfs raw; do
+      src="$M/$m"
+      [[ $c == dcfs ]] && src="$PK/$m.auto"
+      [[ $c == raw ]] && src="$PK/$m.raw"
+      target="$M/$m"
+      if [[ $c != unpacked ]]; then mount_dcfs "$src"; target="$MNT"; fi
+      log "mount: $m $c warm"
+      "$DCFS" bench read "$target" --runs 1 >/dev/null   # warm every cache
+      for w in read mmap; do
+        flag=""; [[ $w == mmap ]] && flag="--mmap"
+        "$DCFS" bench read "$target" $flag --runs $((RUNS + 2)) --json \
+          | j "'\n'.join(f'$m,$c,$w,warm,{i},{r[\"seconds\"]},{r[\"mb_per_s\"]}' for i,r in enumerate(d['runs']))" >> "$CSV"
+      done
+      "$DCFS" bench random "$target/$wfile" --mmap --count 3000 --json \
+        | j "f'$m,$c,warm,0,{d[\"p50_us\"]},{d[\"p99_us\"]},{d[\"mean_us\"]}'" >> "$RCSV"
+      [[ $c != unpacked ]] && umnt
+      log "mount: $m $c cold"
+      for r in $(seq 1 "$RUNS"); do
+        for w in read mmap random; do
+          [[ $c != unpacked ]] && mount_dcfs "$src"
+          if [[ $w == random ]]; then
+            "$DCFS" bench random "$target/$wfile" --mmap --count 300 --drop-caches --seed "$r" --json \
+              | j "f'$m,$c,cold,$r,{d[\"p50_us\"]},{d[\"p99_us\"]},{d[\"mean_us\"]}'" >> "$RCSV"
+          else
+            flag=""; [[ $w == mmap ]] && flag="--mmap"
+            "$DCFS" bench read "$target" $flag --drop-caches --runs 1 --json \
+              | j "f'$m,$c,$w,cold,$r,{d[\"runs\"][0][\"seconds\"]},{d[\"runs\"][0][\"mb_per_s\"]}'" >> "$CSV"
+          fi
+          [[ $c != unpacked ]] && umnt
+        done
+      done
+    done
+  done
+fi
+
+# --- throttled storage (load, fraction) --------------------------------------
+if want load || want fraction; then
+  command -v mksquashfs >/dev/null && command -v squashfuse >/dev/null \
+    || apt-get install -y -q squashfs-tools squashfuse >/dev/null
+  SET="$WORK/set"
+  rm -rf "$SET"; mkdir -p "$SET"
+  for m in "${MODELS[@]}"; do cp -a "$M/$m" "$SET/"; done
+  setbytes=$(du -sb "$SET" | cut -f1)
+  img="$WORK/lo.img"
+  rm -f "$img"
+  truncate -s $(( (setbytes * 8 + (256 << 20)) / 4096 * 4096 )) "$img"
+  mkfs.ext4 -q -F "$img"
+  LOOP="$(losetup -f --show "$img")"
+  mount "$LOOP" "$LO"
+  DEV="$(lsblk -dno MAJ:MIN "$LOOP" | tr -d ' ')"
+  CG="/sys/fs/cgroup/blkio/dcfs-bench-$$"
+  mkdir "$CG"
+  log "loop $LOOP ($DEV), cgroup $CG"
+  cp -a "$SET" "$LO/unpacked"
+  "$DCFS" pack "$SET" "$LO/auto" --json > "$OUT/load-pack-auto.json"
+  "$DCFS" pack "$SET" "$LO/raw" --codec raw --json > /dev/null
+  mksquashfs "$SET" "$LO/sq.img" -comp zstd -Xcompression-level 19 -b 1M -quiet -no-progress >/dev/null
+  FRACS=(0 0.2 0.5)
+  [[ $QUICK -eq 1 ]] && FRACS=(0)
+  for f in "${FRACS[@]}"; do "$DCFS" pack "$SET" "$LO/f$f" --compress-fraction "$f" --json > /dev/null; done
+  sync
+  {
+    echo "what,bytes"
+    echo "unpacked,$(du -sb "$LO/unpacked" | cut -f1)"
+    for d in auto raw "${FRACS[@]/#/f}"; do echo "dcfs-$d,$(du -sb "$LO/$d" | cut -f1)"; done
+    echo "squashfs,$(stat -c %s "$LO/sq.img")"
+  } > "$OUT/load-sizes.csv"
+  BWS=(50 200 1000 0)
+  [[ $QUICK -eq 1 ]] && BWS=(200)
+  setbw() { echo "$DEV $(( $1 * 1000000 ))" > "$CG/blkio.throttle.read_bps_device"; }
+  # one cold load: contender, workload -> seconds on stdout
+  load_once() {
+    local c="$1" w="$2" target
+    case "$c" in
+      unpacked) target="$LO/unpacked" ;;
+      squashfs) incg squashfuse "$LO/sq.img" "$MNT"; target="$MNT"
+                # same kernel readahead as the dcfs mount, for a like-for-like read pattern
+                echo 4096 > "/sys/class/bdi/$(mountpoint -d "$MNT")/read_ahead_kb" ;;
+      *) incg "$DCFS" mount "$LO/$c" "$MNT"; target="$MNT" ;;
+    esac
+    local s
+    if [[ $w == safetensors ]]; then
+      sync; echo 3 > /proc/sys/vm/drop_caches
+      # safetensors.torch (numpy has no bfloat16); torch comes with zipnn in the venv
+      s=$(incg "$PY" -c '
+import sys, time, glob
+from safetensors.torch import load_file
+fs = sorted(glob.glob(sys.argv[1] + "/*/*.safetensors"))
+t = time.perf_counter()
+# clone(): materialise every tensor (load_file may hand out lazily mapped storage)
+n = sum(a.clone().nbytes for f in fs for a in load_file(f).values())
+print(time.perf_counter() - t)' "$target")
+    else
+      local flag=""; [[ $w == mmap ]] && flag="--mmap"
+      s=$(incg "$DCFS" bench read "$target" $flag --drop-caches --runs 1 --json | j 'd["runs"][0]["seconds"]')
+    fi
+    [[ $c != unpacked ]] && umnt
+    echo "$s"
+  }
+  CSV="$OUT/load.csv"
+  want load && echo "bw_mb_s,contender,workload,run,seconds" > "$CSV"
+  FCSV="$OUT/fraction.csv"
+  want fraction && echo "bw_mb_s,fraction,picked,run,seconds" > "$FCSV"
+  if want fraction; then
+    # The mount's end-to-end rates with no storage cost: containers in the page cache,
+    # a fresh mount (empty chunk cache), unthrottled. Fed to --compress-fraction auto.
+    setbw 0
+    rate() {
+      cat "$LO/$1"/* "$LO/$1"/*/* > /dev/null 2>&1 || true
+      local v=()
+      for _ in 1 2 3; do
+        "$DCFS" mount "$LO/$1" "$MNT"
+        v+=("$("$DCFS" bench read "$MNT" --runs 1 --json | j 'int(d["runs"][0]["bytes"] / d["runs"][0]["seconds"])')")
+        umnt
+      done
+      printf '%s\n' "${v[@]}" | sort -n | sed -n 2p
+    }
+    RAW_BPS=$(rate raw)
+    CODED_BPS=$(rate auto)
+    echo "mount rates (median of 3, bytes/s): raw $RAW_BPS coded $CODED_BPS" > "$OUT/fraction-auto.txt"
+  fi
+  for bw in "${BWS[@]}"; do
+    setbw "$bw"
+    if want load; then
+      read -r -a WLS <<< "${DCFS_BENCH_WORKLOADS:-read mmap safetensors}"
+      [[ $QUICK -eq 1 ]] && WLS=(read)
+      for w in "${WLS[@]}"; do
+        for r in $(seq 1 "$RUNS"); do
+          for c in unpacked auto raw squashfs; do
+            log "load: ${bw}MB/s $w $c run $r"
+            echo "$bw,$c,$w,$r,$(load_once "$c" "$w")" >> "$CSV"
+          done
+        done
+      done
+    fi
+    if want fraction; then
+      # the auto pick for this bandwidth (unthrottled: measured with dcfs bench storage)
+      sbw=$((bw * 1000000))
+      if [[ $bw == 0 ]]; then
+        sbw=$(incg "$DCFS" bench storage "$LO/unpacked" --runs 3 --json | j 'int(d["bytes_per_s"]["median"])')
+      fi
+      rm -rf "$LO/fauto"
+      "$DCFS" pack "$SET" "$LO/fauto" --compress-fraction auto --storage-bw "$sbw" \
+        --mount-rates "$RAW_BPS,$CODED_BPS" --json \
+        2> "$WORK/auto.err" > /dev/null
+      cat "$WORK/auto.err" >> "$OUT/fraction-auto.txt"
+      pick=$(sed -n 's/^compress-fraction auto: \([0-9.]*\) .*/\1/p' "$WORK/auto.err" | tail -1)
+      echo "bw=$bw storage_bw=$sbw pick=$pick" >> "$OUT/fraction-auto.txt"
+      for r in $(seq 1 "$RUNS"); do
+        for f in "${FRACS[@]}" 1 auto; do
+          d="f$f"; [[ $f == 1 ]] && d=auto; [[ $f == auto ]] && d=fauto
+          log "fraction: ${bw}MB/s f=$f run $r"
+          fv=$f; picked=0; [[ $f == auto ]] && { fv=$pick; picked=1; }
+          echo "$bw,$fv,$picked,$r,$(load_once "$d" read)" >> "$FCSV"
+        done
+      done
+    fi
+  done
+  echo "$DEV 0" > "$CG/blkio.throttle.read_bps_device"
+fi
+
+# --- scale -------------------------------------------------------------------
+if want scale; then
+  SIZES=(100 500 1000 2000)
+  [[ $QUICK -eq 1 ]] && SIZES=(20)
+  SD="$WORK/synth"
+  mkdir -p "$SD"
+  CSV="$OUT/scale.csv"
+  echo "size_mb,bytes,packed,pack_s,pack_rss_kb,verify_s,verify_rss_kb,cat_cold_s,mount_rss_kb,cache_bytes" > "$CSV"
+  CACHE=256M
+  for s in "${SIZES[@]}"; do
+    src="$SD/m$s"
+    if [[ ! -f "$src/model.safetensors" ]]; then
+      log "scale: generating ${s} MB"
+      mkdir -p "$src"
+      "$PY" "$ROOT/scripts/bench_synth.py" "$M/minilm-bf16/model.safetensors" "$src/model.safetensors" "${s}e6"
+    fi
+    rm -rf "$SD/p$s"
+    sync; echo 3 > /proc/sys/vm/drop_caches
+    log "scale: pack ${s} MB"
+    /usr/bin/time -f '%e %M' -o "$WORK/t" "$DCFS" pack "$src" "$SD/p$s" --json > /dev/null
+    read -r pack_s pack_rss < "$WORK/t"
+    sync; echo 3 > /proc/sys/vm/drop_caches
+    /usr/bin/time -f '%e %M' -o "$WORK/t" "$DCFS" verify "$SD/p$s" --json > /dev/null
+    read -r ver_s ver_rss < "$WORK/t"
+    "$DCFS" mount -f "$SD/p$s" "$MNT" --cache-size "$CACHE" 2>/dev/null &
+    mpid=$!
+    for _ in $(seq 50); do mountpoint -q "$MNT" && break; sleep 0.1; done
+    cat_s=$("$DCFS" bench read "$MNT" --drop-caches --runs 1 --json | j 'd["runs"][0]["seconds"]')
+    rss=$(awk '/VmHWM/ {print $2}' "/proc/$mpid/status")
+    umnt; wait "$mpid" || true
+    echo "$s,$(stat -c %s "$src/model.safetensors"),$(du -sb "$SD/p$s" | cut -f1),$pack_s,$pack_rss,$ver_s,$ver_rss,$cat_s,$rss,$CACHE" >> "$CSV"
+    rm -rf "$SD/p$s"
+  done
+fi
+
+log "plots"
+"$PY" "$ROOT/scripts/bench_plots.py" "$OUT" "$IMG" || log "plotting failed (results are in $OUT)"
+log "done: results in $OUT"
