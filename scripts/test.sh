@@ -24,3 +24,9 @@ scripts/loader-tests.sh
 echo "== loader tests took $((SECONDS - t0))s"
 echo "== DC accuracy check (dcfs quantize on MiniLM, embeddings vs F32)"
 "${DCFS_LOADER_VENV:-$ROOT/.venv-loaders}/bin/python" scripts/dc_accuracy.py --quick --dcfs target/release/dcfs
+echo "== bench smoke (scripts/bench.sh --quick --only mount; timings are not checked, only that it runs)"
+smoke="$(mktemp -d)"
+DCFS_BENCH_NOBUILD=1 DCFS_BENCH_WORK="$smoke/work" scripts/bench.sh --quick --only mount --out "$smoke/out"
+test -s "$smoke/out/mount.csv" && test -s "$smoke/out/random.csv"
+rm -rf "$smoke"
+echo "== all checks passed"
