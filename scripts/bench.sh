@@ -5,9 +5,9 @@
 #            dcfs mount vs `--codec raw` mount vs the unpacked files (page cache)
 #   load     cold load at equal storage speed: ext4 image on a loop device, reads throttled
 #            with cgroup v1 blkio (50, 200, 1000 MB/s, unthrottled): unpacked vs dcfs vs
-#            dcfs raw vs squashfuse; cat, mmap touch, safetensors load_file
+#            dcfs raw vs squashfuse; cat, mmap touch, safetensors load_file, llama.cpp load
 #   fraction load time vs --compress-fraction, and the pick of --compress-fraction auto
-#   scale    synthetic BF16 models of 0.1-2 GB: pack/verify/mounted cat time, peak RSS
+#   scale    synthetic BF16 models of 0.1-4 GB: pack/verify/mounted cat time, peak RSS
 # Results: docs/bench/*.csv|json and docs/img/*.png (or --out DIR, DIR/img), tables in
 # docs/bench/tables.md (scripts/bench_plots.py redraws plots and tables from the results).
 #
@@ -15,7 +15,7 @@
 # Needs root (drop_caches, loop devices, cgroups, FUSE). Env: DCFS_BENCH_WORK (scratch,
 # default /var/tmp/dcfs-bench), DCFS_VENV (default <repo>/.venv), DCFS_BENCH_NOBUILD=1 (use
 # the existing target/release/dcfs), DCFS_BENCH_WORKLOADS (load workloads, default
-# "read mmap safetensors").
+# "read mmap safetensors llama llama-mmap"; --quick runs read only).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -71,8 +71,10 @@ if [[ -z "${DCFS_BENCH_NOBUILD:-}" ]]; then
 fi
 log "fetch models"
 "$ROOT/scripts/fetch-models.sh" >/dev/null
-"$PY" -c 'import safetensors, numpy, zipnn, matplotlib' 2>/dev/null \
-  || "$PY" -m pip install -q safetensors numpy zipnn matplotlib
+XLLAMA="$(grep -E '^xllamacpp==' "$ROOT/tests/loaders/requirements.txt")"
+[[ -x "$PY" ]] || python3 -m venv "$VENV"
+"$PY" -c 'import safetensors, numpy, zipnn, matplotlib, xllamacpp' 2>/dev/null \
+  || "$PY" -m pip install -q safetensors numpy zipnn matplotlib "$XLLAMA"
 M="$ROOT/models"
 {
   echo "date: $(date -u +%FT%TZ)"
@@ -104,7 +106,7 @@ if want codecs; then
   fi
   log "zipnn"
   files=()
-  for d in "$@"; do for f in "$d"/*.safetensors; do [[ -f "$f" ]] && files+=("$f"); done; done
+  for d in "$@"; do for f in "$d"/*.safetensors "$d"/*.gguf; do [[ -f "$f" ]] && files+=("$f"); done; done
   "$PY" -W ignore "$ROOT/scripts/bench_zipnn.py" "${files[@]}" > "$OUT/zipnn.json" 2> "$WORK/zipnn.err" \
     || { cat "$WORK/zipnn.err" >&2; false; }
   grep WARNING "$WORK/zipnn.err" >&2 || true
@@ -226,6 +228,16 @@ t = time.perf_counter()
 # clone(): materialise every tensor (load_file may hand out lazily mapped storage)
 n = sum(a.clone().nbytes for f in fs for a in load_file(f).values())
 print(time.perf_counter() - t)' "$target")
+    elif [[ $w == llama || $w == llama-mmap ]]; then
+      sync; echo 3 > /proc/sys/vm/drop_caches
+      # llama.cpp (xllamacpp) loading the GGUF in a fresh process. "llama": no-mmap load,
+      # which read()s every tensor; "llama-mmap": llama.cpp's default mmap load plus one
+      # generated token, so every weight page is touched once.
+      local g mode=no-mmap n=0
+      g="$(find "$target"/ -name '*.gguf' | sort | head -1)"
+      [[ $w == llama-mmap ]] && { mode=default; n=1; }
+      s=$(incg "$PY" "$ROOT/tests/loaders/llama_worker.py" "$g" "$mode" "$n" "The capital of France is" \
+        2>/dev/null | tail -n 1 | j 'd["load_s"] + d.get("generate_s", 0)')
     else
       local flag=""; [[ $w == mmap ]] && flag="--mmap"
       s=$(incg "$DCFS" bench read "$target" $flag --drop-caches --runs 1 --json | j 'd["runs"][0]["seconds"]')
@@ -258,7 +270,7 @@ print(time.perf_counter() - t)' "$target")
   for bw in "${BWS[@]}"; do
     setbw "$bw"
     if want load; then
-      read -r -a WLS <<< "${DCFS_BENCH_WORKLOADS:-read mmap safetensors}"
+      read -r -a WLS <<< "${DCFS_BENCH_WORKLOADS:-read mmap safetensors llama llama-mmap}"
       [[ $QUICK -eq 1 ]] && WLS=(read)
       for w in "${WLS[@]}"; do
         for r in $(seq 1 "$RUNS"); do
@@ -297,7 +309,7 @@ fi
 
 # --- scale -------------------------------------------------------------------
 if want scale; then
-  SIZES=(100 500 1000 2000)
+  SIZES=(100 500 1000 2000 4000)
   [[ $QUICK -eq 1 ]] && SIZES=(20)
   SD="$WORK/synth"
   mkdir -p "$SD"

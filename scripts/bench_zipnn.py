@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """ZipNN (PyPI `zipnn`) on the tensor bytes of safetensors models, single thread.
 
-Usage: bench_zipnn.py MODEL.safetensors... > zipnn.json
+Usage: bench_zipnn.py MODEL.safetensors|MODEL.gguf... > zipnn.json
 
 For each file, the tensor data (everything after the safetensors header) is compressed
 with the ZipNN mode that fits its dtype, decompressed, and the result is checked against
@@ -10,6 +10,8 @@ warning on stderr) instead of a ratio. Modes: BF16 bytes use bytearray_dtype='fl
 (the 2-byte grouping is the same; ZipNN's 'bfloat16' mode did not round-trip here in
 0.4.0-0.5.4, see ../shared/README.md), F16 'float16', F32 'float32', 1-byte types (I8, FP8)
 'float16' too (ZipNN's 'uint8' mode rejects byte input; grouping byte pairs is lossless).
+ZipNN has no GGUF mode: a GGUF file is given whole in the same 'float16' byte mode (the
+quantized blocks are mostly bytes; this is the nearest like-for-like call ZipNN offers).
 """
 import hashlib
 import json
@@ -19,6 +21,9 @@ import time
 
 
 def tensor_bytes(path):
+    if path.endswith(".gguf"):
+        with open(path, "rb") as f:
+            return f.read(), "GGUF", ["GGUF"]
     with open(path, "rb") as f:
         n = struct.unpack("<Q", f.read(8))[0]
         header = json.loads(f.read(n))
@@ -36,7 +41,7 @@ def tensor_bytes(path):
 
 
 MODES = {"BF16": "float16", "F16": "float16", "F32": "float32", "I8": "float16", "U8": "float16",
-         "F8_E4M3": "float16"}
+         "F8_E4M3": "float16", "GGUF": "float16"}
 
 
 def main():

@@ -91,28 +91,48 @@ const ZSTD_PREFERENCE: f64 = 0.97;
 /// A plane whose order-0 bound saves less than this is not worth an rANS attempt.
 const RANS_HOPELESS: f64 = 0.995;
 
+/// Planes at most this long get a full zstd trial in `auto`; longer ones are probed first.
+const ZSTD_PROBE: usize = 64 * 1024;
+
+/// Whether zstd could beat rANS on `plane` by [`ZSTD_PREFERENCE`]: zstd on a slice from the
+/// middle of the plane is compared with that slice's order-0 bound, which rANS reaches
+/// within about 1%. Only structure beyond order 0 (repeats, runs, text) lets zstd win,
+/// and a slice shows it; the full trial costs as much as the rANS encode itself, so
+/// `auto` runs it only when the probe says it has a chance (with a 3% margin).
+fn zstd_may_win(plane: &[u8], level: i32) -> bool {
+    if plane.len() <= 2 * ZSTD_PROBE {
+        return true;
+    }
+    let at = (plane.len() - ZSTD_PROBE) / 2;
+    let probe = &plane[at..at + ZSTD_PROBE];
+    let bound = rans::entropy_bits(&rans::histogram(probe)) / 8.0;
+    let mut v = Vec::new();
+    codec::encode(Codec::Zstd, probe, level, &mut v);
+    (v.len() as f64) < bound
+}
+
 /// Picks the transform whose planes have the smallest total order-0 entropy.
 pub fn pick_transform(data: &[u8], candidates: &[Transform]) -> Transform {
-    let usable: Vec<Transform> = candidates
-        .iter()
-        .copied()
-        .filter(|t| data.len() % t.unit() == 0)
-        .collect();
-    if usable.len() <= 1 {
-        return usable.first().copied().unwrap_or(Transform::None);
+    split_best(data, candidates).0
+}
+
+/// The planes of a transform, with each plane's symbol counts.
+type Split = (Transform, Vec<Vec<u8>>, Vec<[u64; 256]>);
+
+/// Splits `data` by the candidate whose planes have the smallest total order-0 entropy and
+/// returns that split with its histograms, so the encoder does not redo either.
+fn split_best(data: &[u8], candidates: &[Transform]) -> Split {
+    let mut best: Option<(f64, Split)> = None;
+    for t in candidates.iter().copied().filter(|t| data.len() % t.unit() == 0) {
+        let planes = t.split(data);
+        let counts: Vec<[u64; 256]> = planes.iter().map(|p| rans::histogram(p)).collect();
+        let cost: f64 = counts.iter().map(rans::entropy_bits).sum();
+        if best.as_ref().is_none_or(|b| cost < b.0) {
+            best = Some((cost, (t, planes, counts)));
+        }
     }
-    let cost = |t: Transform| -> f64 {
-        t.split(data)
-            .iter()
-            .map(|p| rans::entropy_bits(&rans::histogram(p)))
-            .sum()
-    };
-    usable
-        .into_iter()
-        .map(|t| (cost(t), t))
-        .min_by(|a, b| a.0.total_cmp(&b.0))
-        .map(|(_, t)| t)
-        .unwrap_or(Transform::None)
+    best.map(|b| b.1)
+        .unwrap_or_else(|| (Transform::None, vec![data.to_vec()], vec![rans::histogram(data)]))
 }
 
 /// Encodes one chunk. `candidates` are the transforms the dtype allows, best guess first;
@@ -136,26 +156,29 @@ pub fn encode(data: &[u8], candidates: &[Transform], compress: bool, opt: &Encod
             codec: Some(Codec::Raw),
         }]);
     }
-    let transform = pick_transform(data, candidates);
-    let planes = transform.split(data);
+    let (transform, planes, plane_counts) = split_best(data, candidates);
     let mut bodies: Vec<(Codec, Vec<u8>)> = Vec::with_capacity(planes.len());
     let mut stats = Vec::with_capacity(planes.len());
-    for p in &planes {
-        let counts = rans::histogram(p);
-        let h = rans::entropy_bits(&counts);
+    for (p, counts) in planes.iter().zip(&plane_counts) {
+        let h = rans::entropy_bits(counts);
         let mut best: (Codec, Vec<u8>) = (Codec::Raw, Vec::new());
         let mut best_len = p.len();
         let try_rans =
             matches!(opt.codec, CodecChoice::Auto | CodecChoice::Rans) && h / 8.0 < RANS_HOPELESS * p.len() as f64;
         if try_rans {
             let mut v = Vec::new();
-            rans::encode_with(p, &rans::FreqTable::from_counts(&counts), &mut v);
+            rans::encode_with(p, &rans::FreqTable::from_counts(counts), &mut v);
             if v.len() < best_len {
                 best_len = v.len();
                 best = (Codec::Rans, v);
             }
         }
-        if matches!(opt.codec, CodecChoice::Auto | CodecChoice::Zstd) {
+        let try_zstd = match opt.codec {
+            CodecChoice::Zstd => true,
+            CodecChoice::Auto => zstd_may_win(p, opt.zstd_level),
+            _ => false,
+        };
+        if try_zstd {
             let mut v = Vec::new();
             codec::encode(Codec::Zstd, p, opt.zstd_level, &mut v);
             let bar = if best.0 == Codec::Rans {
@@ -318,6 +341,26 @@ mod tests {
         }
         let e = encode(&data, &[Transform::Bf16Exp], false, &EncodeOptions::default());
         assert_eq!(e.codec, ChunkCodec::Raw);
+    }
+
+    #[test]
+    fn auto_probe_skips_zstd_only_where_it_cannot_win() {
+        // Weight-like planes (order-0 data): zstd cannot reach the order-0 bound.
+        let w = bf16ish(400_000);
+        for p in Transform::Bf16Exp.split(&w) {
+            assert!(!zstd_may_win(&p, 3));
+        }
+        // Text repeats: zstd wins by far, and auto must still pick it on a large plane.
+        let line = b"{\"architectures\": [\"BertModel\"], \"hidden_size\": 384, \"vocab\": 30522}\n";
+        let text: Vec<u8> = line.iter().copied().cycle().take(600_000).collect();
+        assert!(zstd_may_win(&text, 3));
+        let e = encode(&text, &[Transform::None], true, &EncodeOptions::default());
+        assert_eq!(e.codec, ChunkCodec::Zstd);
+        let mut out = vec![0; text.len()];
+        decode(e.codec, e.transform, &e.payload, &mut out).unwrap();
+        assert_eq!(out, text);
+        // Small planes always get the full trial.
+        assert!(zstd_may_win(&text[..2 * ZSTD_PROBE], 3) && zstd_may_win(&w[..1000], 3));
     }
 
     #[test]

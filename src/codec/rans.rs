@@ -248,25 +248,34 @@ pub fn encode_with(data: &[u8], table: &FreqTable, out: &mut Vec<u8>) {
     out.resize(offsets_at + 4 * n_sub, 0);
     let data_at = out.len();
 
-    // Per-symbol encoder parameters: frequency, start, renormalisation bound, and a
-    // reciprocal so the hot loop divides by multiplying (q = hi64(x * rcp) is exact for
-    // 32-bit x with rcp = floor(2^64 / f) + 1, f >= 2).
+    // Per-symbol encoder parameters. The state update x' = (x / f) * M + x % f + cum is
+    // rewritten as x' = x + bias + q * (M - f) with q = x / f, and q = hi64(x * rcp), which
+    // is exact for 32-bit x with rcp = floor(2^64 / f) + 1 (f >= 2). For f = 1,
+    // rcp = 2^64 - 1 gives q = x - 1, and bias = cum + M - 1 absorbs the difference, so the
+    // hot loop has no branch on the frequency.
     #[derive(Clone, Copy, Default)]
     struct Sym {
-        freq: u32,
-        cum: u32,
-        x_max: u64,
+        x_max: u32,
+        cmpl: u32,
+        bias: u32,
         rcp: u64,
     }
     let mut syms = [Sym::default(); 256];
     for (s, e) in syms.iter_mut().enumerate() {
         let f = table.freq[s];
         if f > 0 {
+            let x_max = (((STATE_LOW >> PROB_BITS) as u64) << WORD_BITS) * f as u64;
             *e = Sym {
-                freq: f,
-                cum: table.cum[s],
-                x_max: (((STATE_LOW >> PROB_BITS) as u64) << WORD_BITS) * f as u64,
-                rcp: if f >= 2 { u64::MAX / f as u64 + 1 } else { 0 },
+                // x_max <= 2^32 (f <= M); saturating keeps "x >= x_max" exact for 32-bit x
+                // except at f = M, where a lone symbol never needs a flush anyway.
+                x_max: x_max.min(u32::MAX as u64) as u32,
+                cmpl: PROB_SCALE - f,
+                bias: if f >= 2 {
+                    table.cum[s]
+                } else {
+                    table.cum[s] + PROB_SCALE - 1
+                },
+                rcp: if f >= 2 { u64::MAX / f as u64 + 1 } else { u64::MAX },
             };
         }
     }
@@ -276,23 +285,28 @@ pub fn encode_with(data: &[u8], table: &FreqTable, out: &mut Vec<u8>) {
         let mut n_words = 0usize;
         // Encode backwards; within a group of LANES symbols the decoder takes words in
         // ascending lane order, so the encoder emits them in descending order and the
-        // whole word list is reversed at the end.
-        for j in (0..block.len()).rev() {
-            let e = syms[block[j] as usize];
-            debug_assert!(e.freq > 0, "symbol missing from table");
-            let lane = j % LANES;
+        // whole word list is reversed at the end. Groups are walked whole so the lane
+        // index is a constant per unrolled step rather than j % LANES.
+        let full = block.len() / LANES * LANES;
+        let mut step = |lane: usize, sym: u8, st: &mut [u32; LANES], n_words: &mut usize| {
+            let e = syms[sym as usize];
+            debug_assert!(e.rcp != 0, "symbol missing from table");
             let mut x = st[lane];
-            let flush = x as u64 >= e.x_max;
+            let flush = x >= e.x_max;
             // Branch-free: always store, advance only when flushing.
-            words[n_words] = x as u16;
-            n_words += flush as usize;
+            words[*n_words] = x as u16;
+            *n_words += flush as usize;
             x = if flush { x >> WORD_BITS } else { x };
-            let q = if e.freq >= 2 {
-                ((x as u128 * e.rcp as u128) >> 64) as u32
-            } else {
-                x
-            };
-            st[lane] = (q << PROB_BITS) + (x - q * e.freq) + e.cum;
+            let q = ((x as u128 * e.rcp as u128) >> 64) as u32;
+            st[lane] = x.wrapping_add(e.bias).wrapping_add(q.wrapping_mul(e.cmpl));
+        };
+        for j in (full..block.len()).rev() {
+            step(j % LANES, block[j], &mut st, &mut n_words);
+        }
+        for g in block[..full].chunks_exact(LANES).rev() {
+            for lane in (0..LANES).rev() {
+                step(lane, g[lane], &mut st, &mut n_words);
+            }
         }
         let words = &words[..n_words];
         for x in st {
