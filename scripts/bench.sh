@@ -71,10 +71,8 @@ if [[ -z "${DCFS_BENCH_NOBUILD:-}" ]]; then
 fi
 log "fetch models"
 "$ROOT/scripts/fetch-models.sh" >/dev/null
-XLLAMA="$(grep -E '^xllamacpp==' "$ROOT/tests/loaders/requirements.txt")"
-[[ -x "$PY" ]] || python3 -m venv "$VENV"
-"$PY" -c 'import safetensors, numpy, zipnn, matplotlib, xllamacpp' 2>/dev/null \
-  || "$PY" -m pip install -q safetensors numpy zipnn matplotlib "$XLLAMA"
+"$PY" -c 'import safetensors, numpy, zipnn, matplotlib' 2>/dev/null \
+  || "$PY" -m pip install -q safetensors numpy zipnn matplotlib
 M="$ROOT/models"
 {
   echo "date: $(date -u +%FT%TZ)"
@@ -267,11 +265,16 @@ print(time.perf_counter() - t)' "$target")
     CODED_BPS=$(rate auto)
     echo "mount rates (median of 3, bytes/s): raw $RAW_BPS coded $CODED_BPS" > "$OUT/fraction-auto.txt"
   fi
+  read -r -a WLS <<< "${DCFS_BENCH_WORKLOADS:-read mmap safetensors llama llama-mmap}"
+  [[ $QUICK -eq 1 ]] && WLS=(read)
+  if want load && [[ " ${WLS[*]} " == *" llama"* ]]; then
+    # the llama.cpp build the loader tests pin (tests/loaders/requirements.txt)
+    "$PY" -c 'import xllamacpp' 2>/dev/null \
+      || "$PY" -m pip install -q "$(grep -E '^xllamacpp==' "$ROOT/tests/loaders/requirements.txt")"
+  fi
   for bw in "${BWS[@]}"; do
     setbw "$bw"
     if want load; then
-      read -r -a WLS <<< "${DCFS_BENCH_WORKLOADS:-read mmap safetensors llama llama-mmap}"
-      [[ $QUICK -eq 1 ]] && WLS=(read)
       for w in "${WLS[@]}"; do
         for r in $(seq 1 "$RUNS"); do
           for c in unpacked auto raw squashfs; do

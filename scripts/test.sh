@@ -2,7 +2,8 @@
 # The project's test command (README and .ci/run call exactly this):
 # fetch the real models, check formatting and lints, run every test, then the real loaders
 # (safetensors, sentence-transformers, llama.cpp) on a dcfs mount (scripts/loader-tests.sh;
-# the first run installs their venv, ~3 GB of torch from PyPI).
+# the first run installs their venv, ~3 GB of torch from PyPI), a bench smoke run, and every
+# fuzz target for 30 s (DCFS_FUZZ_SECS; DCFS_SKIP_FUZZ=1 skips it on a developer machine).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -29,4 +30,12 @@ smoke="$(mktemp -d)"
 DCFS_BENCH_NOBUILD=1 DCFS_BENCH_WORK="$smoke/work" scripts/bench.sh --quick --only mount --out "$smoke/out"
 test -s "$smoke/out/mount.csv" && test -s "$smoke/out/random.csv"
 rm -rf "$smoke"
+if [[ -n "${DCFS_SKIP_FUZZ:-}" ]]; then
+  echo "== fuzz smoke SKIPPED (DCFS_SKIP_FUZZ is set)"
+else
+  echo "== fuzz smoke (scripts/fuzz-smoke.sh: every target ${DCFS_FUZZ_SECS:-30} s; the first instrumented build takes ~17 min)"
+  t0=$SECONDS
+  scripts/fuzz-smoke.sh "${DCFS_FUZZ_SECS:-30}"
+  echo "== fuzz smoke took $((SECONDS - t0))s"
+fi
 echo "== all checks passed"

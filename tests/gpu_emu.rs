@@ -146,3 +146,68 @@ fn real_models_decode_bit_exact_through_the_emulated_gpu() {
         report(name, r);
     }
 }
+
+/// `--gpu auto`'s calibration runs the same batch path it would keep: on a synthetic pack
+/// it samples only rANS chunks, spread over the file, decodes them all through the decoder
+/// (here the emulation) and the CPU pool, and reports both rates. Which side wins is a
+/// timing and is not asserted; the rule itself is unit-tested in `gpu::calibrate`.
+#[test]
+fn auto_calibration_samples_rans_chunks_and_measures_both_sides() {
+    use dcfs::chunk::ChunkCodec;
+    use dcfs::gpu::calibrate;
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    synth_tree(&src, 11);
+    pack_with(&src, &dst, CodecChoice::Auto);
+    let c = calibrate::pick_container(&dst).expect("a container with rANS chunks");
+    let rans: u64 = c
+        .chunks
+        .iter()
+        .filter(|e| e.codec == ChunkCodec::Rans)
+        .map(|e| e.orig_len as u64)
+        .sum();
+    assert!(rans > 0);
+    for f in containers(&dst) {
+        let o = Container::open(&f).unwrap();
+        let r: u64 = o
+            .chunks
+            .iter()
+            .filter(|e| e.codec == ChunkCodec::Rans)
+            .map(|e| e.orig_len as u64)
+            .sum();
+        assert!(r <= rans, "{} has more rANS bytes than the pick", f.display());
+    }
+    // A budget below the total takes an even spread, never more than the budget + a chunk.
+    let budget = rans / 3;
+    let idx = calibrate::sample(&c, budget);
+    let took: u64 = idx.iter().map(|&i| c.chunks[i].orig_len as u64).sum();
+    let biggest = c.chunks.iter().map(|e| e.orig_len as u64).max().unwrap();
+    assert!(!idx.is_empty() && took <= budget + biggest, "{took} of {budget}");
+    assert!(idx.iter().all(|&i| c.chunks[i].codec == ChunkCodec::Rans));
+    assert!(idx.windows(2).all(|w| w[0] < w[1]));
+    let all = calibrate::sample(&c, u64::MAX);
+    assert_eq!(
+        all.len(),
+        c.chunks.iter().filter(|e| e.codec == ChunkCodec::Rans).count()
+    );
+
+    let cal = calibrate::calibrate(&Decoder::emulated(), &c, &idx).unwrap();
+    assert_eq!(cal.chunks, idx.len());
+    assert_eq!(cal.sample_bytes, took);
+    assert_eq!(
+        cal.gpu_chunks,
+        idx.len(),
+        "every sampled rANS chunk goes through the GPU path"
+    );
+    assert!(cal.gpu_bytes_per_s > 0.0 && cal.cpu_bytes_per_s > 0.0);
+    println!(
+        "calibration (emulated GPU vs CPU pool): {:.3} vs {:.3} GB/s -> GPU kept: {}",
+        cal.gpu_bytes_per_s / 1e9,
+        cal.cpu_bytes_per_s / 1e9,
+        cal.gpu_wins()
+    );
+    // keep_if_faster on a tree with no containers drops the decoder.
+    let empty = t.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    assert!(calibrate::keep_if_faster(Decoder::emulated(), &empty).is_none());
+}

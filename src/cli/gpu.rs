@@ -1,7 +1,7 @@
 //! `gpu-info`, and the hidden `gpu-defines` (for scripts/nvrtc-check.sh) and `gpu-bench`
 //! (for scripts/gpu-selftest.sh).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -16,7 +16,8 @@ use dcfs::gpu::{self, Decoder, GpuError, GpuMode};
 /// `--gpu` values.
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum GpuArg {
-    /// GPU when a driver, a device and NVRTC are present; CPU otherwise.
+    /// GPU when a driver, a device and NVRTC are present and a calibration on the pack's
+    /// own chunks shows it decoding faster than the CPU; CPU otherwise.
     Auto,
     /// Require the GPU (error without one).
     On,
@@ -28,14 +29,19 @@ pub enum GpuArg {
 }
 
 impl GpuArg {
-    pub fn decoder(self) -> Result<Option<Decoder>> {
+    /// The decoder for work on `packed` (a packed directory or one `.dcz`).
+    pub fn decoder(self, packed: &Path) -> Result<Option<Decoder>> {
         let mode = match self {
             GpuArg::Auto => GpuMode::Auto,
             GpuArg::On => GpuMode::On,
             GpuArg::Off => GpuMode::Off,
             GpuArg::Emulate => return Ok(Some(Decoder::emulated())),
         };
-        Decoder::new(mode).context("--gpu on")
+        let dec = Decoder::new(mode).context("--gpu on")?;
+        Ok(match (mode, dec) {
+            (GpuMode::Auto, Some(d)) => gpu::calibrate::keep_if_faster(d, packed),
+            (_, d) => d,
+        })
     }
 }
 

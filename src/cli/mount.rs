@@ -48,7 +48,8 @@ pub struct MountArgs {
     /// Let other users read the mount (FUSE allow_other). Off unless asked for.
     #[arg(long)]
     allow_other: bool,
-    /// Decode prefetch windows on an NVIDIA GPU: auto (when present), on (required), off.
+    /// Decode prefetch windows on an NVIDIA GPU: auto (when present and faster than the CPU
+    /// on a calibration with this pack's chunks), on (required), off.
     #[arg(long, value_enum, default_value = "auto")]
     gpu: super::gpu::GpuArg,
 }
@@ -222,7 +223,7 @@ fn serve(packed: &Path, mnt: &Path, s: &Settings, gpu: super::gpu::GpuArg, ready
     // SAFETY: `set` is an initialised sigset_t; a null old-set pointer is allowed.
     unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
     let r = gpu
-        .decoder()
+        .decoder(packed)
         .and_then(|g| {
             Store::open_with_gpu(packed, s.store.clone(), g).with_context(|| format!("opening {}", packed.display()))
         })

@@ -248,7 +248,8 @@ pub struct UnpackArgs {
     /// Decode threads (default: all cores).
     #[arg(long, short = 'j', default_value_t = default_threads())]
     threads: usize,
-    /// Decode rANS on an NVIDIA GPU: auto (when present), on (required), off.
+    /// Decode rANS on an NVIDIA GPU: auto (when present and faster than the CPU on a
+    /// calibration), on (required), off.
     #[arg(long, value_enum, default_value = "auto")]
     gpu: GpuArg,
     /// Print the report as JSON on stdout.
@@ -257,7 +258,7 @@ pub struct UnpackArgs {
 }
 
 pub fn unpack(a: UnpackArgs) -> Result<Outcome> {
-    let gpu = a.gpu.decoder()?;
+    let gpu = a.gpu.decoder(&a.packed)?;
     let bar = Bar::new(a.json);
     let r = pack::unpack_tree_with(&a.packed, &a.dst, a.threads, gpu.as_ref(), &bar);
     bar.finish();
@@ -285,7 +286,8 @@ pub struct VerifyArgs {
     /// Decode threads (default: all cores).
     #[arg(long, short = 'j', default_value_t = default_threads())]
     threads: usize,
-    /// Decode rANS on an NVIDIA GPU: auto (when present), on (required), off.
+    /// Decode rANS on an NVIDIA GPU: auto (when present and faster than the CPU on a
+    /// calibration), on (required), off.
     #[arg(long, value_enum, default_value = "auto")]
     gpu: GpuArg,
     /// Print the report as JSON on stdout.
@@ -294,7 +296,7 @@ pub struct VerifyArgs {
 }
 
 pub fn verify(a: VerifyArgs) -> Result<Outcome> {
-    let gpu = a.gpu.decoder()?;
+    let gpu = a.gpu.decoder(&a.packed)?;
     let bar = Bar::new(a.json);
     let r = pack::verify_tree_with(&a.packed, a.threads, gpu.as_ref(), &bar);
     bar.finish();

@@ -11,6 +11,7 @@
 //! * [`Decoder`] is what `verify`/`unpack` use: GPU when possible, CPU fallback per chunk
 //!   (zstd planes, damaged data), and every chunk's xxh3 checked on the host.
 
+pub mod calibrate;
 pub mod cuda;
 pub mod emu;
 pub mod info;
