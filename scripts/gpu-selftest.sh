@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # For a machine with an NVIDIA GPU: build, show the GPU, pack the fetched models, decode
 # every chunk on the GPU, compare with the CPU decoder, print GB/s, then run
-# `dcfs verify --gpu on` (every chunk checksum and whole-file digest). Expected output:
+# `dcfs verify --gpu on` (every chunk checksum and whole-file digest), show the --gpu auto
+# calibration, and decode tensors into device memory through the C ABI. Expected output:
 # docs/GPU.md. NVRTC comes from $DCFS_NVRTC, the loader path, or the project venv
 # (scripts/nvrtc-check.sh installs it there).
 set -euo pipefail
@@ -29,5 +30,16 @@ for m in models/*/; do
     "$DCFS" gpu-bench "$WORK/$name"
     echo "== $name: dcfs verify --gpu on"
     "$DCFS" verify --gpu on "$WORK/$name" | tail -n1
+    echo "== $name: --gpu auto calibration (GPU kept only when faster than the CPU)"
+    RUST_LOG=info "$DCFS" verify --gpu auto "$WORK/$name" 2>&1 | grep -E "GPU decode (on|off)" || true
 done
+echo "== C ABI on the GPU (tests/loaders/test_capi.py; needs the loader venv with torch)"
+cargo build --release --quiet -p dcfs-capi
+LVENV="${DCFS_LOADER_VENV:-$ROOT/.venv-loaders}"
+if [ -x "$LVENV/bin/python" ]; then
+    DCFS_LOADER_PACKED="$WORK" DCFS_MODELS="$ROOT/models" "$LVENV/bin/python" -m pytest -q -s \
+        tests/loaders/test_capi.py -k "cuda or cpu"
+else
+    echo "SKIP C ABI GPU test: no loader venv at $LVENV (scripts/loader-tests.sh creates it)"
+fi
 echo "gpu-selftest: all chunks identical to the CPU decoder"

@@ -28,8 +28,9 @@ if [[ "$(id -u)" != 0 || ! -e /dev/fuse ]]; then
 fi
 [[ -d "$MODELS/minilm-f32" ]] || die "$MODELS has no models (run scripts/fetch-models.sh)"
 
-echo "== loader-tests: cargo build --release"
+echo "== loader-tests: cargo build --release (dcfs and the C ABI library, for test_capi.py)"
 cargo build --release --quiet
+cargo build --release --quiet -p dcfs-capi
 
 # --- venv (cached: installs only when requirements.txt changed or imports fail) ---------
 IMPORTS='import pytest, numpy, safetensors.numpy, torch, sentence_transformers, xllamacpp'

@@ -13,7 +13,7 @@ scripts/fetch-models.sh
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
-cargo clippy --all-targets -- -D warnings
+cargo clippy --workspace --all-targets -- -D warnings
 echo "== NVRTC compile of cuda/*.cu (no GPU needed)"
 scripts/nvrtc-check.sh
 echo "== cargo test"

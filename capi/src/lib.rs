@@ -1,0 +1,244 @@
+//! C ABI of dcfs (declared in `capi/dcfs.h`): one tensor of a packed file into host memory
+//! or straight into CUDA device memory, for loaders that want tensors without a FUSE
+//! mount (PyTorch through `python/dcfs_tensor.py`, or any C/C++ program).
+//!
+//! Nothing unwinds across the boundary: every entry point catches panics and returns -1
+//! with the reason in `dcfs_last_error()`, like any other failure.
+
+use std::cell::RefCell;
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
+use std::sync::OnceLock;
+
+use dcfs::format::{Container, TensorEntry};
+use dcfs::gpu::{Decoder, DeviceTensor, GpuMode};
+
+/// Dimensions a `dcfs_tensor_info` can carry (safetensors and GGUF use at most 4 in
+/// practice).
+pub const DCFS_MAX_DIMS: usize = 8;
+
+/// Mirrors `dcfs_tensor_info` in dcfs.h.
+#[repr(C)]
+pub struct DcfsTensorInfo {
+    pub dtype: [c_char; 16],
+    pub ndim: u32,
+    pub shape: [u64; DCFS_MAX_DIMS],
+    pub nbytes: u64,
+}
+
+/// Opaque to C: a tensor in device memory, freed by `dcfs_device_tensor_free`.
+pub struct DcfsDeviceTensor(DeviceTensor);
+
+thread_local! {
+    static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
+}
+
+fn set_error(msg: String) {
+    let c = CString::new(msg.replace('\0', " ")).unwrap_or_default();
+    LAST_ERROR.with(|e| *e.borrow_mut() = c);
+}
+
+/// Runs `f`, turning an `Err` or a panic into -1 plus the message.
+fn guard<T>(fail: T, f: impl FnOnce() -> Result<T, String>) -> T {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => {
+            set_error(e);
+            fail
+        }
+        Err(p) => {
+            let what = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            set_error(format!("internal error (panic): {what}"));
+            fail
+        }
+    }
+}
+
+/// # Safety
+/// `p` is null or a NUL-terminated string valid for the call.
+unsafe fn text<'a>(p: *const c_char, what: &str) -> Result<&'a str, String> {
+    if p.is_null() {
+        return Err(format!("{what} is NULL"));
+    }
+    // SAFETY: non-null, and the caller promises a NUL-terminated string alive for the call.
+    unsafe { CStr::from_ptr(p) }
+        .to_str()
+        .map_err(|_| format!("{what} is not UTF-8"))
+}
+
+fn open(path: &str) -> Result<Container, String> {
+    Container::open(Path::new(path)).map_err(|e| e.to_string())
+}
+
+fn find<'a>(c: &'a Container, name: &str) -> Result<&'a TensorEntry, String> {
+    c.tensors
+        .iter()
+        .find(|t| t.name == name)
+        .ok_or_else(|| format!("{}: no tensor named {name:?}", c.path().display()))
+}
+
+/// The reason for the last -1 on this thread ("" if none). Valid until the next call.
+#[no_mangle]
+pub extern "C" fn dcfs_last_error() -> *const c_char {
+    LAST_ERROR.with(|e| e.borrow().as_ptr())
+}
+
+/// # Safety
+/// `path` is a NUL-terminated string; `buf` is null (with `cap` 0) or writable for `cap`
+/// bytes.
+#[no_mangle]
+pub unsafe extern "C" fn dcfs_tensor_names(path: *const c_char, buf: *mut c_char, cap: usize) -> i64 {
+    guard(-1, || {
+        // SAFETY: forwarded from this function's contract.
+        let c = open(unsafe { text(path, "path") }?)?;
+        let list = c.tensors.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join("\n");
+        if !buf.is_null() && cap > 0 {
+            let n = list.len().min(cap - 1);
+            // SAFETY: `buf` is writable for `cap` bytes and n + 1 <= cap.
+            unsafe {
+                std::ptr::copy_nonoverlapping(list.as_ptr(), buf.cast::<u8>(), n);
+                *buf.add(n) = 0;
+            }
+        }
+        Ok(list.len() as i64)
+    })
+}
+
+/// # Safety
+/// `path` and `name` are NUL-terminated strings; `out` points to a writable
+/// `dcfs_tensor_info`.
+#[no_mangle]
+pub unsafe extern "C" fn dcfs_tensor_info_get(
+    path: *const c_char,
+    name: *const c_char,
+    out: *mut DcfsTensorInfo,
+) -> c_int {
+    guard(-1, || {
+        // SAFETY: forwarded from this function's contract.
+        let (path, name) = unsafe { (text(path, "path")?, text(name, "name")?) };
+        if out.is_null() {
+            return Err("out is NULL".into());
+        }
+        let c = open(path)?;
+        let t = find(&c, name)?;
+        if t.shape.len() > DCFS_MAX_DIMS || t.dtype.len() >= 16 {
+            return Err(format!("{name}: shape or dtype does not fit dcfs_tensor_info"));
+        }
+        let mut info = DcfsTensorInfo {
+            dtype: [0; 16],
+            ndim: t.shape.len() as u32,
+            shape: [0; DCFS_MAX_DIMS],
+            nbytes: t.len,
+        };
+        for (d, b) in info.dtype.iter_mut().zip(t.dtype.bytes()) {
+            *d = b as c_char;
+        }
+        info.shape[..t.shape.len()].copy_from_slice(&t.shape);
+        // SAFETY: `out` is non-null and writable per the contract.
+        unsafe { out.write(info) };
+        Ok(0)
+    })
+}
+
+/// # Safety
+/// `path` and `name` are NUL-terminated strings; `dst` is writable for `dst_len` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn dcfs_decode_tensor_host(
+    path: *const c_char,
+    name: *const c_char,
+    dst: *mut c_void,
+    dst_len: u64,
+) -> c_int {
+    guard(-1, || {
+        // SAFETY: forwarded from this function's contract.
+        let (path, name) = unsafe { (text(path, "path")?, text(name, "name")?) };
+        let c = open(path)?;
+        let t = find(&c, name)?;
+        if dst_len != t.len {
+            return Err(format!("{name}: buffer holds {dst_len} bytes, the tensor {}", t.len));
+        }
+        if t.len == 0 {
+            return Ok(0);
+        }
+        if dst.is_null() {
+            return Err("dst is NULL".into());
+        }
+        let len = usize::try_from(t.len).map_err(|_| "tensor larger than the address space".to_string())?;
+        // SAFETY: `dst` is non-null and writable for `dst_len` (= len) bytes per the contract.
+        let out = unsafe { std::slice::from_raw_parts_mut(dst.cast::<u8>(), len) };
+        let n = c.read_at(t.start, out).map_err(|e| e.to_string())?;
+        if n != len {
+            return Err(format!("{name}: the file ends {} bytes into the tensor", n));
+        }
+        Ok(0)
+    })
+}
+
+/// One decoder per process: NVRTC compiles (or loads the cached) kernel once.
+fn gpu() -> Result<&'static Decoder, String> {
+    static DEC: OnceLock<Result<Decoder, String>> = OnceLock::new();
+    DEC.get_or_init(|| match Decoder::new(GpuMode::On) {
+        Ok(Some(d)) => Ok(d),
+        Ok(None) => Err("no GPU decoder".into()),
+        Err(e) => Err(e.to_string()),
+    })
+    .as_ref()
+    .map_err(|e| e.clone())
+}
+
+/// # Safety
+/// `path` and `name` are NUL-terminated strings; `out` points to a writable pointer.
+#[no_mangle]
+pub unsafe extern "C" fn dcfs_decode_tensor_cuda(
+    path: *const c_char,
+    name: *const c_char,
+    verify: c_int,
+    out: *mut *mut DcfsDeviceTensor,
+) -> c_int {
+    guard(-1, || {
+        // SAFETY: forwarded from this function's contract.
+        let (path, name) = unsafe { (text(path, "path")?, text(name, "name")?) };
+        if out.is_null() {
+            return Err("out is NULL".into());
+        }
+        let c = open(path)?;
+        find(&c, name)?;
+        let t = gpu()?
+            .decode_tensor_to_device(&c, name, verify != 0)
+            .map_err(|e| e.to_string())?;
+        // SAFETY: `out` is non-null and writable per the contract.
+        unsafe { out.write(Box::into_raw(Box::new(DcfsDeviceTensor(t)))) };
+        Ok(0)
+    })
+}
+
+/// # Safety
+/// `t` is null or a pointer from `dcfs_decode_tensor_cuda` not yet freed.
+#[no_mangle]
+pub unsafe extern "C" fn dcfs_device_tensor_ptr(t: *const DcfsDeviceTensor) -> u64 {
+    // SAFETY: per the contract, `t` is null or a live tensor.
+    unsafe { t.as_ref() }.map_or(0, |t| t.0.device_ptr())
+}
+
+/// # Safety
+/// `t` is null or a pointer from `dcfs_decode_tensor_cuda` not yet freed.
+#[no_mangle]
+pub unsafe extern "C" fn dcfs_device_tensor_len(t: *const DcfsDeviceTensor) -> u64 {
+    // SAFETY: per the contract, `t` is null or a live tensor.
+    unsafe { t.as_ref() }.map_or(0, |t| t.0.buffer.len() as u64)
+}
+
+/// # Safety
+/// `t` is null or a pointer from `dcfs_decode_tensor_cuda`, freed at most once.
+#[no_mangle]
+pub unsafe extern "C" fn dcfs_device_tensor_free(t: *mut DcfsDeviceTensor) {
+    if !t.is_null() {
+        // SAFETY: `t` came from Box::into_raw in dcfs_decode_tensor_cuda and is freed once.
+        drop(unsafe { Box::from_raw(t) });
+    }
+}
