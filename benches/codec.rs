@@ -101,6 +101,9 @@ fn chunks(c: &mut Criterion) {
             };
             let cands: &[Transform] = dtype.transforms();
             let e = chunk::encode(&data, cands, true, &opt);
+            g.bench_function(BenchmarkId::new(format!("encode-{choice:?}"), name), |b| {
+                b.iter(|| chunk::encode(&data, cands, true, &opt))
+            });
             let mut out = vec![0u8; data.len()];
             g.bench_function(BenchmarkId::new(format!("decode-{choice:?}"), name), |b| {
                 b.iter(|| chunk::decode(e.codec, e.transform, &e.payload, &mut out).unwrap())
