@@ -42,7 +42,7 @@ pub struct EncodeArgs {
     /// Fraction of each tensor's chunks to compress (DC's speed-adaptive partial
     /// compression: for storage faster than the decoder). 0..=1, or `auto` (pack only):
     /// sample the tensors, measure ratio and decode speed here, and pick the fraction with
-    /// the shortest modelled load time at --storage-bw.
+    /// the shortest modelled load time at --storage-bw (0 unless coding gains at least 3%).
     #[arg(long, default_value = "1", value_parser = parse_fraction)]
     compress_fraction: Fraction,
     /// Storage read bandwidth for `--compress-fraction auto`, bytes per second (e.g. 200M;
