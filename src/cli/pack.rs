@@ -13,8 +13,9 @@ use dcfs::pack::{self, adaptive, PackOptions};
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum CodecArg {
-    /// Per plane, the smaller of rANS and zstd (rANS unless zstd is >3% smaller); raw if the
-    /// chunk gains less than --min-gain.
+    /// Per plane, the smaller of rANS and zstd (rANS unless zstd is >3% smaller; zstd is
+    /// tried in full only where a 64 KiB probe beats the order-0 bound); raw if the chunk
+    /// gains less than --min-gain.
     Auto,
     /// Our interleaved rANS (order-0, GPU-decodable stream layout).
     Rans,
