@@ -71,15 +71,21 @@ unsafe fn text<'a>(p: *const c_char, what: &str) -> Result<&'a str, String> {
         .map_err(|_| format!("{what} is not UTF-8"))
 }
 
-fn open(path: &str) -> Result<Container, String> {
-    Container::open(Path::new(path)).map_err(|e| e.to_string())
-}
-
-fn find<'a>(c: &'a Container, name: &str) -> Result<&'a TensorEntry, String> {
-    c.tensors
+/// The container at `path` and its tensor `name`: the opening every tensor call shares.
+///
+/// # Safety
+/// `path` and `name` are null or NUL-terminated strings valid for the call.
+unsafe fn open_tensor(path: *const c_char, name: *const c_char) -> Result<(Container, TensorEntry), String> {
+    // SAFETY: forwarded from this function's contract.
+    let (path, name) = unsafe { (text(path, "path")?, text(name, "name")?) };
+    let c = Container::open(Path::new(path)).map_err(|e| e.to_string())?;
+    let t = c
+        .tensors
         .iter()
         .find(|t| t.name == name)
-        .ok_or_else(|| format!("{}: no tensor named {name:?}", c.path().display()))
+        .cloned()
+        .ok_or_else(|| format!("{}: no tensor named {name:?}", c.path().display()))?;
+    Ok((c, t))
 }
 
 /// The reason for the last -1 on this thread ("" if none). Valid until the next call.
@@ -95,7 +101,8 @@ pub extern "C" fn dcfs_last_error() -> *const c_char {
 pub unsafe extern "C" fn dcfs_tensor_names(path: *const c_char, buf: *mut c_char, cap: usize) -> i64 {
     guard(-1, || {
         // SAFETY: forwarded from this function's contract.
-        let c = open(unsafe { text(path, "path") }?)?;
+        let path = unsafe { text(path, "path") }?;
+        let c = Container::open(Path::new(path)).map_err(|e| e.to_string())?;
         let list = c.tensors.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join("\n");
         if !buf.is_null() && cap > 0 {
             let n = list.len().min(cap - 1);
@@ -119,15 +126,13 @@ pub unsafe extern "C" fn dcfs_tensor_info_get(
     out: *mut DcfsTensorInfo,
 ) -> c_int {
     guard(-1, || {
-        // SAFETY: forwarded from this function's contract.
-        let (path, name) = unsafe { (text(path, "path")?, text(name, "name")?) };
         if out.is_null() {
             return Err("out is NULL".into());
         }
-        let c = open(path)?;
-        let t = find(&c, name)?;
+        // SAFETY: forwarded from this function's contract.
+        let (_, t) = unsafe { open_tensor(path, name) }?;
         if t.shape.len() > DCFS_MAX_DIMS || t.dtype.len() >= 16 {
-            return Err(format!("{name}: shape or dtype does not fit dcfs_tensor_info"));
+            return Err(format!("{}: shape or dtype does not fit dcfs_tensor_info", t.name));
         }
         let mut info = DcfsTensorInfo {
             dtype: [0; 16],
@@ -156,9 +161,8 @@ pub unsafe extern "C" fn dcfs_decode_tensor_host(
 ) -> c_int {
     guard(-1, || {
         // SAFETY: forwarded from this function's contract.
-        let (path, name) = unsafe { (text(path, "path")?, text(name, "name")?) };
-        let c = open(path)?;
-        let t = find(&c, name)?;
+        let (c, t) = unsafe { open_tensor(path, name) }?;
+        let name = &t.name;
         if dst_len != t.len {
             return Err(format!("{name}: buffer holds {dst_len} bytes, the tensor {}", t.len));
         }
@@ -201,15 +205,13 @@ pub unsafe extern "C" fn dcfs_decode_tensor_cuda(
     out: *mut *mut DcfsDeviceTensor,
 ) -> c_int {
     guard(-1, || {
-        // SAFETY: forwarded from this function's contract.
-        let (path, name) = unsafe { (text(path, "path")?, text(name, "name")?) };
         if out.is_null() {
             return Err("out is NULL".into());
         }
-        let c = open(path)?;
-        find(&c, name)?;
+        // SAFETY: forwarded from this function's contract.
+        let (c, t) = unsafe { open_tensor(path, name) }?;
         let t = gpu()?
-            .decode_tensor_to_device(&c, name, verify != 0)
+            .decode_tensor_to_device(&c, &t.name, verify != 0)
             .map_err(|e| e.to_string())?;
         // SAFETY: `out` is non-null and writable per the contract.
         unsafe { out.write(Box::into_raw(Box::new(DcfsDeviceTensor(t)))) };

@@ -39,7 +39,16 @@ impl GpuArg {
         };
         let dec = Decoder::new(mode).context("--gpu on")?;
         Ok(match (mode, dec) {
-            (GpuMode::Auto, Some(d)) => gpu::calibrate::keep_if_faster(d, packed),
+            (GpuMode::Auto, Some(d)) => {
+                // An unreadable tree calibrates on nothing (the GPU is dropped); the command
+                // itself reports what it cannot read.
+                let files = if packed.is_dir() {
+                    walk(packed).unwrap_or_default()
+                } else {
+                    vec![packed.to_path_buf()]
+                };
+                gpu::calibrate::keep_if_faster(d, &files)
+            }
             (_, d) => d,
         })
     }

@@ -3,7 +3,7 @@
 //! a few AVX2 cores once uploads, downloads and host-side checksums are counted, and
 //! `auto` must never make a mount slower than `--gpu off`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use rayon::prelude::*;
@@ -110,51 +110,33 @@ pub fn calibrate(dec: &Decoder, c: &Container, idx: &[usize]) -> crate::Result<C
     })
 }
 
-/// The container under `root` (a packed directory or one `.dcz`) with the most rANS
-/// bytes: the most GPU work, so the fairest sample.
-pub fn pick_container(root: &Path) -> Option<Container> {
-    let mut files = Vec::new();
-    if root.is_file() {
-        files.push(root.to_path_buf());
-    } else {
-        let mut stack = vec![root.to_path_buf()];
-        while let Some(d) = stack.pop() {
-            let Ok(rd) = std::fs::read_dir(&d) else { continue };
-            for e in rd.flatten() {
-                let Ok(ft) = e.file_type() else { continue };
-                let p = e.path();
-                if ft.is_dir() {
-                    stack.push(p);
-                } else if ft.is_file() && p.extension().is_some_and(|x| x == "dcz") {
-                    files.push(p);
-                }
-            }
-        }
-    }
-    files.sort_by_key(|p| std::cmp::Reverse(std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)));
-    // The largest few files by size are the candidates; opening every container of a
-    // big tree would cost more than the calibration.
-    files
+/// Original bytes in the rANS chunks of `c`: the work the GPU path can take.
+pub fn rans_bytes(c: &Container) -> u64 {
+    c.chunks
         .iter()
-        .take(4)
-        .filter_map(|p| Container::open(p).ok())
-        .max_by_key(|c| {
-            c.chunks
-                .iter()
-                .filter(|e| e.codec == ChunkCodec::Rans)
-                .map(|e| e.orig_len as u64)
-                .sum::<u64>()
-        })
+        .filter(|e| e.codec == ChunkCodec::Rans)
+        .map(|e| e.orig_len as u64)
+        .sum()
 }
 
-/// `--gpu auto`: keeps `dec` only if it beats the CPU on a sample of `root`'s own chunks.
-/// Logs the measurement at info either way.
-pub fn keep_if_faster(dec: Decoder, root: &Path) -> Option<Decoder> {
-    let Some(c) = pick_container(root) else {
-        tracing::info!(
-            "GPU decode off: no packed files under {} to calibrate on",
-            root.display()
-        );
+/// Of `files` (`.dcz` paths), the container with the most rANS bytes: the most GPU work,
+/// so the fairest sample. Only the four largest files are opened; opening every container
+/// of a big tree would cost more than the calibration.
+pub fn pick_container(files: &[PathBuf]) -> Option<Container> {
+    let mut files: Vec<&PathBuf> = files.iter().collect();
+    files.sort_by_key(|p| std::cmp::Reverse(std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)));
+    files
+        .into_iter()
+        .take(4)
+        .filter_map(|p| Container::open(p).ok())
+        .max_by_key(rans_bytes)
+}
+
+/// `--gpu auto`: keeps `dec` only if it beats the CPU on a sample of the chunks of `files`
+/// (the `.dcz` files of the pack). Logs the measurement at info either way.
+pub fn keep_if_faster(dec: Decoder, files: &[PathBuf]) -> Option<Decoder> {
+    let Some(c) = pick_container(files) else {
+        tracing::info!("GPU decode off: no packed file to calibrate on");
         return None;
     };
     let idx = sample(&c, SAMPLE_BYTES);
