@@ -27,6 +27,7 @@ pub fn run(target: &str, data: &[u8]) {
     match target {
         "container" => container(data),
         "rans" => rans(data),
+        "rans_roundtrip" => rans_roundtrip(data),
         "zstd" => zstd(data),
         "chunk" => chunk(data),
         "safetensors" => safetensors(data),
@@ -35,7 +36,15 @@ pub fn run(target: &str, data: &[u8]) {
     }
 }
 
-pub const TARGETS: [&str; 6] = ["container", "rans", "zstd", "chunk", "safetensors", "gguf"];
+pub const TARGETS: [&str; 7] = [
+    "container",
+    "rans",
+    "rans_roundtrip",
+    "zstd",
+    "chunk",
+    "safetensors",
+    "gguf",
+];
 
 /// A length from the first 3 bytes, capped: (len, rest).
 fn split_len(data: &[u8]) -> Option<(usize, &[u8])> {
@@ -87,6 +96,17 @@ pub fn rans(data: &[u8]) {
     let Some((n, stream)) = split_len(data) else { return };
     let mut out = vec![0u8; n];
     let _ = rans::decode(stream, &mut out);
+}
+
+/// The encoder (the AVX2 group loop where the CPU has it) against the decoder: any bytes,
+/// capped, must come back exactly. A mismatch panics, which is the finding.
+pub fn rans_roundtrip(data: &[u8]) {
+    let data = &data[..data.len().min(MAX_OUT)];
+    let mut enc = Vec::new();
+    rans::encode(data, &mut enc);
+    let mut out = vec![0u8; data.len()];
+    rans::decode(&enc, &mut out).expect("a fresh stream decodes");
+    assert!(out == data, "rANS round trip changed the bytes");
 }
 
 /// The zstd plane path with a capped output buffer.

@@ -179,11 +179,205 @@ pub unsafe fn decode_groups(dtab: &[u32], a: &mut Lane<'_>, b: Option<&mut Lane<
     }
 }
 
+/// For each 8-bit mask of lanes that flush: the lanes in descending order, packed to the
+/// front. The encoder runs backwards, so descending here is ascending for the decoder.
+static PERM_DESC: [[u32; 8]; 256] = {
+    let mut t = [[0u32; 8]; 256];
+    let mut m = 0;
+    while m < 256 {
+        let mut i = 8;
+        let mut k = 0;
+        while i > 0 {
+            i -= 1;
+            if m & (1 << i) != 0 {
+                t[m][k] = i as u32;
+                k += 1;
+            }
+        }
+        m += 1;
+    }
+    t
+};
+
+/// Per-symbol parameters of [`encode_groups`].
+pub struct EncTable {
+    /// `cum << 12 | (freq - 1)`, the same packing as the decode table's entries.
+    packed: [u32; 256],
+}
+
+impl EncTable {
+    /// Built from a frequency table; symbols with frequency 0 must not occur in the data.
+    pub fn new(freq: &[u32; 256], cum: &[u32; 256]) -> EncTable {
+        let mut t = EncTable { packed: [0; 256] };
+        for s in 0..256 {
+            if freq[s] > 0 {
+                t.packed[s] = cum[s] << 12 | (freq[s] - 1);
+            }
+        }
+        t
+    }
+}
+
+/// Constants of [`quotient`].
+#[derive(Clone, Copy)]
+struct QK {
+    low16: __m256i,
+    one: __m256i,
+    two16: __m256,
+}
+
+/// `x / f` per lane, exact, for 32-bit `x` and `1 <= f <= PROB_SCALE` with `x / f < 2^22`
+/// (the encoder's states give `x / f < 2^20`). A single-precision division is within 0.5 of
+/// the true quotient there (two roundings of 2^-24 each on a value below 2^22), so its
+/// truncation is off by at most one, and one remainder check each way fixes it. One
+/// division beats two 64-bit gathers of reciprocals.
+///
+/// # Safety
+/// AVX2.
+#[inline(always)]
+unsafe fn quotient(x: __m256i, f: __m256i, k: QK) -> __m256i {
+    // SAFETY: register-only AVX2 arithmetic, guaranteed by the caller.
+    unsafe {
+        // x as float with one rounding: both 16-bit halves convert exactly, and so does the
+        // scaling of the high half; only the sum rounds.
+        let hi = _mm256_cvtepi32_ps(_mm256_srli_epi32::<16>(x));
+        let lo = _mm256_cvtepi32_ps(_mm256_and_si256(x, k.low16));
+        let fx = _mm256_add_ps(_mm256_mul_ps(hi, k.two16), lo);
+        let q = _mm256_cvttps_epi32(_mm256_div_ps(fx, _mm256_cvtepi32_ps(f)));
+        // r = x - q f in wrapping 32-bit arithmetic is exact, in [-f, 2f).
+        let r = _mm256_sub_epi32(x, _mm256_mullo_epi32(q, f));
+        let low = _mm256_cmpgt_epi32(_mm256_setzero_si256(), r);
+        let high = _mm256_cmpgt_epi32(r, _mm256_sub_epi32(f, k.one));
+        _mm256_sub_epi32(_mm256_add_epi32(q, low), high)
+    }
+}
+
+/// Encodes whole groups of [`LANES`] symbols backwards, exactly as the scalar encoder does:
+/// the same states, and the same words appended to `words` at `*n_words` in the same order.
+/// `words` needs 8 spare entries past the last word written.
+///
+/// # Safety
+/// The CPU must support AVX2 ([`available`]); every symbol of `groups` must have a nonzero
+/// frequency in `t`.
+#[target_feature(enable = "avx2")]
+pub unsafe fn encode_groups(
+    t: &EncTable,
+    groups: &[u8],
+    st: &mut [u32; LANES],
+    words: &mut [u16],
+    n_words: &mut usize,
+) {
+    assert_eq!(groups.len() % LANES, 0);
+    // Each symbol emits at most one word, and the store writes 8 at a time.
+    assert!(*n_words + groups.len() + 8 <= words.len());
+    // SAFETY (whole block): loads and stores stay inside `st`, `groups` (8 bytes at 8v of a
+    // 32-byte group) and `words` (8 entries at `n_words`, bounded by the assert above since
+    // `n_words` grows by at most one per symbol); gather indices are bytes, below 256.
+    unsafe {
+        let sign = _mm256_set1_epi32(i32::MIN);
+        let low12 = _mm256_set1_epi32(0xfff);
+        let low16 = _mm256_set1_epi32(0xffff);
+        let one = _mm256_set1_epi32(1);
+        let scale = _mm256_set1_epi32(PROB_SCALE as i32);
+        let k = QK {
+            low16,
+            one,
+            two16: _mm256_set1_ps(65536.0),
+        };
+        let packed = t.packed.as_ptr() as *const i32;
+        let mut x = [_mm256_setzero_si256(); 4];
+        for (v, xv) in x.iter_mut().enumerate() {
+            *xv = _mm256_loadu_si256(st.as_ptr().add(8 * v).cast());
+        }
+        let mut nw = *n_words;
+        for g in groups.chunks_exact(LANES).rev() {
+            for v in (0..4).rev() {
+                let idx = _mm256_cvtepu8_epi32(_mm_loadl_epi64(g.as_ptr().add(8 * v).cast()));
+                let e = _mm256_i32gather_epi32::<4>(packed, idx);
+                let f = _mm256_add_epi32(_mm256_and_si256(e, low12), one);
+                let cum = _mm256_srli_epi32::<12>(e);
+                // Flush when x >= f << 20; f << 20 - 1 wraps to u32::MAX at f = M, where
+                // a lone symbol never flushes.
+                let lim = _mm256_sub_epi32(_mm256_slli_epi32::<20>(f), one);
+                let s = x[v];
+                let flush = _mm256_cmpgt_epi32(_mm256_xor_si256(s, sign), _mm256_xor_si256(lim, sign));
+                let m = _mm256_movemask_ps(_mm256_castsi256_ps(flush)) as usize;
+                let w = _mm256_permutevar8x32_epi32(
+                    _mm256_and_si256(s, low16),
+                    _mm256_loadu_si256(PERM_DESC[m].as_ptr().cast()),
+                );
+                let w = _mm256_permute4x64_epi64::<0b1000>(_mm256_packus_epi32(w, w));
+                _mm_storeu_si128(words.as_mut_ptr().add(nw).cast(), _mm256_castsi256_si128(w));
+                nw += m.count_ones() as usize;
+                let s = _mm256_blendv_epi8(s, _mm256_srli_epi32::<16>(s), flush);
+                let q = quotient(s, f, k);
+                // x' = (s / f) * M + s % f + cum = s + cum + q * (M - f)
+                let cmpl = _mm256_sub_epi32(scale, f);
+                x[v] = _mm256_add_epi32(_mm256_add_epi32(s, cum), _mm256_mullo_epi32(q, cmpl));
+            }
+        }
+        for (v, xv) in x.iter().enumerate() {
+            _mm256_storeu_si256(st.as_mut_ptr().add(8 * v).cast(), *xv);
+        }
+        *n_words = nw;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
     fn permutation_table_hands_words_out_in_lane_order() {
         let t = &super::PERM[0b1010_0110];
         assert_eq!((t[1], t[2], t[5], t[7]), (0, 1, 2, 3));
+        let t = &super::PERM_DESC[0b1010_0110];
+        assert_eq!(t[..4], [7, 5, 2, 1]);
+    }
+
+    /// The vector quotient is exact at every boundary a state can hit: just below, at and
+    /// just above each multiple of f, over the encoder's whole range (x < f * 2^20), for
+    /// every f.
+    #[test]
+    fn vector_quotient_is_exact() {
+        use std::arch::x86_64::*;
+        if !super::available() {
+            eprintln!("SKIP vector quotient test: this CPU has no AVX2");
+            return;
+        }
+        let mut xs = Vec::new();
+        for f in 1..=super::PROB_SCALE {
+            let x_end = ((f as u64) << 20) - 1;
+            let q_max = (x_end / f as u64) as u32;
+            for q in (0..=q_max).step_by((q_max as usize / 499).max(1)).chain([q_max]) {
+                let m = q as u64 * f as u64;
+                for x in [m, m + f as u64 - 1, m.saturating_sub(1), m + 1] {
+                    xs.push((x.min(x_end) as u32, f));
+                }
+            }
+        }
+        for c in xs.chunks(8) {
+            let mut x = [0u32; 8];
+            let mut f = [1u32; 8];
+            for (i, &(a, b)) in c.iter().enumerate() {
+                (x[i], f[i]) = (a, b);
+            }
+            let mut q = [0u32; 8];
+            // SAFETY: AVX2 checked above; the arrays hold 8 lanes each.
+            unsafe {
+                let k = super::QK {
+                    low16: _mm256_set1_epi32(0xffff),
+                    one: _mm256_set1_epi32(1),
+                    two16: _mm256_set1_ps(65536.0),
+                };
+                let r = super::quotient(
+                    _mm256_loadu_si256(x.as_ptr().cast()),
+                    _mm256_loadu_si256(f.as_ptr().cast()),
+                    k,
+                );
+                _mm256_storeu_si256(q.as_mut_ptr().cast(), r);
+            }
+            for i in 0..8 {
+                assert_eq!(q[i], x[i] / f[i], "x={} f={}", x[i], f[i]);
+            }
+        }
     }
 }
