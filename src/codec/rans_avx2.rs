@@ -27,9 +27,10 @@ static PERM: [[u32; 8]; 256] = {
     t
 };
 
-/// Whether this CPU can run [`decode_groups`].
+/// Whether this CPU can run [`decode_groups`] and [`encode_groups`] (AVX2, and POPCNT for
+/// the word counts: without it `count_ones` is a dozen instructions on the critical path).
 pub fn available() -> bool {
-    std::is_x86_feature_detected!("avx2")
+    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("popcnt")
 }
 
 /// Constants of the group step, built once per call.
@@ -104,7 +105,7 @@ impl Lane<'_> {
 ///
 /// # Safety
 /// The CPU must support AVX2 ([`available`]).
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,popcnt")]
 pub unsafe fn decode_groups(dtab: &[u32], a: &mut Lane<'_>, b: Option<&mut Lane<'_>>) {
     assert_eq!(dtab.len(), PROB_SCALE as usize);
     // SAFETY (whole block): every `group` call is preceded by `can_step`, which keeps its
@@ -259,7 +260,7 @@ unsafe fn quotient(x: __m256i, f: __m256i, k: QK) -> __m256i {
 /// # Safety
 /// The CPU must support AVX2 ([`available`]); every symbol of `groups` must have a nonzero
 /// frequency in `t`.
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,popcnt")]
 pub unsafe fn encode_groups(
     t: &EncTable,
     groups: &[u8],
