@@ -15,7 +15,8 @@
 # Needs root (drop_caches, loop devices, cgroups, FUSE). Env: DCFS_BENCH_WORK (scratch,
 # default /var/tmp/dcfs-bench), DCFS_VENV (default <repo>/.venv), DCFS_BENCH_NOBUILD=1 (use
 # the existing target/release/dcfs), DCFS_BENCH_WORKLOADS (load workloads, default
-# "read mmap safetensors llama llama-mmap"; --quick runs read only).
+# "read mmap safetensors llama llama-mmap"; --quick runs read only), DCFS_BENCH_LOOP_RA_KB
+# (readahead of the loop device under the load section; default: the kernel's).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -184,6 +185,12 @@ if want load || want fraction; then
   LOOP="$(losetup -f --show "$img")"
   mount "$LOOP" "$LO"
   DEV="$(lsblk -dno MAJ:MIN "$LOOP" | tr -d ' ')"
+  # Readahead of the loop device: what the unpacked files get on a fault or read(), and
+  # what the FUSE daemons' own reads get. Default: the kernel's (usually 128 KiB).
+  if [[ -n "${DCFS_BENCH_LOOP_RA_KB:-}" ]]; then
+    echo "$DCFS_BENCH_LOOP_RA_KB" > "/sys/block/$(basename "$LOOP")/queue/read_ahead_kb"
+  fi
+  log "loop readahead: $(cat "/sys/block/$(basename "$LOOP")/queue/read_ahead_kb") KiB"
   CG="/sys/fs/cgroup/blkio/dcfs-bench-$$"
   mkdir "$CG"
   log "loop $LOOP ($DEV), cgroup $CG"
