@@ -9,23 +9,33 @@ use super::rans_layout::{LANES, PROB_BITS, PROB_SCALE};
 
 /// For each 8-bit mask of lanes needing a word: the index of each lane's word among the
 /// words loaded for the vector (lanes without a bit take word 0 and ignore it).
-static PERM: [[u32; 8]; 256] = {
+static PERM: [[u32; 8]; 256] = lane_tables(false);
+
+/// The two permutation tables, built at compile time. Scanning the set lanes of mask `m`
+/// (ascending, or descending for `compress`), the k-th lane `i` gives `t[m][i] = k` (expand:
+/// which loaded word a lane takes) or `t[m][k] = i` (compress: which lane's word goes k-th).
+const fn lane_tables(compress: bool) -> [[u32; 8]; 256] {
     let mut t = [[0u32; 8]; 256];
     let mut m = 0;
     while m < 256 {
-        let mut i = 0;
         let mut k = 0;
-        while i < 8 {
+        let mut j = 0;
+        while j < 8 {
+            let i = if compress { 7 - j } else { j };
             if m & (1 << i) != 0 {
-                t[m][i] = k;
+                if compress {
+                    t[m][k] = i as u32;
+                } else {
+                    t[m][i] = k as u32;
+                }
                 k += 1;
             }
-            i += 1;
+            j += 1;
         }
         m += 1;
     }
     t
-};
+}
 
 /// Whether this CPU can run [`decode_groups`] and [`encode_groups`] (AVX2, and POPCNT for
 /// the word counts: without it `count_ones` is a dozen instructions on the critical path).
@@ -182,23 +192,7 @@ pub unsafe fn decode_groups(dtab: &[u32], a: &mut Lane<'_>, b: Option<&mut Lane<
 
 /// For each 8-bit mask of lanes that flush: the lanes in descending order, packed to the
 /// front. The encoder runs backwards, so descending here is ascending for the decoder.
-static PERM_DESC: [[u32; 8]; 256] = {
-    let mut t = [[0u32; 8]; 256];
-    let mut m = 0;
-    while m < 256 {
-        let mut i = 8;
-        let mut k = 0;
-        while i > 0 {
-            i -= 1;
-            if m & (1 << i) != 0 {
-                t[m][k] = i as u32;
-                k += 1;
-            }
-        }
-        m += 1;
-    }
-    t
-};
+static PERM_DESC: [[u32; 8]; 256] = lane_tables(true);
 
 /// Per-symbol parameters of [`encode_groups`].
 pub struct EncTable {
