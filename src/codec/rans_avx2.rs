@@ -1,11 +1,16 @@
 //! AVX2 decoding of whole 32-symbol groups: four vectors of eight lanes each, the same
 //! arithmetic as the scalar loop, and the shared word stream handed out in ascending
 //! lane order by a permutation looked up from the renormalisation mask. It reproduces the
-//! scalar (and GPU) consumption order exactly, so the streams are interchangeable.
+//! scalar (and GPU) consumption order exactly, so the streams are interchangeable. The
+//! encoder runs the same groups backwards and writes exactly the scalar encoder's bytes.
 
 use std::arch::x86_64::*;
 
-use super::rans_layout::{LANES, PROB_BITS, PROB_SCALE};
+use super::rans_layout::{LANES, PROB_BITS, PROB_SCALE, STATE_LOW, WORD_BITS};
+
+// The encoder's flush bound `f << 20` below is the scalar encoder's
+// `((STATE_LOW >> PROB_BITS) << WORD_BITS) * f` with today's constants.
+const _: () = assert!((STATE_LOW >> PROB_BITS) << WORD_BITS == 1 << 20);
 
 /// For each 8-bit mask of lanes needing a word: the index of each lane's word among the
 /// words loaded for the vector (lanes without a bit take word 0 and ignore it).
