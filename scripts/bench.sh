@@ -186,7 +186,7 @@ if want load || want fraction; then
   mount "$LOOP" "$LO"
   DEV="$(lsblk -dno MAJ:MIN "$LOOP" | tr -d ' ')"
   # Readahead of the loop device: what the unpacked files get on a fault or read(), and
-  # what the FUSE daemons' own reads get. Default: the kernel's (usually 128 KiB).
+  # what the FUSE daemons' own reads get. Default: the kernel's (2560 KiB on the dev VM).
   if [[ -n "${DCFS_BENCH_LOOP_RA_KB:-}" ]]; then
     echo "$DCFS_BENCH_LOOP_RA_KB" > "/sys/block/$(basename "$LOOP")/queue/read_ahead_kb"
   fi

@@ -320,8 +320,9 @@ fn encode_impl(data: &[u8], table: &FreqTable, out: &mut Vec<u8>, simd: bool) {
         }
         #[cfg(target_arch = "x86_64")]
         if let Some(t) = &vec_table {
-            // SAFETY: `vec_table` exists only when AVX2 is available, and the table covers
-            // every symbol of `data` (the caller's contract, checked in debug above).
+            // SAFETY: `vec_table` exists only when `use_simd` found AVX2 and POPCNT. (That the
+            // table covers every symbol is this function's correctness contract, not a memory
+            // one: the gather index is a byte.)
             unsafe { super::rans_avx2::encode_groups(t, &block[..full], &mut st, &mut words, &mut n_words) };
         }
         #[cfg(target_arch = "x86_64")]
@@ -516,8 +517,8 @@ fn finish(
     Ok(())
 }
 
-/// Whether the AVX2 group decoder runs (`DCFS_NO_SIMD=1` forces the scalar path, for
-/// comparisons).
+/// Whether the AVX2 group loops run, in the decoder and the encoder (`DCFS_NO_SIMD=1`
+/// forces the scalar paths, for comparisons).
 #[cfg(target_arch = "x86_64")]
 fn use_simd() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();

@@ -119,7 +119,7 @@ impl Lane<'_> {
 /// past its words, and the scalar loop finishes it.
 ///
 /// # Safety
-/// The CPU must support AVX2 ([`available`]).
+/// The CPU must support AVX2 and POPCNT ([`available`]).
 #[target_feature(enable = "avx2,popcnt")]
 pub unsafe fn decode_groups(dtab: &[u32], a: &mut Lane<'_>, b: Option<&mut Lane<'_>>) {
     assert_eq!(dtab.len(), PROB_SCALE as usize);
@@ -256,9 +256,11 @@ unsafe fn quotient(x: __m256i, f: __m256i, k: QK) -> __m256i {
 /// the same states, and the same words appended to `words` at `*n_words` in the same order.
 /// `words` needs 8 spare entries past the last word written.
 ///
+/// Every symbol of `groups` must have a nonzero frequency in `t`, or the stream is wrong
+/// (never out of bounds: the gather index is a byte).
+///
 /// # Safety
-/// The CPU must support AVX2 ([`available`]); every symbol of `groups` must have a nonzero
-/// frequency in `t`.
+/// The CPU must support AVX2 and POPCNT ([`available`]).
 #[target_feature(enable = "avx2,popcnt")]
 pub unsafe fn encode_groups(
     t: &EncTable,
