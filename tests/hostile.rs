@@ -383,3 +383,171 @@ fn a_malicious_pack_cannot_make_unpack_or_the_mount_write_or_serve_outside() {
     assert!(!line.contains("allow_other"), "allow_other without being asked: {line}");
     assert!(line.split(' ').nth(5).unwrap().split(',').any(|o| o == "ro"), "{line}");
 }
+
+/// Re-packing into an existing pack directory where somebody planted links: a symlink
+/// under the marker's and a container's temporary name, and a subdirectory replaced by a
+/// symlink to a directory outside. Nothing outside changes (no write, no chmod, no
+/// utimes), and the pack ends up whole with a real subdirectory.
+#[test]
+fn repacking_never_follows_links_planted_in_the_destination() {
+    let t = tempfile::tempdir().unwrap();
+    let outside = t.path().join("outside");
+    fs::create_dir_all(outside.join("dir")).unwrap();
+    fs::write(outside.join("victim"), b"must stay").unwrap();
+    fs::set_permissions(outside.join("dir"), fs::Permissions::from_mode(0o711)).unwrap();
+    let src = t.path().join("src");
+    fs::create_dir_all(src.join("sub")).unwrap();
+    fs::write(src.join("m.bin"), vec![3u8; 50_000]).unwrap();
+    fs::write(src.join("sub/w.bin"), vec![4u8; 20_000]).unwrap();
+    fs::set_permissions(src.join("sub"), fs::Permissions::from_mode(0o777)).unwrap();
+    let p = t.path().join("p");
+    pack_lib(&src, &p).unwrap();
+    // Plant: the marker's and a container's temporary names (this process's pid, as the
+    // library pack below uses) point at the victim; `sub` becomes a link to a directory.
+    let pid = std::process::id();
+    let victim = outside.join("victim");
+    std::os::unix::fs::symlink(&victim, p.join(format!("..dcfs-pack.json.tmp-{pid}"))).unwrap();
+    std::os::unix::fs::symlink(&victim, p.join(format!(".m.bin.dcz.tmp-{pid}"))).unwrap();
+    fs::remove_dir_all(p.join("sub")).unwrap();
+    std::os::unix::fs::symlink(outside.join("dir"), p.join("sub")).unwrap();
+    let before = state(&outside);
+    let mode_before = fs::metadata(outside.join("dir")).unwrap().mode();
+    let mtime_before = fs::metadata(outside.join("dir")).unwrap().mtime();
+    let r = pack_lib(&src, &p);
+    assert_eq!(state(&outside), before, "re-pack wrote outside its destination ({r:?})");
+    assert_eq!(
+        fs::metadata(outside.join("dir")).unwrap().mode(),
+        mode_before,
+        "chmod followed a link"
+    );
+    assert_eq!(fs::metadata(outside.join("dir")).unwrap().mtime(), mtime_before);
+    r.unwrap();
+    assert!(
+        fs::symlink_metadata(p.join("sub")).unwrap().is_dir(),
+        "sub is a real directory again"
+    );
+    assert!(leftovers(&p).is_empty(), "{:?}", leftovers(&p));
+    assert_eq!(pack::verify_tree(&p, 2, &NoProgress).unwrap().failures(), 0);
+    let u = t.path().join("u");
+    pack::unpack_tree(&p, &u, 2, &NoProgress).unwrap();
+    assert_eq!(state(&src), state(&u));
+}
+
+/// Containers whose names map to `.` or `..` (`..dcz`, `...dcz`, also in a subdirectory)
+/// are refused everywhere: unpack writes nothing outside and unpacks the rest, verify
+/// reports them as damage, inspect skips them, the mount serves no extra entries.
+#[test]
+fn containers_named_for_dot_or_dotdot_are_refused_everywhere() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    fs::create_dir_all(src.join("sub")).unwrap();
+    fs::write(src.join("m.bin"), vec![3u8; 50_000]).unwrap();
+    fs::write(src.join("sub/w.bin"), vec![4u8; 20_000]).unwrap();
+    let p = t.path().join("p");
+    pack_lib(&src, &p).unwrap();
+    let good = p.join("m.bin.dcz");
+    for bad in ["..dcz", "...dcz", ".dcz", "sub/..dcz", "sub/...dcz"] {
+        fs::copy(&good, p.join(bad)).unwrap();
+    }
+    // What unpack would have clobbered: the destination's parent holds a file named like
+    // the temporary of "..".
+    let work = t.path().join("work");
+    fs::create_dir_all(&work).unwrap();
+    fs::write(work.join("keep"), b"keep").unwrap();
+    let before = state(&work);
+    let u = work.join("u");
+    pack::unpack_tree(&p, &u, 2, &NoProgress).unwrap();
+    let mut after = state(&work);
+    after.retain(|k, _| !Path::new(k).starts_with("u"));
+    assert_eq!(after, before, "unpack touched the destination's parent");
+    assert_eq!(state(&src), state(&u), "exactly the real files are unpacked");
+    let v = pack::verify_tree(&p, 2, &NoProgress).unwrap();
+    assert_eq!(v.failures(), 5, "{:?}", v.files);
+    let out = dcfs_within(&[OsStr::new("verify"), p.as_os_str()], 60);
+    assert_eq!(out.status.code(), Some(1), "verify exits 1 on a refused name");
+    let i = pack::inspect_path(&p, &PackOptions::default(), &NoProgress).unwrap();
+    assert_eq!(
+        i.files.len(),
+        2,
+        "{:?}",
+        i.files.iter().map(|f| &f.path).collect::<Vec<_>>()
+    );
+    if !can_mount() {
+        return;
+    }
+    let m = Mounted::new(&p, &t.path().join("mnt"), &[]);
+    for dir in [m.mnt.clone(), m.mnt.join("sub")] {
+        // `ls -f -a` prints the raw readdir stream, `.` and `..` included.
+        let ls = Command::new("ls").args(["-f", "-a"]).arg(&dir).output().unwrap();
+        let mut names: Vec<String> = String::from_utf8_lossy(&ls.stdout).lines().map(String::from).collect();
+        names.sort();
+        let expect: &[&str] = if dir == m.mnt {
+            &[".", "..", "m.bin", "sub"]
+        } else {
+            &[".", "..", "w.bin"]
+        };
+        assert_eq!(names, expect, "readdir of {}", dir.display());
+    }
+}
+
+/// A real file whose name looks like a temporary (`.x.tmp-1`) is packed, verified,
+/// unpacked and served like any other; only the writer's own temporaries are hidden.
+#[test]
+fn a_hidden_file_named_like_a_temporary_is_served() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join(".x.tmp-1"), b"a real hidden file").unwrap();
+    fs::write(src.join(".y.dcz.tmp-22"), b"another").unwrap();
+    let p = t.path().join("p");
+    pack_lib(&src, &p).unwrap();
+    assert_eq!(pack::verify_tree(&p, 2, &NoProgress).unwrap().files.len(), 2);
+    let u = t.path().join("u");
+    pack::unpack_tree(&p, &u, 2, &NoProgress).unwrap();
+    assert_eq!(state(&src), state(&u));
+    if !can_mount() {
+        return;
+    }
+    let m = Mounted::new(&p, &t.path().join("mnt"), &[]);
+    assert_eq!(state(&src), state(&m.mnt));
+}
+
+/// A container is never more readable than its source: a 0600 secret packs to a 0600
+/// container; the marker is as readable as the pack directory.
+#[test]
+fn containers_are_no_more_readable_than_their_sources() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    for (name, mode) in [
+        ("secret.bin", 0o600),
+        ("shared.bin", 0o644),
+        ("group.bin", 0o640),
+        ("ro.bin", 0o400),
+    ] {
+        fs::write(src.join(name), name.as_bytes()).unwrap();
+        fs::set_permissions(src.join(name), fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let p = t.path().join("p");
+    fs::create_dir_all(&p).unwrap();
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o700)).unwrap();
+    pack_lib(&src, &p).unwrap();
+    let mode = |n: &str| fs::metadata(p.join(n)).unwrap().mode() & 0o777;
+    assert_eq!(mode("secret.bin.dcz"), 0o600);
+    assert_eq!(
+        mode("ro.bin.dcz"),
+        0o600,
+        "owner may rewrite it; nobody else may read it"
+    );
+    assert_eq!(mode("group.bin.dcz") & 0o077, 0o040);
+    assert_eq!(mode("shared.bin.dcz") & 0o077, 0o044);
+    assert_eq!(
+        mode(pack::MARKER) & 0o077,
+        0,
+        "marker as readable as its 0700 directory"
+    );
+    // Restored exactly on unpack.
+    let u = t.path().join("u");
+    pack::unpack_tree(&p, &u, 2, &NoProgress).unwrap();
+    assert_eq!(state(&src), state(&u));
+}

@@ -252,16 +252,11 @@ pub fn gpu_bench(a: GpuBenchArgs) -> Result<Outcome> {
     Ok(Outcome::Ok)
 }
 
-/// Every `.dcz` under `dir`.
+/// Every container of the pack at `dir`, through the one classifier every command uses
+/// (links are never followed out of the pack).
 fn walk(dir: &std::path::Path) -> Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
-        let p = e?.path();
-        if p.is_dir() {
-            out.extend(walk(&p)?);
-        } else if p.extension().is_some_and(|x| x == "dcz") {
-            out.push(p);
-        }
-    }
-    Ok(out)
+    Ok(dcfs::format::tree::containers(dir, |_, _| {})?
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect())
 }

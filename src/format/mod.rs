@@ -37,6 +37,7 @@
 //! A reader needs only the footer and the index to serve any byte range.
 
 mod reader;
+pub mod tree;
 mod writer;
 
 pub use reader::Container;

@@ -18,6 +18,12 @@ impl Writer {
     /// Creates (truncates) `path` and writes the container header.
     pub fn create(path: &Path) -> Result<Writer> {
         let f = File::create(path).map_err(|e| Error::io(path, e))?;
+        Self::new(f, path)
+    }
+
+    /// Writes a container into `f`, a new empty file the caller created (`path` names it
+    /// in errors).
+    pub fn new(f: File, path: &Path) -> Result<Writer> {
         let mut out = BufWriter::with_capacity(1 << 20, f);
         out.write_all(&encode_header()).map_err(|e| Error::io(path, e))?;
         Ok(Writer {

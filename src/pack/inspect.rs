@@ -13,6 +13,7 @@ use super::{plan_chunks, read_layout, walk, Entry, PackOptions, Progress, MARKER
 use crate::chunk::{self, ChunkCodec};
 use crate::codec::rans;
 use crate::error::{Error, Result};
+use crate::format::tree::{classify, Packed};
 use crate::format::{Container, NO_TENSOR};
 use crate::model::Dtype;
 use crate::transform::Transform;
@@ -116,12 +117,16 @@ pub fn inspect_path(path: &Path, opts: &PackOptions, progress: &dyn Progress) ->
     if path.is_dir() {
         packed_input = path.join(MARKER).exists();
         for e in walk(path)? {
-            if let Entry::File(rel, _) = e {
-                let name = rel.to_string_lossy().into_owned();
-                if packed_input && !name.ends_with(SUFFIX) {
-                    continue;
+            if !packed_input {
+                if let Entry::File(rel, _) = &e {
+                    files.push((path.join(rel), rel.to_string_lossy().into_owned()));
                 }
-                files.push((path.join(&rel), name));
+                continue;
+            }
+            match classify(&e) {
+                Packed::Container { rel, .. } => files.push((path.join(rel), rel.to_string_lossy().into_owned())),
+                Packed::Foreign(rel, why) => progress.warn(&format!("{}: {why}; ignored", rel.display())),
+                Packed::Dir(_) | Packed::Symlink(_) | Packed::Marker | Packed::Temporary(_) => {}
             }
         }
     } else {

@@ -6,6 +6,7 @@
 //! file at the root records whether the whole pack finished.
 
 pub mod adaptive;
+mod dest;
 mod inspect;
 mod plan;
 mod unpack;
@@ -16,8 +17,9 @@ pub use plan::{plan_chunks, PlannedChunk};
 pub use unpack::{unpack_tree, unpack_tree_with, UnpackReport};
 pub use verify::{stream_chunks, verify_tree, verify_tree_with, FileVerify, VerifyReport};
 
-use std::ffi::OsString;
+use std::ffi::OsStr;
 use std::fs::{self, File};
+use std::io::Write;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -27,23 +29,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::chunk::{self, ChunkCodec, EncodeOptions};
 use crate::error::{Error, Result};
+use crate::format::tree;
+pub use crate::format::tree::{original_name, walk, Entry, MARKER, SUFFIX};
 use crate::format::{chunk_hash, ChunkEntry, FileMeta, TensorEntry, Writer, FLAG_LENIENT_OPAQUE};
 use crate::model::{self, FileKind, Layout, ModelError};
+use dest::DestDir;
 
-/// Suffix of a container file; `X` is served as `X.dcz` minus the suffix.
-pub const SUFFIX: &str = ".dcz";
-/// Marker at the root of a packed tree; hidden by the mount.
-pub const MARKER: &str = ".dcfs-pack.json";
 /// Default chunk size: see docs/FORMAT.md for the measured trade-off.
 pub const DEFAULT_CHUNK_SIZE: u32 = 1 << 20;
-
-/// The original's name for a container's file name (`X.dcz` gives `X`), byte for byte:
-/// names need not be UTF-8. `None` for anything that is not a container name.
-pub fn original_name(container: &std::ffi::OsStr) -> Option<OsString> {
-    use std::os::unix::ffi::OsStrExt;
-    let orig = container.as_bytes().strip_suffix(SUFFIX.as_bytes())?;
-    (!orig.is_empty()).then(|| std::ffi::OsStr::from_bytes(orig).to_os_string())
-}
 
 /// Receives progress in bytes of original data. Implemented by the CLI's progress bar.
 pub trait Progress: Send + Sync {
@@ -162,87 +155,19 @@ pub fn read_marker(root: &Path) -> Result<Marker> {
     Ok(m)
 }
 
-fn write_marker(root: &Path, m: &Marker) -> Result<()> {
-    let p = root.join(MARKER);
-    let tmp = root.join(format!("{MARKER}.tmp-{}", std::process::id()));
+/// Writes the marker under a temporary name and renames it into place, so a reader sees
+/// the old marker or the new one, never half of one.
+fn write_marker(root: &DestDir, m: &Marker, mode: u32) -> Result<()> {
     let text = serde_json::to_string_pretty(m).expect("marker serialises");
-    fs::write(&tmp, text).map_err(|e| Error::io(&tmp, e))?;
-    File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| Error::io(&tmp, e))?;
-    fs::rename(&tmp, &p).map_err(|e| Error::io(&p, e))?;
-    sync_dir(root)
-}
-
-pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io(dir, e))
-}
-
-/// One entry of a walked tree, relative to its root.
-#[derive(Debug)]
-pub enum Entry {
-    Dir(PathBuf),
-    File(PathBuf, u64),
-    Symlink(PathBuf),
-    Other(PathBuf, &'static str),
-}
-
-/// Walks `root` without following symlinks, parents before children, sorted by name.
-pub fn walk(root: &Path) -> Result<Vec<Entry>> {
-    let mut out = Vec::new();
-    let mut stack = vec![PathBuf::new()];
-    while let Some(rel) = stack.pop() {
-        let dir = root.join(&rel);
-        let mut names: Vec<OsString> = fs::read_dir(&dir)
-            .map_err(|e| Error::io(&dir, e))?
-            .map(|e| e.map(|e| e.file_name()))
-            .collect::<std::io::Result<_>>()
-            .map_err(|e| Error::io(&dir, e))?;
-        names.sort();
-        let mut subdirs = Vec::new();
-        for name in names {
-            let r = rel.join(&name);
-            let p = root.join(&r);
-            let md = fs::symlink_metadata(&p).map_err(|e| Error::io(&p, e))?;
-            let ft = md.file_type();
-            if ft.is_dir() {
-                out.push(Entry::Dir(r.clone()));
-                subdirs.push(r);
-            } else if ft.is_file() {
-                out.push(Entry::File(r, md.len()));
-            } else if ft.is_symlink() {
-                out.push(Entry::Symlink(r));
-            } else {
-                use std::os::unix::fs::FileTypeExt;
-                let what = if ft.is_fifo() {
-                    "a FIFO"
-                } else if ft.is_socket() {
-                    "a socket"
-                } else {
-                    "a device node"
-                };
-                out.push(Entry::Other(r, what));
-            }
-        }
-        stack.extend(subdirs.into_iter().rev());
-    }
-    Ok(out)
-}
-
-/// Copies mode and mtime of `md` onto `path` (a file or directory we created).
-pub(crate) fn set_mode_mtime(path: &Path, mode: u32, mtime_s: i64, mtime_ns: u32) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let t = if mtime_s >= 0 {
-        std::time::UNIX_EPOCH + std::time::Duration::new(mtime_s as u64, mtime_ns.min(999_999_999))
-    } else {
-        std::time::UNIX_EPOCH - std::time::Duration::from_secs(mtime_s.unsigned_abs())
-    };
-    let f = File::open(path).map_err(|e| Error::io(path, e))?;
-    f.set_times(fs::FileTimes::new().set_modified(t))
-        .map_err(|e| Error::io(path, e))?;
-    fs::set_permissions(path, fs::Permissions::from_mode(mode & 0o7777)).map_err(|e| Error::io(path, e))
+    let name = OsStr::new(MARKER);
+    let (mut f, tmp) = root.create_temp(name, mode)?;
+    let p = root.path().join(&tmp);
+    f.write_all(text.as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(|e| Error::io(&p, e))?;
+    drop(f);
+    root.rename(&tmp, name)?;
+    root.sync()
 }
 
 /// Resolves `p` as the OS would once it exists: the longest existing ancestor is
@@ -296,13 +221,17 @@ pub fn pack_tree(src: &Path, dst: &Path, opts: &PackOptions, progress: &dyn Prog
         });
     }
     fs::create_dir_all(dst).map_err(|e| Error::io(dst, e))?;
+    let root = DestDir::root(dst)?;
     let occupied = fs::read_dir(dst).map_err(|e| Error::io(dst, e))?.next().is_some();
-    if occupied && !dst.join(MARKER).exists() {
+    if occupied && root.kind(OsStr::new(MARKER))? != Some(rustix::fs::FileType::RegularFile) {
         return Err(Error::Invalid {
             path: dst.to_path_buf(),
             what: "destination is a non-empty directory that is not a dcfs pack; refusing to write into it".into(),
         });
     }
+    // The marker is as readable as the pack directory; a container as its source file.
+    let dst_mode = fs::metadata(dst).map_err(|e| Error::io(dst, e))?.mode();
+    let marker_mode = readable_as(dst_mode);
     let mut marker = Marker {
         format: "dcfs-pack".into(),
         complete: false,
@@ -311,7 +240,7 @@ pub fn pack_tree(src: &Path, dst: &Path, opts: &PackOptions, progress: &dyn Prog
         packed_bytes: 0,
         created_by: format!("dcfs {}", env!("CARGO_PKG_VERSION")),
     };
-    write_marker(dst, &marker)?;
+    write_marker(&root, &marker, marker_mode)?;
     let entries = walk(src)?;
     progress.set_total(
         entries
@@ -325,22 +254,33 @@ pub fn pack_tree(src: &Path, dst: &Path, opts: &PackOptions, progress: &dyn Prog
         .expect("thread pool");
     let mut report = PackReport::default();
     let mut dirs = vec![PathBuf::new()];
-    clean_tmp(dst);
+    root.remove_stale_temps()?;
+    // The directory the last entry went into: entries come grouped by directory.
+    let mut cur: Option<(PathBuf, DestDir)> = None;
+    let mut parent_of = |rel: &Path| -> Result<DestDir> {
+        let parent = rel.parent().unwrap_or(Path::new(""));
+        match &cur {
+            Some((p, d)) if p == parent => d.open_dir(Path::new("")),
+            _ => {
+                let d = root.open_dir(parent)?;
+                cur = Some((parent.to_path_buf(), d.open_dir(Path::new(""))?));
+                Ok(d)
+            }
+        }
+    };
     for e in &entries {
+        let name = e.rel().file_name().unwrap_or_default();
         match e {
             Entry::Dir(rel) => {
-                let d = dst.join(rel);
-                fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
-                clean_tmp(&d);
+                let d = parent_of(rel)?.make_dir(name, true)?;
+                d.remove_stale_temps()?;
                 dirs.push(rel.clone());
                 report.dirs += 1;
             }
             Entry::Symlink(rel) => {
                 let s = src.join(rel);
                 let target = fs::read_link(&s).map_err(|e| Error::io(&s, e))?;
-                let d = dst.join(rel);
-                let _ = fs::remove_file(&d);
-                std::os::unix::fs::symlink(&target, &d).map_err(|e| Error::io(&d, e))?;
+                parent_of(rel)?.symlink(&target, name)?;
                 report.symlinks += 1;
             }
             Entry::Other(rel, what) => {
@@ -349,23 +289,10 @@ pub fn pack_tree(src: &Path, dst: &Path, opts: &PackOptions, progress: &dyn Prog
             }
             Entry::File(rel, _) => {
                 let s = src.join(rel);
-                let mut name = rel.file_name().unwrap_or_default().to_os_string();
-                name.push(SUFFIX);
-                let d = dst.join(rel).with_file_name(&name);
-                let mut tmp_name = OsString::from(".");
-                tmp_name.push(&name);
-                tmp_name.push(format!(".tmp-{}", std::process::id()));
-                let tmp = d.with_file_name(tmp_name);
+                let parent = parent_of(rel)?;
+                let cname = tree::container_name(name);
                 progress.message(&rel.display().to_string());
-                let r = pack_file(&s, &tmp, opts, &pool, progress);
-                let mut fr = match r {
-                    Ok(fr) => fr,
-                    Err(e) => {
-                        let _ = fs::remove_file(&tmp);
-                        return Err(e);
-                    }
-                };
-                fs::rename(&tmp, &d).map_err(|e| Error::io(&d, e))?;
+                let mut fr = pack_file_into(&s, &parent, &cname, opts, &pool, progress)?;
                 fr.path = rel.display().to_string();
                 report.original_bytes += fr.size;
                 report.packed_bytes += fr.packed;
@@ -376,32 +303,27 @@ pub fn pack_tree(src: &Path, dst: &Path, opts: &PackOptions, progress: &dyn Prog
     // Directory modes and times last (children first), so writing into them still works.
     for rel in dirs.iter().rev() {
         let s = src.join(rel);
-        let d = dst.join(rel);
         let md = fs::metadata(&s).map_err(|e| Error::io(&s, e))?;
-        sync_dir(&d)?;
+        let d = root.open_dir(rel)?;
+        d.sync()?;
         if !rel.as_os_str().is_empty() {
-            set_mode_mtime(&d, md.mode() | 0o700, md.mtime(), md.mtime_nsec() as u32)?;
+            d.set_mode_mtime(md.mode() | 0o700, md.mtime(), md.mtime_nsec() as u32)?;
         }
     }
     marker.complete = true;
     marker.files = report.files.len() as u64;
     marker.original_bytes = report.original_bytes;
     marker.packed_bytes = report.packed_bytes;
-    write_marker(dst, &marker)?;
+    write_marker(&root, &marker, marker_mode)?;
     report.seconds = t0.elapsed().as_secs_f64();
     Ok(report)
 }
 
-/// Removes temporary containers a killed pack left behind in `dir`.
-fn clean_tmp(dir: &Path) {
-    let Ok(rd) = fs::read_dir(dir) else { return };
-    for e in rd.flatten() {
-        let n = e.file_name();
-        let n = n.to_string_lossy();
-        if n.starts_with('.') && n.contains(".dcz.tmp-") || n.starts_with(MARKER) && n.contains(".tmp-") {
-            let _ = fs::remove_file(e.path());
-        }
-    }
+/// Permission bits for a file we write that holds `mode`'s data: read and write for its
+/// owner, read for group and others only where `mode` grants it, so a container is never
+/// more readable than its source.
+fn readable_as(mode: u32) -> u32 {
+    0o600 | (mode & 0o044)
 }
 
 /// Reads enough of the file's head to parse its model header.
@@ -449,20 +371,48 @@ pub(crate) fn read_layout(
     }
 }
 
-/// Packs one file into the container at `dst` (a temporary name chosen by the caller).
-pub fn pack_file(
+/// Packs the file at `src` into container `name` in `dir`: written under a temporary name,
+/// synced, and renamed into place only when whole.
+pub(crate) fn pack_file_into(
     src: &Path,
-    dst: &Path,
+    dir: &DestDir,
+    name: &OsStr,
     opts: &PackOptions,
     pool: &rayon::ThreadPool,
     progress: &dyn Progress,
 ) -> Result<FileReport> {
     let file = File::open(src).map_err(|e| Error::io(src, e))?;
     let md0 = file.metadata().map_err(|e| Error::io(src, e))?;
+    let (out, tmp) = dir.create_temp(name, readable_as(md0.mode()))?;
+    let r = pack_file(&file, &md0, src, out, &dir.path().join(&tmp), opts, pool, progress);
+    match r {
+        Ok(fr) => {
+            dir.rename(&tmp, name)?;
+            Ok(fr)
+        }
+        Err(e) => {
+            let _ = dir.remove(&tmp);
+            Err(e)
+        }
+    }
+}
+
+/// Packs the open source `file` into `out`, a new empty file (named `dst` in errors).
+#[allow(clippy::too_many_arguments)]
+fn pack_file(
+    file: &File,
+    md0: &fs::Metadata,
+    src: &Path,
+    out: File,
+    dst: &Path,
+    opts: &PackOptions,
+    pool: &rayon::ThreadPool,
+    progress: &dyn Progress,
+) -> Result<FileReport> {
     let size = md0.len();
-    let (layout, flags) = read_layout(&file, src, size, opts.lenient, progress)?;
+    let (layout, flags) = read_layout(file, src, size, opts.lenient, progress)?;
     let plan = plan_chunks(size, &layout, opts.chunk_size, opts.compress_fraction);
-    let mut writer = Writer::create(dst)?;
+    let mut writer = Writer::new(out, dst)?;
     let mut hasher = blake3::Hasher::new();
     let mut report = FileReport {
         kind: layout.kind.name().into(),

@@ -1,8 +1,7 @@
 //! `unpack`: write the originals back, byte-identical, with mode and mtime. A file is
 //! only renamed into place after its every chunk and its whole-file digest verified.
 
-use std::ffi::OsString;
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::io::{BufWriter, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -10,9 +9,11 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use super::dest::{set_file_mode_mtime, DestDir};
 use super::verify::stream_chunks;
-use super::{original_name, read_marker, same_or_inside, set_mode_mtime, sync_dir, walk, Entry, Progress, MARKER};
+use super::{read_marker, same_or_inside, walk, Progress};
 use crate::error::{Error, Result};
+use crate::format::tree::{classify, Packed};
 use crate::format::Container;
 use crate::gpu;
 
@@ -46,6 +47,7 @@ pub fn unpack_tree_with(
         });
     }
     fs::create_dir_all(dst).map_err(|e| Error::io(dst, e))?;
+    let root = DestDir::root(dst)?;
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads.max(1))
         .build()
@@ -55,67 +57,53 @@ pub fn unpack_tree_with(
     let mut report = UnpackReport::default();
     let mut dirs: Vec<PathBuf> = Vec::new();
     for e in &entries {
-        match e {
-            Entry::Dir(rel) => {
-                let d = dst.join(rel);
-                real_dir(&d)?;
-                dirs.push(rel.clone());
+        let parent = e.rel().parent().unwrap_or(Path::new(""));
+        let name = e.rel().file_name().unwrap_or_default();
+        match classify(e) {
+            Packed::Dir(rel) => {
+                root.open_dir(parent)?.make_dir(name, false)?;
+                dirs.push(rel.to_path_buf());
                 report.dirs += 1;
             }
-            Entry::Symlink(rel) => {
+            Packed::Symlink(rel) => {
                 let s = packed.join(rel);
                 let target = fs::read_link(&s).map_err(|e| Error::io(&s, e))?;
-                let d = dst.join(rel);
-                let _ = fs::remove_file(&d);
-                std::os::unix::fs::symlink(&target, &d).map_err(|e| Error::io(&d, e))?;
+                root.open_dir(parent)?.symlink(&target, name)?;
                 report.symlinks += 1;
             }
-            Entry::File(rel, _) => {
-                let name = rel.file_name().unwrap_or_default();
-                if let Some(orig) = original_name(name) {
-                    let orig = rel.with_file_name(orig);
-                    containers.push((packed.join(rel), orig));
-                } else if rel.as_os_str() != MARKER && !name.to_string_lossy().starts_with('.') {
-                    progress.warn(&format!("{}: not a container; not unpacked", rel.display()));
-                }
-            }
-            Entry::Other(rel, what) => progress.warn(&format!("{}: {what}; not unpacked", rel.display())),
+            Packed::Container { rel, original, .. } => containers.push((packed.join(rel), original)),
+            Packed::Marker | Packed::Temporary(_) => {}
+            Packed::Foreign(rel, why) => progress.warn(&format!("{}: {why}; not unpacked", rel.display())),
         }
     }
-    let opened: Vec<(Container, PathBuf)> = containers
-        .into_iter()
-        .map(|(p, orig)| Container::open(&p).map(|c| (c, orig)))
-        .collect::<Result<_>>()?;
-    progress.set_total(opened.iter().map(|(c, _)| c.meta.size).sum());
-    for (c, orig) in &opened {
+    // Containers are opened one at a time (a pack may hold more files than this process
+    // may open at once); this first pass only sums their sizes for the progress total.
+    let mut total = 0;
+    for (p, _) in &containers {
+        total += Container::open(p)?.meta.size;
+    }
+    progress.set_total(total);
+    for (p, orig) in &containers {
+        let c = Container::open(p)?;
         progress.message(&orig.display().to_string());
-        let out = dst.join(orig);
-        let mut tmp_name = OsString::from(".");
-        tmp_name.push(out.file_name().unwrap_or_default());
-        tmp_name.push(format!(".tmp-{}", std::process::id()));
-        let tmp = out.with_file_name(tmp_name);
+        let dir = root.open_dir(orig.parent().unwrap_or(Path::new("")))?;
+        let name = orig.file_name().unwrap_or_default();
+        let (f, tmp) = dir.create_temp(name, 0o600)?;
+        let tmp_path = dir.path().join(&tmp);
         let r = (|| {
-            // A pack may hold a symlink under the temporary name (restored above): remove
-            // whatever is there and create exclusively, so nothing is written through a link.
-            remove_if_present(&tmp)?;
-            let f = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&tmp)
-                .map_err(|e| Error::io(&tmp, e))?;
             let mut w = BufWriter::with_capacity(1 << 20, f);
-            stream_chunks(c, &pool, gpu, |_, data| {
+            stream_chunks(&c, &pool, gpu, |_, data| {
                 progress.advance(data.len() as u64);
-                w.write_all(data).map_err(|e| Error::io(&tmp, e))
+                w.write_all(data).map_err(|e| Error::io(&tmp_path, e))
             })?;
-            let f = w.into_inner().map_err(|e| Error::io(&tmp, e.into_error()))?;
-            f.sync_all().map_err(|e| Error::io(&tmp, e))?;
+            let f = w.into_inner().map_err(|e| Error::io(&tmp_path, e.into_error()))?;
+            f.sync_all().map_err(|e| Error::io(&tmp_path, e))?;
+            set_file_mode_mtime(&f, &tmp_path, c.meta.mode, c.meta.mtime_s, c.meta.mtime_ns)?;
             drop(f);
-            set_mode_mtime(&tmp, c.meta.mode, c.meta.mtime_s, c.meta.mtime_ns)?;
-            fs::rename(&tmp, &out).map_err(|e| Error::io(&out, e))
+            dir.rename(&tmp, name)
         })();
         if let Err(e) = r {
-            let _ = fs::remove_file(&tmp);
+            let _ = dir.remove(&tmp);
             return Err(e);
         }
         report.files += 1;
@@ -123,35 +111,12 @@ pub fn unpack_tree_with(
     }
     for rel in dirs.iter().rev() {
         let s = packed.join(rel);
-        let d = dst.join(rel);
-        let md = fs::metadata(&s).map_err(|e| Error::io(&s, e))?;
-        sync_dir(&d)?;
-        set_mode_mtime(&d, md.mode(), md.mtime(), md.mtime_nsec() as u32)?;
+        let md = fs::symlink_metadata(&s).map_err(|e| Error::io(&s, e))?;
+        let d = root.open_dir(rel)?;
+        d.sync()?;
+        d.set_mode_mtime(md.mode(), md.mtime(), md.mtime_nsec() as u32)?;
     }
-    sync_dir(dst)?;
+    root.sync()?;
     report.seconds = t0.elapsed().as_secs_f64();
     Ok(report)
-}
-
-fn remove_if_present(p: &Path) -> Result<()> {
-    match fs::remove_file(p) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(p, e)),
-        _ => Ok(()),
-    }
-}
-
-/// Creates directory `d` (its parent exists), or accepts one that is already there, but
-/// never a symlink to one: a link left in the destination must not carry writes elsewhere.
-fn real_dir(d: &Path) -> Result<()> {
-    match fs::create_dir(d) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => match fs::symlink_metadata(d) {
-            Ok(md) if md.is_dir() => Ok(()),
-            _ => Err(Error::Invalid {
-                path: d.to_path_buf(),
-                what: "exists and is not a directory (a symlink is not followed); refusing to unpack into it".into(),
-            }),
-        },
-        Err(e) => Err(Error::io(d, e)),
-    }
 }

@@ -6,8 +6,11 @@ use std::time::Instant;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use super::{read_marker, walk, Entry, Progress, MARKER, SUFFIX};
+use std::os::unix::ffi::OsStrExt;
+
+use super::{read_marker, walk, Progress, SUFFIX};
 use crate::error::{Error, Result};
+use crate::format::tree::{classify, Packed};
 use crate::format::Container;
 use crate::gpu;
 
@@ -111,13 +114,22 @@ pub fn verify_tree_with(
     } else {
         read_marker(packed)?;
         for e in walk(packed)? {
-            if let Entry::File(rel, _) = e {
-                let name = rel.to_string_lossy();
-                if name.ends_with(SUFFIX) {
-                    containers.push((packed.join(&rel), name.into_owned()));
-                } else if rel.as_os_str() != MARKER {
-                    progress.warn(&format!("{name}: not a container; ignored"));
+            match classify(&e) {
+                Packed::Container { rel, .. } => {
+                    containers.push((packed.join(rel), rel.to_string_lossy().into_owned()));
                 }
+                // Named like a container but not one: the pack is damaged, not just odd.
+                Packed::Foreign(rel, why) if rel.as_os_str().as_bytes().ends_with(SUFFIX.as_bytes()) => {
+                    report.files.push(FileVerify {
+                        path: rel.to_string_lossy().into_owned(),
+                        size: 0,
+                        packed: 0,
+                        chunks: 0,
+                        error: Some(format!("{why}; refused")),
+                    });
+                }
+                Packed::Foreign(rel, why) => progress.warn(&format!("{}: {why}; ignored", rel.display())),
+                Packed::Dir(_) | Packed::Symlink(_) | Packed::Marker | Packed::Temporary(_) => {}
             }
         }
     }

@@ -21,8 +21,9 @@ use parking_lot::Mutex;
 
 use crate::chunk::ChunkCodec;
 use crate::error::{Error, Result};
+use crate::format::tree::{classify, walk, Entry, Packed};
 use crate::format::{chunk_hash, Container};
-use crate::pack::{original_name, read_marker, walk, Entry, MARKER};
+use crate::pack::read_marker;
 use cache::{Lookup, Outcome, Ticket};
 
 pub const ROOT_INO: u64 = 1;
@@ -181,15 +182,16 @@ impl Store {
                         Self::new_node(name, NodeKind::Symlink { target }, &md, size, 0, 4096),
                     )
                 }
-                Entry::File(rel, len) => {
-                    let name = rel.file_name().unwrap_or_default().to_string_lossy().into_owned();
-                    if rel.as_os_str() == MARKER || (name.starts_with('.') && name.contains(".tmp-")) {
-                        continue;
-                    }
-                    let Some(orig) = original_name(rel.file_name().unwrap_or_default()) else {
-                        tracing::warn!("{}: not a container; not served", rel.display());
-                        continue;
+                Entry::File(ref rel, len) => {
+                    let orig = match classify(&e) {
+                        Packed::Container { original, .. } => original.file_name().unwrap_or_default().to_os_string(),
+                        Packed::Foreign(_, why) => {
+                            tracing::warn!("{}: {why}; not served", rel.display());
+                            continue;
+                        }
+                        _ => continue,
                     };
+                    let rel = rel.clone();
                     let p = root.join(&rel);
                     let c = Container::open(&p)?;
                     let md = fs::metadata(&p).map_err(|e| Error::io(&p, e))?;
