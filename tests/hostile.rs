@@ -551,3 +551,49 @@ fn containers_are_no_more_readable_than_their_sources() {
     pack::unpack_tree(&p, &u, 2, &NoProgress).unwrap();
     assert_eq!(state(&src), state(&u));
 }
+
+/// As root, owner and group go through pack (kept on the containers, directories and
+/// links), the mount (served) and unpack (restored), as tar keeps them.
+#[test]
+fn owners_go_through_pack_mount_and_unpack_as_root() {
+    if !nix_is_root() {
+        eprintln!("SKIP owners: changing owners needs root");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    fs::create_dir_all(src.join("sub")).unwrap();
+    fs::write(src.join("sub/a.bin"), b"owned by 1234").unwrap();
+    fs::write(src.join("b.bin"), b"owned by root").unwrap();
+    std::os::unix::fs::symlink("sub/a.bin", src.join("link")).unwrap();
+    std::os::unix::fs::chown(src.join("sub/a.bin"), Some(1234), Some(5678)).unwrap();
+    std::os::unix::fs::chown(src.join("sub"), Some(2345), Some(6789)).unwrap();
+    std::os::unix::fs::lchown(src.join("link"), Some(3456), Some(7890)).unwrap();
+    let owners = |d: &Path| -> Vec<(u32, u32)> {
+        ["sub/a.bin", "b.bin", "sub", "link"]
+            .iter()
+            .map(|n| {
+                let md = fs::symlink_metadata(d.join(n)).unwrap();
+                (md.uid(), md.gid())
+            })
+            .collect()
+    };
+    let want = owners(&src);
+    assert_eq!(want[0], (1234, 5678));
+    let p = t.path().join("p");
+    pack_lib(&src, &p).unwrap();
+    let md = fs::metadata(p.join("sub/a.bin.dcz")).unwrap();
+    assert_eq!((md.uid(), md.gid()), (1234, 5678), "container keeps the owner");
+    let u = t.path().join("u");
+    pack::unpack_tree(&p, &u, 2, &NoProgress).unwrap();
+    assert_eq!(owners(&u), want, "unpack restores owners");
+    if !can_mount() {
+        return;
+    }
+    let m = Mounted::new(&p, &t.path().join("mnt"), &[]);
+    assert_eq!(owners(&m.mnt), want, "the mount serves owners");
+}
+
+fn nix_is_root() -> bool {
+    fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
+}

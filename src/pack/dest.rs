@@ -15,7 +15,7 @@ use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::path::{Component, Path, PathBuf};
 
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, CWD};
+use rustix::fs::{AtFlags, FileType, Gid, Mode, OFlags, Uid, CWD};
 use rustix::io::Errno;
 
 use crate::error::{Error, Result};
@@ -177,10 +177,34 @@ impl DestDir {
         set_file_mode_mtime(&f, &self.path, mode, mtime_s, mtime_ns)
     }
 
+    /// Gives this directory to `uid:gid` (see [`can_chown`]).
+    pub(crate) fn chown_self(&self, uid: u32, gid: u32) -> Result<()> {
+        std::os::unix::fs::fchown(&self.fd, Some(uid), Some(gid)).map_err(|e| Error::io(&self.path, e))
+    }
+
+    /// Gives the symlink `name` here (not its target) to `uid:gid`.
+    pub(crate) fn chown_link(&self, name: &OsStr, uid: u32, gid: u32) -> Result<()> {
+        let path = self.path.join(name);
+        // u32::MAX is "no change" to chown(2), never an owner.
+        let (Some(u), Some(g)) = (
+            (uid != u32::MAX).then(|| Uid::from_raw(uid)),
+            (gid != u32::MAX).then(|| Gid::from_raw(gid)),
+        ) else {
+            return Ok(());
+        };
+        rustix::fs::chownat(&self.fd, name, Some(u), Some(g), AtFlags::SYMLINK_NOFOLLOW).map_err(|e| io(&path, e))
+    }
+
     /// Flushes this directory's entries (renames, creations) to disk.
     pub(crate) fn sync(&self) -> Result<()> {
         rustix::fs::fsync(&self.fd).map_err(|e| io(&self.path, e))
     }
+}
+
+/// Whether this process may give files away (it runs as root): only then do pack and
+/// unpack keep each entry's owner and group, as tar does.
+pub(crate) fn can_chown() -> bool {
+    rustix::process::geteuid().is_root()
 }
 
 /// Sets permission bits (`mode & 0o7777`) and mtime on an open file or directory.

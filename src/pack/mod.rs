@@ -280,7 +280,12 @@ pub fn pack_tree(src: &Path, dst: &Path, opts: &PackOptions, progress: &dyn Prog
             Entry::Symlink(rel) => {
                 let s = src.join(rel);
                 let target = fs::read_link(&s).map_err(|e| Error::io(&s, e))?;
-                parent_of(rel)?.symlink(&target, name)?;
+                let parent = parent_of(rel)?;
+                parent.symlink(&target, name)?;
+                if dest::can_chown() {
+                    let md = fs::symlink_metadata(&s).map_err(|e| Error::io(&s, e))?;
+                    parent.chown_link(name, md.uid(), md.gid())?;
+                }
                 report.symlinks += 1;
             }
             Entry::Other(rel, what) => {
@@ -307,6 +312,9 @@ pub fn pack_tree(src: &Path, dst: &Path, opts: &PackOptions, progress: &dyn Prog
         let d = root.open_dir(rel)?;
         d.sync()?;
         if !rel.as_os_str().is_empty() {
+            if dest::can_chown() {
+                d.chown_self(md.uid(), md.gid())?;
+            }
             d.set_mode_mtime(md.mode() | 0o700, md.mtime(), md.mtime_nsec() as u32)?;
         }
     }
@@ -384,6 +392,13 @@ pub(crate) fn pack_file_into(
     let file = File::open(src).map_err(|e| Error::io(src, e))?;
     let md0 = file.metadata().map_err(|e| Error::io(src, e))?;
     let (out, tmp) = dir.create_temp(name, readable_as(md0.mode()))?;
+    // As root, the container keeps the source's owner: the mount serves it, unpack restores it.
+    if dest::can_chown() {
+        if let Err(e) = std::os::unix::fs::fchown(&out, Some(md0.uid()), Some(md0.gid())) {
+            let _ = dir.remove(&tmp);
+            return Err(Error::io(dir.path().join(&tmp), e));
+        }
+    }
     let r = pack_file(&file, &md0, src, out, &dir.path().join(&tmp), opts, pool, progress);
     match r {
         Ok(fr) => {

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::dest::{set_file_mode_mtime, DestDir};
+use super::dest::{can_chown, set_file_mode_mtime, DestDir};
 use super::verify::stream_chunks;
 use super::{read_marker, same_or_inside, walk, Progress};
 use crate::error::{Error, Result};
@@ -68,7 +68,12 @@ pub fn unpack_tree_with(
             Packed::Symlink(rel) => {
                 let s = packed.join(rel);
                 let target = fs::read_link(&s).map_err(|e| Error::io(&s, e))?;
-                root.open_dir(parent)?.symlink(&target, name)?;
+                let d = root.open_dir(parent)?;
+                d.symlink(&target, name)?;
+                if can_chown() {
+                    let md = fs::symlink_metadata(&s).map_err(|e| Error::io(&s, e))?;
+                    d.chown_link(name, md.uid(), md.gid())?;
+                }
                 report.symlinks += 1;
             }
             Packed::Container { rel, original, .. } => containers.push((packed.join(rel), original)),
@@ -98,6 +103,12 @@ pub fn unpack_tree_with(
             })?;
             let f = w.into_inner().map_err(|e| Error::io(&tmp_path, e.into_error()))?;
             f.sync_all().map_err(|e| Error::io(&tmp_path, e))?;
+            // As root, the original's owner is the container's (pack keeps it there);
+            // before the mode, since a change of owner clears set-id bits.
+            if can_chown() {
+                let md = fs::symlink_metadata(p).map_err(|e| Error::io(p, e))?;
+                std::os::unix::fs::fchown(&f, Some(md.uid()), Some(md.gid())).map_err(|e| Error::io(&tmp_path, e))?;
+            }
             set_file_mode_mtime(&f, &tmp_path, c.meta.mode, c.meta.mtime_s, c.meta.mtime_ns)?;
             drop(f);
             dir.rename(&tmp, name)
@@ -114,6 +125,9 @@ pub fn unpack_tree_with(
         let md = fs::symlink_metadata(&s).map_err(|e| Error::io(&s, e))?;
         let d = root.open_dir(rel)?;
         d.sync()?;
+        if can_chown() {
+            d.chown_self(md.uid(), md.gid())?;
+        }
         d.set_mode_mtime(md.mode(), md.mtime(), md.mtime_nsec() as u32)?;
     }
     root.sync()?;
