@@ -189,7 +189,7 @@ fn a_full_disk_fails_clearly_and_leaves_no_partial_files() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     eprintln!("pack into a 20 MiB tmpfs: {}", stderr.trim());
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(out.status.code(), Some(2), "could not run: {stderr}");
     assert!(stderr.contains("No space left on device"), "{stderr}");
     assert!(
         tmp_files(&dst).is_empty(),

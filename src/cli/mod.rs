@@ -19,7 +19,9 @@ use clap::{Parser, Subcommand};
     about = "Lossless compression for model weights, served unchanged through a read-only FUSE mount",
     long_about = "dcfs packs model directories (safetensors, GGUF, configs, tokenizers) into smaller, \
                   checksummed containers and serves them back byte for byte.\n\n\
-                  Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=dcfs=debug) for more."
+                  Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=dcfs=debug) for more.\n\n\
+                  Exit status: 0 success; 1 data damage found (verify, unpack, a corrupt pack); \
+                  2 could not run (bad arguments, I/O errors, missing files)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -45,6 +47,12 @@ enum Cmd {
     Bench(bench::BenchArgs),
 }
 
+/// Exit status when data damage was found (verify, unpack, a corrupt pack).
+const EXIT_DAMAGE: u8 = 1;
+/// Exit status when the command could not run: bad arguments (clap's own 2), I/O errors,
+/// missing files.
+const EXIT_CANNOT_RUN: u8 = 2;
+
 /// What a command tells `main` about how it went, beyond success.
 pub enum Outcome {
     Ok,
@@ -63,10 +71,14 @@ pub fn main() -> ExitCode {
     };
     match r {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,
-        Ok(Outcome::Failed) => ExitCode::FAILURE,
+        Ok(Outcome::Failed) => ExitCode::from(EXIT_DAMAGE),
         Err(e) => {
             eprintln!("dcfs: error: {}", util::one_line(&e));
-            ExitCode::FAILURE
+            // Damaged data stays apart from "could not run", so scripts can tell them apart.
+            let damage = e
+                .chain()
+                .any(|c| c.downcast_ref::<dcfs::Error>().is_some_and(dcfs::Error::is_corrupt));
+            ExitCode::from(if damage { EXIT_DAMAGE } else { EXIT_CANNOT_RUN })
         }
     }
 }

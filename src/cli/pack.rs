@@ -113,6 +113,7 @@ impl EncodeArgs {
             threads: self.threads.max(1),
             compress_fraction,
             lenient: self.lenient,
+            ..Default::default()
         })
     }
 }
@@ -126,6 +127,14 @@ pub struct PackArgs {
     dst: PathBuf,
     #[command(flatten)]
     enc: EncodeArgs,
+    /// Pack the targets of symlinks that point outside SRC as regular files (e.g. a Hugging
+    /// Face `snapshots/<rev>` directory, whose files are links to `../../blobs/`). Without
+    /// it such links are kept as links, with a warning.
+    #[arg(long)]
+    dereference: bool,
+    /// Write a pack even when SRC holds no regular file (otherwise an error, exit 2).
+    #[arg(long)]
+    allow_empty: bool,
     /// Print the report as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -133,6 +142,8 @@ pub struct PackArgs {
 
 pub fn pack(a: PackArgs) -> Result<Outcome> {
     let mut opts = a.enc.options()?;
+    opts.dereference = a.dereference;
+    opts.allow_empty = a.allow_empty;
     if let Fraction::Auto = a.enc.compress_fraction {
         let Some(bw) = a.enc.storage_bw else {
             bail!("--compress-fraction auto needs --storage-bw (measure it with `dcfs bench storage PATH`)");
@@ -225,10 +236,16 @@ pub fn pack(a: PackArgs) -> Result<Outcome> {
         );
     }
     println!(
-        "packed {} files ({} dirs, {} symlinks, {} skipped): {} -> {}, ratio {:.3}, {:.1}s, {:.0} MB/s",
+        "packed {} files ({} dirs, {} symlinks{}, {} skipped): {} -> {}, ratio {:.3}, {:.1}s, {:.0} MB/s",
         r.files.len(),
         r.dirs,
         r.symlinks,
+        match (r.outside_links - r.dereferenced, r.dereferenced) {
+            (0, 0) => String::new(),
+            (0, d) => format!(", {d} dereferenced"),
+            (k, 0) => format!(" ({k} dangling outside SRC)"),
+            (k, d) => format!(" ({k} dangling outside SRC), {d} dereferenced"),
+        },
         r.skipped.len(),
         human(r.original_bytes),
         human(r.packed_bytes),

@@ -201,16 +201,32 @@ pub(crate) fn malformed(what: impl Into<String>) -> ModelError {
 /// vocabularies of the largest public models stay far below this).
 pub const MAX_HEADER: u64 = 256 << 20;
 
-/// Recognises the format from the first bytes and the file name. Returns `Opaque` for
-/// anything that is not a model file.
+/// Recognises the format from the first bytes, whatever the file is called: Hugging Face
+/// caches keep models as `blobs/<hash>` with no suffix. GGUF by its magic; safetensors by
+/// its shape (a little-endian u64 header length within [`MAX_HEADER`], then a JSON object),
+/// or by its `.safetensors` name. Returns `Opaque` for anything else. Whether the header
+/// then parses is [`parse`]'s question.
 pub fn sniff(name: &str, prefix: &[u8]) -> FileKind {
     if prefix.starts_with(b"GGUF") {
         FileKind::Gguf
-    } else if name.ends_with(".safetensors") {
+    } else if name.ends_with(".safetensors") || looks_like_safetensors(prefix) {
         FileKind::Safetensors
     } else {
         FileKind::Opaque
     }
+}
+
+/// Whether a file's name says it is a model file: a header that then fails to parse is an
+/// error for such a file (unless `--lenient`), but only a warning for a file recognised by
+/// its content alone, which is then packed as opaque bytes.
+pub fn named_as_model(name: &str) -> bool {
+    name.ends_with(".safetensors") || name.ends_with(".gguf")
+}
+
+fn looks_like_safetensors(prefix: &[u8]) -> bool {
+    let Some(len) = prefix.get(..8) else { return false };
+    let n = u64::from_le_bytes(len.try_into().expect("8 bytes"));
+    (2..=MAX_HEADER).contains(&n) && prefix.get(8) == Some(&b'{')
 }
 
 /// Parses the header of a file of kind `kind` from `prefix` (the first bytes of a file of

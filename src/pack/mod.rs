@@ -62,6 +62,11 @@ pub struct PackOptions {
     pub compress_fraction: f64,
     /// Pack a file with a malformed model header as opaque bytes instead of failing.
     pub lenient: bool,
+    /// Pack the targets of symlinks that point outside the source as regular files
+    /// (a Hugging Face `snapshots/<rev>` directory is all such links).
+    pub dereference: bool,
+    /// Write a pack even when the source holds no regular file.
+    pub allow_empty: bool,
 }
 
 impl Default for PackOptions {
@@ -72,6 +77,8 @@ impl Default for PackOptions {
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             compress_fraction: 1.0,
             lenient: false,
+            dereference: false,
+            allow_empty: false,
         }
     }
 }
@@ -96,6 +103,11 @@ pub struct PackReport {
     pub files: Vec<FileReport>,
     pub dirs: usize,
     pub symlinks: usize,
+    /// Symlinks whose target lies outside the source: kept as links (they dangle in the
+    /// pack) unless `dereference`, when their targets were packed as files.
+    pub outside_links: usize,
+    /// Of those, the ones packed as the regular files they point at.
+    pub dereferenced: usize,
     /// Entries not packed, with the reason.
     pub skipped: Vec<(String, String)>,
     pub original_bytes: u64,
@@ -220,6 +232,45 @@ pub fn pack_tree(src: &Path, dst: &Path, opts: &PackOptions, progress: &dyn Prog
             what: "destination and source must not contain each other".into(),
         });
     }
+    let entries = walk(src)?;
+    let outside = links_outside(src, &entries)?;
+    if let Some((rel, target)) = outside.first() {
+        let what = if opts.dereference {
+            "their targets are packed as regular files (--dereference)"
+        } else {
+            "they are kept as links and dangle wherever the pack is used; --dereference packs their targets instead"
+        };
+        progress.warn(&format!(
+            "{} symlink(s) point outside {} (e.g. {} -> {}): {what}",
+            outside.len(),
+            src.display(),
+            rel.display(),
+            target.display()
+        ));
+    }
+    // Links followed under --dereference: only those to regular files become files.
+    let deref: std::collections::HashMap<&Path, u64> = if opts.dereference {
+        outside
+            .iter()
+            .filter_map(|(rel, _)| match fs::metadata(src.join(rel)) {
+                Ok(md) if md.is_file() => Some((rel.as_path(), md.len())),
+                _ => None,
+            })
+            .collect()
+    } else {
+        Default::default()
+    };
+    let n_files = entries.iter().filter(|e| matches!(e, Entry::File(..))).count() + deref.len();
+    if n_files == 0 && !opts.allow_empty {
+        return Err(Error::Invalid {
+            path: src.to_path_buf(),
+            what: format!(
+                "holds no regular file to pack ({} symlink(s) outside it{}); nothing was written (--allow-empty writes an empty pack)",
+                outside.len(),
+                if outside.is_empty() || opts.dereference { "" } else { "; --dereference packs their targets" }
+            ),
+        });
+    }
     fs::create_dir_all(dst).map_err(|e| Error::io(dst, e))?;
     let root = DestDir::root(dst)?;
     let occupied = fs::read_dir(dst).map_err(|e| Error::io(dst, e))?.next().is_some();
@@ -232,6 +283,7 @@ pub fn pack_tree(src: &Path, dst: &Path, opts: &PackOptions, progress: &dyn Prog
     // The marker is as readable as the pack directory; a container as its source file.
     let dst_mode = fs::metadata(dst).map_err(|e| Error::io(dst, e))?.mode();
     let marker_mode = readable_as(dst_mode);
+    let mut report = PackReport::default();
     let mut marker = Marker {
         format: "dcfs-pack".into(),
         complete: false,
@@ -241,18 +293,19 @@ pub fn pack_tree(src: &Path, dst: &Path, opts: &PackOptions, progress: &dyn Prog
         created_by: format!("dcfs {}", env!("CARGO_PKG_VERSION")),
     };
     write_marker(&root, &marker, marker_mode)?;
-    let entries = walk(src)?;
     progress.set_total(
         entries
             .iter()
             .map(|e| if let Entry::File(_, n) = e { *n } else { 0 })
-            .sum(),
+            .sum::<u64>()
+            + deref.values().sum::<u64>(),
     );
+    report.outside_links = outside.len();
+    report.dereferenced = deref.len();
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(opts.threads.max(1))
         .build()
         .expect("thread pool");
-    let mut report = PackReport::default();
     let mut dirs = vec![PathBuf::new()];
     root.remove_stale_temps()?;
     // The directory the last entry went into: entries come grouped by directory.
@@ -277,7 +330,7 @@ pub fn pack_tree(src: &Path, dst: &Path, opts: &PackOptions, progress: &dyn Prog
                 dirs.push(rel.clone());
                 report.dirs += 1;
             }
-            Entry::Symlink(rel) => {
+            Entry::Symlink(rel) if !deref.contains_key(rel.as_path()) => {
                 let s = src.join(rel);
                 let target = fs::read_link(&s).map_err(|e| Error::io(&s, e))?;
                 let parent = parent_of(rel)?;
@@ -292,7 +345,9 @@ pub fn pack_tree(src: &Path, dst: &Path, opts: &PackOptions, progress: &dyn Prog
                 progress.warn(&format!("skipping {}: {what}", rel.display()));
                 report.skipped.push((rel.display().to_string(), (*what).into()));
             }
-            Entry::File(rel, _) => {
+            Entry::File(rel, _) | Entry::Symlink(rel) => {
+                // A regular file, or a link to one outside SRC under --dereference (opening
+                // the link's path follows it, as asked).
                 let s = src.join(rel);
                 let parent = parent_of(rel)?;
                 let cname = tree::container_name(name);
@@ -325,6 +380,38 @@ pub fn pack_tree(src: &Path, dst: &Path, opts: &PackOptions, progress: &dyn Prog
     write_marker(&root, &marker, marker_mode)?;
     report.seconds = t0.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// The symlinks among `entries` whose target lies outside `src` (absolute, or climbing
+/// above the root with `..`), with their targets. Judged by the link's text alone: a
+/// Hugging Face snapshot's `../../blobs/<hash>` stays inside when the whole repository is
+/// packed, and leaves when only `snapshots/<rev>` is.
+fn links_outside(src: &Path, entries: &[Entry]) -> Result<Vec<(PathBuf, PathBuf)>> {
+    let mut out = Vec::new();
+    for e in entries {
+        let Entry::Symlink(rel) = e else { continue };
+        let p = src.join(rel);
+        let target = fs::read_link(&p).map_err(|e| Error::io(&p, e))?;
+        if escapes(rel, &target) {
+            out.push((rel.clone(), target));
+        }
+    }
+    Ok(out)
+}
+
+/// Whether link `rel` (relative to the root) pointing at `target` leaves the root.
+fn escapes(rel: &Path, target: &Path) -> bool {
+    use std::path::Component;
+    let mut depth = rel.parent().map_or(0, |p| p.components().count());
+    for c in target.components() {
+        match c {
+            Component::Normal(_) => depth += 1,
+            Component::CurDir => {}
+            Component::ParentDir if depth > 0 => depth -= 1,
+            Component::ParentDir | Component::RootDir | Component::Prefix(_) => return true,
+        }
+    }
+    false
 }
 
 /// Permission bits for a file we write that holds `mode`'s data: read and write for its
@@ -365,8 +452,14 @@ pub(crate) fn read_layout(
                     },
                     e => e,
                 };
-                if lenient {
-                    progress.warn(&format!("{}: {e}; packed as opaque bytes (--lenient)", path.display()));
+                let by_content = !model::named_as_model(&name);
+                if lenient || by_content {
+                    let why = if by_content {
+                        format!("looks like {} by its content, but", kind.name())
+                    } else {
+                        "--lenient:".into()
+                    };
+                    progress.warn(&format!("{}: {why} {e}; packed as opaque bytes", path.display()));
                     let l = model::parse(FileKind::Opaque, &[], size).expect("opaque always parses");
                     return Ok((l, FLAG_LENIENT_OPAQUE));
                 }
