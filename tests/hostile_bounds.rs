@@ -10,12 +10,16 @@ mod harness;
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 
+use common::{dcfs_bin, run_peak_rss, Rng};
 use dcfs::chunk::{self, ChunkCodec, CodecChoice, EncodeOptions};
 use dcfs::error::Error;
 use dcfs::format::{
-    chunk_hash, Container, END_MAGIC, HEADER_LEN, MAGIC, MAX_EXPANSION, NO_TENSOR, VERSION_MAJOR, VERSION_MINOR,
+    chunk_hash, ChunkEntry, Container, FileMeta, TensorEntry, Writer, END_MAGIC, HEADER_LEN, MAGIC, MAX_EXPANSION,
+    NO_TENSOR, VERSION_MAJOR, VERSION_MINOR,
 };
+use dcfs::model::FileKind;
 use dcfs::pack::{self, NoProgress};
 use dcfs::transform::Transform;
 use proptest::prelude::*;
@@ -239,6 +243,124 @@ fn a_symlink_in_place_of_a_container_is_refused() {
     assert!(err.to_string().contains("symbolic link"), "{err}");
     let v = pack::verify_tree(&link, 1, &NoProgress).unwrap();
     assert_eq!(v.failures(), 1, "{:?}", v.files);
+}
+
+#[test]
+fn inspect_memory_is_bounded_by_its_report_not_by_chunk_count() {
+    // A valid container of 200,000 four-byte chunks of one F32 tensor (~10 MB). Inspect
+    // used to keep four 2 KiB histograms per chunk (1.6 GB).
+    let n = 200_000u64;
+    let t = tempfile::tempdir().unwrap();
+    let p = t.path().join("tiny.dcz");
+    let mut w = Writer::create(&p).unwrap();
+    let mut r = Rng::new(7);
+    let mut h = blake3::Hasher::new();
+    for i in 0..n {
+        let v = ((r.normal() * 0.04) as f32).to_le_bytes();
+        h.update(&v);
+        let e = ChunkEntry {
+            orig_offset: i * 4,
+            orig_len: 4,
+            payload_len: 0,
+            payload_offset: 0,
+            xxh3: chunk_hash(&v),
+            codec: ChunkCodec::Raw,
+            transform: Transform::None,
+            dtype: 0,
+            tensor: 0,
+        };
+        w.push(e, &v).unwrap();
+    }
+    let meta = FileMeta {
+        size: n * 4,
+        mode: 0o100644,
+        mtime_s: 0,
+        mtime_ns: 0,
+        blake3: *h.finalize().as_bytes(),
+        kind: FileKind::Opaque,
+        flags: 0,
+        compress_fraction_ppm: 0,
+        chunk_size: 4,
+    };
+    let tensor = TensorEntry {
+        name: "w".into(),
+        dtype: "F32".into(),
+        shape: vec![n],
+        start: 0,
+        len: n * 4,
+    };
+    let len = w.finish(&meta, &[tensor]).unwrap();
+    let mut cmd = Command::new(dcfs_bin());
+    cmd.args(["inspect", "--json", "-j", "2"])
+        .arg(&p)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let (ok, out, peak_kib) = run_peak_rss(&mut cmd);
+    eprintln!("inspect of a {len}-byte container of {n} chunks: peak RSS {peak_kib} KiB");
+    assert!(ok, "inspect failed");
+    let report: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(report["files"][0]["chunks"], n);
+    assert_eq!(report["files"][0]["tensors"][0]["bytes"], n * 4);
+    assert_eq!(report["files"][0]["tensors"][0]["planes"].as_array().unwrap().len(), 4);
+    assert!(peak_kib < 192 << 10, "inspect peaked at {peak_kib} KiB");
+}
+
+#[test]
+fn verify_holds_a_bounded_window_of_large_chunks() {
+    // A valid ~40 KB container of sixteen 64 MiB zero chunks (1 GiB). At -j8 the decode
+    // window used to be 32 chunks, so all 16 (1 GiB) were held at once; the window is now
+    // capped at WINDOW_BYTES (256 MiB) of decoded data.
+    let zeros = vec![0u8; dcfs::format::MAX_CHUNK_LEN as usize];
+    let opt = EncodeOptions {
+        codec: CodecChoice::Zstd,
+        zstd_level: 3,
+        ..Default::default()
+    };
+    let enc = chunk::encode(&zeros, &[Transform::None], true, &opt);
+    let n = 16u64;
+    let t = tempfile::tempdir().unwrap();
+    let p = t.path().join("big.dcz");
+    let mut w = Writer::create(&p).unwrap();
+    let mut h = blake3::Hasher::new();
+    let xxh3 = chunk_hash(&zeros);
+    for i in 0..n {
+        h.update(&zeros);
+        let e = ChunkEntry {
+            orig_offset: i * zeros.len() as u64,
+            orig_len: zeros.len() as u32,
+            payload_len: 0,
+            payload_offset: 0,
+            xxh3,
+            codec: enc.codec,
+            transform: enc.transform,
+            dtype: 0,
+            tensor: NO_TENSOR,
+        };
+        w.push(e, &enc.payload).unwrap();
+    }
+    let meta = FileMeta {
+        size: n * zeros.len() as u64,
+        mode: 0o100644,
+        mtime_s: 0,
+        mtime_ns: 0,
+        blake3: *h.finalize().as_bytes(),
+        kind: FileKind::Opaque,
+        flags: 0,
+        compress_fraction_ppm: 0,
+        chunk_size: dcfs::format::MAX_CHUNK_LEN,
+    };
+    let len = w.finish(&meta, &[]).unwrap();
+    drop(zeros);
+    let mut cmd = Command::new(dcfs_bin());
+    cmd.args(["verify", "-j", "8", "--gpu", "off"])
+        .arg(&p)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let (ok, _, peak_kib) = run_peak_rss(&mut cmd);
+    eprintln!("verify -j8 of a {len}-byte container of {n} x 64 MiB chunks: peak RSS {peak_kib} KiB");
+    assert!(ok, "verify failed");
+    // 256 MiB of window plus the decoder's working memory; 16 chunks at once are 1 GiB.
+    assert!(peak_kib < 512 << 10, "verify peaked at {peak_kib} KiB");
 }
 
 /// A chunk table of 20,000 entries followed by a tensor count of u32::MAX and no tensor
