@@ -471,6 +471,16 @@ fn mutation_base() -> Vec<u8> {
     seal(&area, &index(size, *h.finalize().as_bytes(), &ents, 2, &table))
 }
 
+#[test]
+fn the_mutation_base_is_a_valid_container() {
+    // Otherwise the mutation test would only ever exercise refusals.
+    let t = tempfile::tempdir().unwrap();
+    let p = write(t.path(), "base.dcz", &mutation_base());
+    let c = Container::open(&p).unwrap();
+    assert_eq!((c.chunks.len(), c.tensors.len()), (3, 2));
+    assert_eq!(pack::verify_tree(&p, 1, &NoProgress).unwrap().failures(), 0);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(300))]
 

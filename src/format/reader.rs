@@ -186,9 +186,10 @@ type Index = (FileMeta, Vec<ChunkEntry>, Vec<TensorEntry>);
 /// twice, and with each chunk's `MAX_EXPANSION` cap the whole file claims at most
 /// `MAX_EXPANSION` times the container's size.
 ///
-/// Allocates at most a fixed multiple of `b.len()`: counts only size what their bytes,
-/// already present, can hold (a chunk entry is 40 bytes per 48 of index, a tensor entry
-/// 88 per record of at least 20; names at most triple through UTF-8 repair).
+/// Allocates at most a fixed multiple of `b.len()`: a count from the index sizes an
+/// allocation only as far as the bytes present can back it (a chunk entry is 40 bytes per
+/// 48 of index, a tensor entry 88 per record of at least 20; names at most triple through
+/// UTF-8 repair).
 fn decode_index(path: &Path, b: &[u8], index_offset: u64) -> Result<Index> {
     let bad = |what: String| Error::corrupt(path, None, what);
     if b.len() < IX_FIXED_LEN {
