@@ -6,6 +6,8 @@
 //! Lengths taken from the input are capped before anything is allocated.
 #![allow(dead_code)]
 
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
 use std::os::fd::FromRawFd;
@@ -13,7 +15,7 @@ use std::path::Path;
 
 use dcfs::chunk::{self, ChunkCodec};
 use dcfs::codec::{self, rans, Codec};
-use dcfs::format::{Container, MAX_EXPANSION};
+use dcfs::format::{Container, FOOTER_LEN, MAX_EXPANSION};
 use dcfs::model::{gguf, safetensors, ModelError};
 use dcfs::transform::Transform;
 
@@ -68,15 +70,92 @@ fn memfd() -> File {
     FD.with(|f| f.try_clone().expect("dup memfd"))
 }
 
+thread_local! {
+    /// Bytes this thread has asked the allocator for (growth only: frees are not subtracted).
+    static ALLOCATED: Cell<u64> = const { Cell::new(0) };
+}
+
+/// A global allocator that counts what each thread allocates, so a target can assert how
+/// much one call allocated. Counting happens only in a binary that registers it
+/// (`#[global_allocator]`): the `container` fuzz target and `tests/hostile_bounds.rs` do;
+/// elsewhere [`allocated`] stays 0 and the allocation bound below is not checked.
+pub struct CountingAlloc;
+
+fn note(bytes: usize) {
+    // `try_with`: during thread teardown the slot may be gone; that allocation is not ours.
+    let _ = ALLOCATED.try_with(|a| a.set(a.get() + bytes as u64));
+}
+
+// SAFETY: every method forwards to `System` with the caller's own arguments, so `System`'s
+// guarantees hold unchanged; the counting touches only a const-initialised thread-local
+// `Cell`, which never allocates.
+unsafe impl GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        note(l.size());
+        // SAFETY: forwarded unchanged; the caller upholds `alloc`'s contract.
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
+        note(l.size());
+        // SAFETY: forwarded unchanged; the caller upholds `alloc_zeroed`'s contract.
+        unsafe { System.alloc_zeroed(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        // SAFETY: forwarded unchanged; `p` came from `System` through this allocator.
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
+        note(new.saturating_sub(l.size()));
+        // SAFETY: forwarded unchanged; the caller upholds `realloc`'s contract.
+        unsafe { System.realloc(p, l, new) }
+    }
+}
+
+/// Bytes allocated so far by this thread (0 unless [`CountingAlloc`] is registered).
+pub fn allocated() -> u64 {
+    ALLOCATED.with(Cell::get)
+}
+
+/// Opening a container allocates at most this many times the index length (plus
+/// [`OPEN_ALLOC_SLACK`]): the index itself, the chunk table (40 bytes per 48-byte entry),
+/// the tensor table (an 88-byte entry per record of at least 20 bytes; names grown by
+/// lossy UTF-8 repair) and error messages.
+pub const OPEN_ALLOC_FACTOR: u64 = 8;
+/// Fixed allocations of an open (path, messages), whatever the index.
+pub const OPEN_ALLOC_SLACK: u64 = 16 << 10;
+
 /// Container reader: footer, index, every chunk (up to a cap) and a ranged read.
+///
+/// Asserts the resource bounds a hostile container must not break: opening allocates at
+/// most a fixed multiple of the index (or, when refused early, of the input), and an opened
+/// container claims at most `MAX_EXPANSION` original bytes per input byte.
 pub fn container(data: &[u8]) {
     let mut f = memfd();
     f.set_len(0).unwrap();
     f.seek(SeekFrom::Start(0)).unwrap();
     f.write_all(data).unwrap();
-    let Ok(c) = Container::from_file(Path::new("fuzz.dcz"), f) else {
+    let before = allocated();
+    let opened = Container::from_file(Path::new("fuzz.dcz"), f);
+    let used = allocated() - before;
+    // The footer's index length (footer bytes 8..16), trusted only once the container opened.
+    let index_len = match (&opened, data.len().checked_sub(FOOTER_LEN as usize - 8)) {
+        (Ok(_), Some(at)) => u64::from_le_bytes(data[at..at + 8].try_into().unwrap()),
+        _ => data.len() as u64,
+    };
+    assert!(
+        used <= OPEN_ALLOC_FACTOR * index_len + OPEN_ALLOC_SLACK,
+        "opening allocated {used} bytes for a {index_len}-byte index"
+    );
+    let Ok(c) = opened else {
         return;
     };
+    let total: u64 = c.chunks.iter().map(|e| e.orig_len as u64).sum();
+    assert_eq!(total, c.meta.size);
+    assert!(
+        total <= MAX_EXPANSION * data.len() as u64,
+        "{} input bytes claim {total} original bytes",
+        data.len()
+    );
     for e in &c.chunks {
         // What any decode below may allocate is bounded by what was read.
         assert!(e.orig_len as u64 <= (e.payload_len as u64).max(1) * MAX_EXPANSION);

@@ -1,7 +1,7 @@
 //! Opens a container, proves its footer and index sane, and decodes chunks by number.
 
-use std::fs::File;
-use std::os::unix::fs::FileExt;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use super::*;
@@ -21,8 +21,20 @@ pub struct Container {
 }
 
 impl Container {
+    /// Opens `path` without following a symlink in its last component: a link planted in
+    /// place of a container is refused, never read through to whatever it names.
     pub fn open(path: &Path) -> Result<Container> {
-        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path)
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::ELOOP) => Error::Invalid {
+                    path: path.to_path_buf(),
+                    what: "is a symbolic link; containers are never opened through a link".into(),
+                },
+                _ => Error::io(path, e),
+            })?;
         Self::from_file(path, file)
     }
 
@@ -168,8 +180,16 @@ fn check_version(path: &Path, major: u16) -> Result<()> {
 
 type Index = (FileMeta, Vec<ChunkEntry>, Vec<TensorEntry>);
 
-/// Parses and validates an index: chunks must tile `[0, size)` in order, payloads must lie
-/// between the header and the index, every id must be known.
+/// Parses and validates an index: chunks must tile `[0, size)` in order, every id must be
+/// known, and payloads must be exactly what the writer lays down: back to back in chunk
+/// order from the end of the header to the start of the index. So no payload byte is named
+/// twice, and with each chunk's `MAX_EXPANSION` cap the whole file claims at most
+/// `MAX_EXPANSION` times the container's size.
+///
+/// Allocates at most a fixed multiple of `b.len()`: a count from the index sizes an
+/// allocation only as far as the bytes present can back it (a chunk entry is 40 bytes per
+/// 48 of index, a tensor entry 88 per record of at least 20; names at most triple through
+/// UTF-8 repair).
 fn decode_index(path: &Path, b: &[u8], index_offset: u64) -> Result<Index> {
     let bad = |what: String| Error::corrupt(path, None, what);
     if b.len() < IX_FIXED_LEN {
@@ -196,6 +216,7 @@ fn decode_index(path: &Path, b: &[u8], index_offset: u64) -> Result<Index> {
         .ok_or_else(|| bad(format!("index too short for {n_chunks} chunks")))?;
     let mut chunks = Vec::with_capacity(n_chunks);
     let mut expect_offset = 0u64;
+    let mut expect_payload = HEADER_LEN;
     for i in 0..n_chunks {
         let e = &b[IX_FIXED_LEN + i * CHUNK_ENTRY_LEN..IX_FIXED_LEN + (i + 1) * CHUNK_ENTRY_LEN];
         let cbad = |what: String| Error::corrupt(path, Some(i as u32), what);
@@ -219,9 +240,16 @@ fn decode_index(path: &Path, b: &[u8], index_offset: u64) -> Result<Index> {
         if c.orig_len == 0 || c.orig_len > MAX_CHUNK_LEN {
             return Err(cbad(format!("length {} outside 1..={MAX_CHUNK_LEN}", c.orig_len)));
         }
-        let pend = c.payload_offset.checked_add(c.payload_len as u64);
-        if c.payload_offset < HEADER_LEN || pend.is_none_or(|e| e > index_offset) {
-            return Err(cbad("payload outside the payload area".into()));
+        if c.payload_offset != expect_payload {
+            return Err(cbad(format!(
+                "payload at {} instead of {expect_payload} (payloads are back to back in chunk order)",
+                c.payload_offset
+            )));
+        }
+        // No overflow: `expect_payload` never exceeds `index_offset`.
+        let pend = c.payload_offset + c.payload_len as u64;
+        if pend > index_offset {
+            return Err(cbad("payload runs into the index".into()));
         }
         if codec == ChunkCodec::Raw && c.payload_len != c.orig_len {
             return Err(cbad("raw payload length differs from the chunk length".into()));
@@ -236,12 +264,23 @@ fn decode_index(path: &Path, b: &[u8], index_offset: u64) -> Result<Index> {
             return Err(cbad(format!("names tensor {} of {n_tensors}", c.tensor)));
         }
         expect_offset = c.orig_end();
+        expect_payload = pend;
         chunks.push(c);
+    }
+    if expect_payload != index_offset {
+        let what = format!("payloads end at {expect_payload} but the index starts at {index_offset}");
+        return Err(Error::corrupt(path, n_chunks.checked_sub(1).map(|i| i as u32), what));
     }
     if expect_offset != meta.size {
         return Err(bad(format!("chunks cover {expect_offset} bytes of {}", meta.size)));
     }
-    let mut tensors = Vec::with_capacity(n_tensors.min(b.len() / 20));
+    // Implied by the checks above (disjoint payloads, each expanding at most MAX_EXPANSION
+    // times); stated so a change to them cannot silently lose it.
+    debug_assert!(meta.size <= (index_offset - HEADER_LEN).saturating_mul(MAX_EXPANSION));
+    // A tensor record is at least 20 bytes (name length, dtype length, rank, start, len):
+    // never reserve more entries than the bytes left could hold.
+    const MIN_TENSOR_RECORD: usize = 2 + 1 + 1 + 8 + 8;
+    let mut tensors = Vec::with_capacity(n_tensors.min((b.len() - table_end) / MIN_TENSOR_RECORD));
     let mut p = table_end;
     let take = |p: &mut usize, n: usize| -> Result<&[u8]> {
         let s = b
@@ -256,10 +295,11 @@ fn decode_index(path: &Path, b: &[u8], index_offset: u64) -> Result<Index> {
         let dl = take(&mut p, 1)?[0] as usize;
         let dtype = String::from_utf8_lossy(take(&mut p, dl)?).into_owned();
         let nd = take(&mut p, 1)?[0] as usize;
-        let mut shape = Vec::with_capacity(nd);
-        for _ in 0..nd {
-            shape.push(u64::from_le_bytes(take(&mut p, 8)?.try_into().unwrap()));
-        }
+        // Take the dimensions' bytes first, so the vector is sized by bytes present.
+        let shape = take(&mut p, nd * 8)?
+            .chunks_exact(8)
+            .map(|d| u64::from_le_bytes(d.try_into().unwrap()))
+            .collect();
         let start = u64::from_le_bytes(take(&mut p, 8)?.try_into().unwrap());
         let len = u64::from_le_bytes(take(&mut p, 8)?.try_into().unwrap());
         tensors.push(TensorEntry {

@@ -9,6 +9,7 @@ use std::path::Path;
 use rayon::prelude::*;
 use serde::Serialize;
 
+use super::verify::{plan_windows, WINDOW_BYTES};
 use super::{plan_chunks, read_layout, walk, Entry, PackOptions, Progress, MARKER, SUFFIX};
 use crate::chunk::{self, ChunkCodec};
 use crate::codec::rans;
@@ -154,39 +155,47 @@ pub fn inspect_path(path: &Path, opts: &PackOptions, progress: &dyn Progress) ->
 fn inspect_container(p: &Path, name: String, pool: &rayon::ThreadPool) -> Result<FileInspect> {
     let c = Container::open(p)?;
     let dtypes: Vec<Option<Dtype>> = c.tensors.iter().map(|t| Dtype::from_name(&t.dtype)).collect();
-    let stats: Vec<ChunkStat> = pool.install(|| {
-        (0..c.chunks.len())
-            .into_par_iter()
-            .map(|i| {
-                let e = &c.chunks[i];
-                let payload = c.read_payload(i)?;
-                let mut data = vec![0u8; e.orig_len as usize];
-                c.decode_payload(i, &payload, &mut data)?;
-                let dt = dtypes.get(e.tensor as usize).copied().flatten();
-                Ok(ChunkStat {
-                    tensor: e.tensor,
-                    len: e.orig_len as u64,
-                    payload: e.payload_len as u64,
-                    codec: e.codec,
-                    transform: e.transform,
-                    planes: analyse(&data, e.codec, e.transform, &payload, candidates_of(dt)),
-                })
-            })
-            .collect::<Result<Vec<_>>>()
+    let mut sum = Summary::new(c.tensors.len());
+    let lens = c.chunks.iter().map(|e| e.orig_len as u64);
+    for_each_window(pool, lens, &mut sum, |i| {
+        let e = &c.chunks[i];
+        let payload = c.read_payload(i)?;
+        let mut data = vec![0u8; e.orig_len as usize];
+        c.decode_payload(i, &payload, &mut data)?;
+        let dt = dtypes.get(e.tensor as usize).copied().flatten();
+        Ok(ChunkStat {
+            tensor: e.tensor,
+            len: e.orig_len as u64,
+            payload: e.payload_len as u64,
+            codec: e.codec,
+            transform: e.transform,
+            planes: analyse(&data, e.codec, e.transform, &payload, candidates_of(dt)),
+        })
     })?;
     let tensors = c
         .tensors
         .iter()
         .map(|t| (t.name.clone(), t.dtype.clone(), t.shape.clone()))
         .collect();
-    Ok(summarise(
-        name,
-        c.meta.kind.name(),
-        c.meta.size,
-        c.packed_len(),
-        stats,
-        tensors,
-    ))
+    Ok(sum.finish(name, c.meta.kind.name(), c.meta.size, c.packed_len(), tensors))
+}
+
+/// Computes the stats of every chunk, in parallel windows bounded in count and in decoded
+/// bytes, and folds each window into `sum` in chunk order before the next is read: memory
+/// holds one window of chunks, never all of them.
+fn for_each_window(
+    pool: &rayon::ThreadPool,
+    lens: impl IntoIterator<Item = u64>,
+    sum: &mut Summary,
+    stat: impl Fn(usize) -> Result<ChunkStat> + Sync,
+) -> Result<()> {
+    for w in plan_windows(lens, pool.current_num_threads() * 4, WINDOW_BYTES) {
+        let stats = pool.install(|| w.into_par_iter().map(&stat).collect::<Result<Vec<_>>>())?;
+        for s in stats {
+            sum.add(s);
+        }
+    }
+    Ok(())
 }
 
 fn inspect_plain(
@@ -200,66 +209,78 @@ fn inspect_plain(
     let size = f.metadata().map_err(|e| Error::io(p, e))?.len();
     let (layout, _) = read_layout(&f, p, size, opts.lenient, progress)?;
     let plan = plan_chunks(size, &layout, opts.chunk_size, opts.compress_fraction);
-    let stats: Vec<ChunkStat> = pool.install(|| {
-        plan.par_iter()
-            .map(|pc| {
-                let mut data = vec![0u8; pc.len as usize];
-                f.read_exact_at(&mut data, pc.offset).map_err(|e| Error::io(p, e))?;
-                let enc = chunk::encode(&data, pc.transforms(), pc.compress, &opts.encode);
-                Ok(ChunkStat {
-                    tensor: pc.tensor,
-                    len: pc.len as u64,
-                    payload: enc.payload.len() as u64,
-                    codec: enc.codec,
-                    transform: enc.transform,
-                    planes: analyse(&data, enc.codec, enc.transform, &enc.payload, pc.transforms()),
-                })
-            })
-            .collect::<Result<Vec<_>>>()
+    let mut sum = Summary::new(layout.tensors.len());
+    for_each_window(pool, plan.iter().map(|pc| pc.len as u64), &mut sum, |i| {
+        let pc = &plan[i];
+        let mut data = vec![0u8; pc.len as usize];
+        f.read_exact_at(&mut data, pc.offset).map_err(|e| Error::io(p, e))?;
+        let enc = chunk::encode(&data, pc.transforms(), pc.compress, &opts.encode);
+        Ok(ChunkStat {
+            tensor: pc.tensor,
+            len: pc.len as u64,
+            payload: enc.payload.len() as u64,
+            codec: enc.codec,
+            transform: enc.transform,
+            planes: analyse(&data, enc.codec, enc.transform, &enc.payload, pc.transforms()),
+        })
     })?;
-    let packed = stats.iter().map(|s| s.payload).sum();
+    let packed = sum.payload;
     let tensors = layout
         .tensors
         .iter()
         .map(|t| (t.name.clone(), t.dtype.name(), t.shape.clone()))
         .collect();
-    Ok(summarise(name, layout.kind.name(), size, packed, stats, tensors))
+    Ok(sum.finish(name, layout.kind.name(), size, packed, tensors))
 }
 
-fn summarise(
-    path: String,
-    kind: &str,
-    size: u64,
+/// Per tensor, what the report shows.
+#[derive(Default)]
+struct TensorAcc {
+    bytes: u64,
     packed: u64,
-    stats: Vec<ChunkStat>,
-    tensors: Vec<(String, String, Vec<u64>)>,
-) -> FileInspect {
-    struct Acc {
-        bytes: u64,
-        packed: u64,
-        transform: Option<Transform>,
-        planes: Vec<(u64, u64, [u64; 256])>,
-        codecs: BTreeMap<String, u64>,
-    }
-    let mut accs: Vec<Acc> = tensors
-        .iter()
-        .map(|_| Acc {
-            bytes: 0,
-            packed: 0,
-            transform: None,
-            planes: Vec::new(),
+    transform: Option<Transform>,
+    planes: Vec<PlaneSummary>,
+    codecs: BTreeMap<String, u64>,
+}
+
+/// Folds chunk stats, in chunk order, into the report. Symbol histograms (2 KiB per plane)
+/// are kept only for the tensor being read: a tensor's chunks are consecutive (its bytes
+/// are one range of the file and chunks tile the file in order), so when another tensor's
+/// chunk arrives its histograms become entropy bounds and are dropped. Memory so follows
+/// the report (tensors x planes), never the chunk count. Should a hostile index interleave
+/// a tensor's chunks, each run's bound is added separately.
+struct Summary {
+    tensors: Vec<TensorAcc>,
+    codecs: BTreeMap<String, u64>,
+    chunks: usize,
+    payload: u64,
+    /// The tensor being read and its running plane histograms.
+    open: Option<(usize, Vec<[u64; 256]>)>,
+}
+
+impl Summary {
+    fn new(n_tensors: usize) -> Summary {
+        Summary {
+            tensors: (0..n_tensors).map(|_| TensorAcc::default()).collect(),
             codecs: BTreeMap::new(),
-        })
-        .collect();
-    let mut codecs = BTreeMap::new();
-    for s in &stats {
-        *codecs.entry(s.codec.name().to_string()).or_insert(0) += s.len;
-        if s.tensor == NO_TENSOR {
-            continue;
+            chunks: 0,
+            payload: 0,
+            open: None,
         }
-        let Some(a) = accs.get_mut(s.tensor as usize) else {
-            continue;
-        };
+    }
+
+    fn add(&mut self, s: ChunkStat) {
+        self.chunks += 1;
+        self.payload += s.payload;
+        *self.codecs.entry(s.codec.name().to_string()).or_insert(0) += s.len;
+        let t = s.tensor as usize;
+        if s.tensor == NO_TENSOR || t >= self.tensors.len() {
+            return;
+        }
+        if self.open.as_ref().is_some_and(|(o, _)| *o != t) {
+            self.close();
+        }
+        let a = &mut self.tensors[t];
         a.bytes += s.len;
         a.packed += s.payload;
         *a.codecs.entry(s.codec.name().to_string()).or_insert(0) += s.len;
@@ -267,55 +288,70 @@ fn summarise(
             a.transform = Some(s.transform);
         }
         if a.planes.len() < s.planes.len() {
-            a.planes.resize(s.planes.len(), (0, 0, [0; 256]));
+            a.planes.resize(s.planes.len(), PlaneSummary::default());
         }
-        for (acc, (l, st, h)) in a.planes.iter_mut().zip(&s.planes) {
-            acc.0 += l;
-            acc.1 += st;
-            for (x, y) in acc.2.iter_mut().zip(h) {
+        let (_, hists) = self.open.get_or_insert_with(|| (t, Vec::new()));
+        if hists.len() < s.planes.len() {
+            hists.resize(s.planes.len(), [0; 256]);
+        }
+        for ((plane, hist), (l, st, h)) in a.planes.iter_mut().zip(hists.iter_mut()).zip(&s.planes) {
+            plane.bytes += l;
+            plane.stored += st;
+            for (x, y) in hist.iter_mut().zip(h) {
                 *x += y;
             }
         }
     }
-    let mut out = FileInspect {
-        path,
-        kind: kind.to_string(),
-        size,
-        packed,
-        ratio: super::ratio(size, packed),
-        chunks: stats.len(),
-        codecs,
-        tensor_bytes: 0,
-        tensor_packed: 0,
-        tensor_bound: 0.0,
-        tensors: Vec::new(),
-    };
-    for ((name, dtype, shape), a) in tensors.into_iter().zip(accs) {
-        let planes: Vec<PlaneSummary> = a
-            .planes
-            .iter()
-            .map(|(l, st, h)| PlaneSummary {
-                bytes: *l,
-                stored: *st,
-                bound: rans::entropy_bits(h) / 8.0,
-            })
-            .collect();
-        let bound: f64 = planes.iter().map(|p| p.bound).sum();
-        out.tensor_bytes += a.bytes;
-        out.tensor_packed += a.packed;
-        out.tensor_bound += bound;
-        out.tensors.push(TensorInspect {
-            name,
-            dtype,
-            shape,
-            bytes: a.bytes,
-            packed: a.packed,
-            ratio: super::ratio(a.bytes, a.packed),
-            bound_ratio: if bound > 0.0 { a.bytes as f64 / bound } else { 0.0 },
-            transform: a.transform.map_or("none", |t| t.name()).to_string(),
-            planes,
-            codecs: a.codecs,
-        });
+
+    /// Turns the open tensor's histograms into entropy bounds.
+    fn close(&mut self) {
+        if let Some((t, hists)) = self.open.take() {
+            for (plane, h) in self.tensors[t].planes.iter_mut().zip(&hists) {
+                plane.bound += rans::entropy_bits(h) / 8.0;
+            }
+        }
     }
-    out
+
+    fn finish(
+        mut self,
+        path: String,
+        kind: &str,
+        size: u64,
+        packed: u64,
+        tensors: Vec<(String, String, Vec<u64>)>,
+    ) -> FileInspect {
+        self.close();
+        let mut out = FileInspect {
+            path,
+            kind: kind.to_string(),
+            size,
+            packed,
+            ratio: super::ratio(size, packed),
+            chunks: self.chunks,
+            codecs: self.codecs,
+            tensor_bytes: 0,
+            tensor_packed: 0,
+            tensor_bound: 0.0,
+            tensors: Vec::new(),
+        };
+        for ((name, dtype, shape), a) in tensors.into_iter().zip(self.tensors) {
+            let bound: f64 = a.planes.iter().map(|p| p.bound).sum();
+            out.tensor_bytes += a.bytes;
+            out.tensor_packed += a.packed;
+            out.tensor_bound += bound;
+            out.tensors.push(TensorInspect {
+                name,
+                dtype,
+                shape,
+                bytes: a.bytes,
+                packed: a.packed,
+                ratio: super::ratio(a.bytes, a.packed),
+                bound_ratio: if bound > 0.0 { a.bytes as f64 / bound } else { 0.0 },
+                transform: a.transform.map_or("none", |t| t.name()).to_string(),
+                planes: a.planes,
+                codecs: a.codecs,
+            });
+        }
+        out
+    }
 }

@@ -1,5 +1,6 @@
 //! `verify`: decode every chunk, check every checksum and every whole-file digest.
 
+use std::ops::Range;
 use std::path::Path;
 use std::time::Instant;
 
@@ -41,6 +42,37 @@ impl VerifyReport {
 /// BF16 are ~2000 warps) while keeping the host's window memory modest.
 const GPU_WINDOW: usize = 64;
 
+/// Most decoded bytes one window holds at once, whatever the thread count: 4 chunks per
+/// thread of 64 MiB chunks would be 2 GiB at -j8. Normal 1 MiB chunks fill a window by
+/// count long before this, so their parallelism is unchanged.
+pub const WINDOW_BYTES: u64 = 256 << 20;
+
+/// Splits chunks of decoded lengths `lens` into consecutive windows of at most
+/// `max_chunks` chunks and `max_bytes` decoded bytes. Every window has at least one chunk
+/// (a chunk larger than `max_bytes` gets one of its own), so every chunk is covered.
+pub(crate) fn plan_windows(
+    lens: impl IntoIterator<Item = u64>,
+    max_chunks: usize,
+    max_bytes: u64,
+) -> Vec<Range<usize>> {
+    let max_chunks = max_chunks.max(1);
+    let mut out = Vec::new();
+    let (mut start, mut end, mut bytes) = (0, 0, 0u64);
+    for len in lens {
+        let full = end - start == max_chunks || bytes.saturating_add(len) > max_bytes;
+        if end > start && full {
+            out.push(start..end);
+            (start, bytes) = (end, 0);
+        }
+        bytes = bytes.saturating_add(len);
+        end += 1;
+    }
+    if end > start {
+        out.push(start..end);
+    }
+    out
+}
+
 /// Decodes every chunk of `c` in order (in parallel windows, on the GPU when `gpu` is
 /// given), hands each to `sink`, and proves the whole-file digest. Never hands a chunk
 /// that failed its checksum to `sink`.
@@ -57,7 +89,9 @@ pub fn stream_chunks(
         pool.current_num_threads() * 4
     };
     let idx: Vec<usize> = (0..c.chunks.len()).collect();
-    for group in idx.chunks(window.max(1)) {
+    let lens = c.chunks.iter().map(|e| e.orig_len as u64);
+    for w in plan_windows(lens, window, WINDOW_BYTES) {
+        let group = &idx[w];
         let decoded: Vec<Result<Vec<u8>>> = pool.install(|| match gpu {
             Some(g) => g.decode_chunks(c, group),
             None => group.par_iter().map(|&i| c.decode_chunk(i)).collect(),
@@ -159,4 +193,64 @@ pub fn verify_tree_with(
     }
     report.seconds = t0.elapsed().as_secs_f64();
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    fn sizes(w: &[Range<usize>]) -> Vec<usize> {
+        w.iter().map(|r| r.len()).collect()
+    }
+
+    #[test]
+    fn normal_chunks_fill_windows_by_count() {
+        // 1 MiB chunks at -j8: 32 chunks (32 MiB) per window, as before the byte cap.
+        let w = plan_windows(vec![MIB; 100], 32, WINDOW_BYTES);
+        assert_eq!(sizes(&w), [32, 32, 32, 4]);
+    }
+
+    #[test]
+    fn large_chunks_are_capped_in_bytes() {
+        // 64 MiB chunks at -j8: 4 chunks (256 MiB) per window, not 32 (2 GiB).
+        let w = plan_windows(vec![64 * MIB; 10], 32, WINDOW_BYTES);
+        assert_eq!(sizes(&w), [4, 4, 2]);
+    }
+
+    #[test]
+    fn a_chunk_over_the_cap_gets_a_window_of_its_own() {
+        let w = plan_windows([10, 300, 10, 10], 8, 100);
+        assert_eq!(w, [0..1, 1..2, 2..4]);
+        assert_eq!(plan_windows([5, 5], 0, 100), [0..1, 1..2]);
+        assert!(plan_windows([], 8, 100).is_empty());
+    }
+
+    #[test]
+    fn windows_cover_every_chunk_in_order_within_both_limits() {
+        let mut x = 0x9E3779B97F4A7C15u64;
+        for round in 0..200 {
+            let n = round % 50;
+            let lens: Vec<u64> = (0..n)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x % 300
+                })
+                .collect();
+            let (max_chunks, max_bytes) = (1 + round % 7, 50 + (round as u64 * 37) % 400);
+            let w = plan_windows(lens.iter().copied(), max_chunks, max_bytes);
+            let mut next = 0;
+            for r in &w {
+                assert_eq!(r.start, next, "windows are consecutive");
+                assert!(!r.is_empty() && r.len() <= max_chunks);
+                let bytes: u64 = lens[r.clone()].iter().sum();
+                assert!(bytes <= max_bytes || r.len() == 1, "{r:?}: {bytes} bytes");
+                next = r.end;
+            }
+            assert_eq!(next, n);
+        }
+    }
 }

@@ -235,3 +235,27 @@ pub fn is_mounted(p: &Path) -> bool {
         .lines()
         .any(|l| l.split(' ').nth(4) == Some(s.as_str()))
 }
+
+/// Runs `cmd` to completion and returns whether it succeeded, its stdout (when piped) and
+/// its peak resident set in KiB, taken from `wait4` for exactly this child (not from
+/// `RUSAGE_CHILDREN`, which other tests' children would share).
+// `wait4` below reaps the child; std's `wait` would then find nothing to wait for.
+#[allow(clippy::zombie_processes)]
+pub fn run_peak_rss(cmd: &mut Command) -> (bool, Vec<u8>, i64) {
+    use std::io::Read;
+    let mut child = cmd.spawn().unwrap();
+    let mut out = Vec::new();
+    if let Some(mut o) = child.stdout.take() {
+        o.read_to_end(&mut out).unwrap();
+    }
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: `rusage` is plain integers, for which all-zero is a valid value.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `pid` is our own child, not yet waited for (std waits only in `wait`, never
+    // called here); `status` and `ru` are valid for writes.
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+    assert_eq!(r, pid, "wait4: {}", std::io::Error::last_os_error());
+    let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+    (ok, out, ru.ru_maxrss)
+}
