@@ -354,10 +354,11 @@ pub fn stats(a: StatsArgs) -> Result<Outcome> {
         s.bytes_decoded as f64 / 1e6 / s.decode_seconds.max(1e-9)
     );
     println!(
-        "cache            {} of {} in {} chunks, {} evictions",
+        "cache            {} of {} in {} chunks ({} of it bookkeeping), {} evictions",
         human(s.cache_bytes),
         human(s.cache_capacity),
         s.cache_entries,
+        human(s.cache_overhead_bytes),
         s.evictions
     );
     println!("prefetch         {} issued, {} hit", s.prefetch_issued, s.prefetch_hits);
