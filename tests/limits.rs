@@ -170,3 +170,122 @@ fn huge_chunk_size_is_not_served_as_blksize() {
     }
     assert_eq!(fs::read(m.mnt.join("huge.bin")).unwrap(), data);
 }
+
+/// Two dcfs mounts stacked on one directory: one `dcfs umount` removes the upper one only.
+/// The upper one's session used to unmount its mount point again by path when it ended,
+/// removing the lower mount as well.
+#[test]
+fn one_umount_removes_one_of_two_stacked_mounts() {
+    use dcfs::fs::{Mount, MountConfig};
+    use dcfs::store::{Store, StoreOptions};
+    if !can_mount() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    many_files(&src, 4);
+    let rel = PathBuf::from("d0/f00000.bin");
+    let p = t.path().join("packed");
+    pack::pack_tree(&src, &p, &PackOptions::default(), &NoProgress).unwrap();
+    let lower = Mounted::new(&p, &t.path().join("mnt"), &[]);
+    let dev_lower = fs::metadata(&lower.mnt).unwrap().dev();
+    // The upper mount is served in this process, as the daemon serves its own.
+    let store = Store::open(&p, StoreOptions::default()).unwrap();
+    let cfg = MountConfig {
+        allow_other: false,
+        readahead_kb: None,
+        fuse_threads: 2,
+    };
+    let m = Mount::new(store, &lower.mnt, &cfg).unwrap();
+    let upper = std::thread::spawn(move || m.run());
+    let mut stacked = false;
+    for _ in 0..200 {
+        if fs::metadata(&lower.mnt).is_ok_and(|md| md.dev() != dev_lower) {
+            stacked = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(stacked, "the upper mount never showed");
+    let st = std::process::Command::new(dcfs_bin())
+        .arg("umount")
+        .arg(&lower.mnt)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    upper.join().unwrap().unwrap();
+    // The lower mount is still there and serving.
+    assert_eq!(
+        fs::metadata(&lower.mnt).unwrap().dev(),
+        dev_lower,
+        "the lower mount is gone"
+    );
+    assert_eq!(
+        fs::read(lower.mnt.join(&rel)).unwrap(),
+        fs::read(src.join(&rel)).unwrap()
+    );
+}
+
+/// A mount point with entries is refused (mounting would hide them) unless `-o nonempty`.
+#[test]
+fn non_empty_mount_point_needs_nonempty() {
+    if !can_mount() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    many_files(&src, 2);
+    let p = t.path().join("packed");
+    pack::pack_tree(&src, &p, &PackOptions::default(), &NoProgress).unwrap();
+    let mnt = t.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    fs::write(mnt.join("keep.txt"), b"mine").unwrap();
+    let out = std::process::Command::new(dcfs_bin())
+        .arg("mount")
+        .arg(&p)
+        .arg(&mnt)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "mounted over a non-empty directory");
+    assert!(err.contains("not empty") && err.contains("nonempty"), "{err}");
+    assert!(!is_mounted(&mnt.canonicalize().unwrap()));
+    let m = Mounted::new(&p, &mnt, &["-o", "nonempty"]);
+    assert!(m.mnt.join("d0/f00000.bin").exists());
+    drop(m);
+    assert_eq!(fs::read(mnt.join("keep.txt")).unwrap(), b"mine");
+}
+
+/// "Already mounted" is found for a mount point whose name has every character
+/// mountinfo escapes (space, tab, newline, backslash); only spaces used to be handled, so a
+/// second mount was stacked on the first.
+#[test]
+fn already_mounted_check_handles_escaped_names() {
+    if !can_mount() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    many_files(&src, 2);
+    let p = t.path().join("packed");
+    pack::pack_tree(&src, &p, &PackOptions::default(), &NoProgress).unwrap();
+    let mnt = t.path().join("a b\tc\nd\\e");
+    let m = Mounted::new(&p, &mnt, &[]);
+    assert!(is_mounted(&m.mnt));
+    assert!(dcfs::fs::top_mount_at(&m.mnt).unwrap().fstype.starts_with("fuse"));
+    let out = std::process::Command::new(dcfs_bin())
+        .arg("mount")
+        .arg(&p)
+        .arg(&m.mnt)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a second mount was stacked on the first");
+    assert!(err.contains("already a mount point"), "{err}");
+    let n = dcfs::fs::mounts()
+        .unwrap()
+        .iter()
+        .filter(|e| e.mount_point == m.mnt)
+        .count();
+    assert_eq!(n, 1);
+}

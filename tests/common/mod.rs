@@ -229,11 +229,7 @@ impl Drop for Mounted {
 }
 
 pub fn is_mounted(p: &Path) -> bool {
-    let s = p.to_string_lossy().to_string();
-    fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .any(|l| l.split(' ').nth(4) == Some(s.as_str()))
+    dcfs::fs::mounts().unwrap().iter().any(|m| m.mount_point == p)
 }
 
 /// Mounts with a caller-built `dcfs mount` command (e.g. run under `bash -c 'ulimit ...'`),
