@@ -28,6 +28,10 @@ use cache::{Lookup, Outcome, Ticket};
 
 pub const ROOT_INO: u64 = 1;
 
+/// Chunks one read request decodes at once: enough to keep every decode thread busy on
+/// small chunks, few enough to bound what a request over tiny chunks holds in flight.
+const READ_WINDOW: usize = 256;
+
 /// Containers kept open at once. A pack may hold far more files than the open-file limit
 /// (1024 by default), so the mount keeps chunk tables, not files, and reopens containers
 /// on demand through an LRU of at most this many (and at most a quarter of the soft
@@ -466,33 +470,42 @@ impl Store {
         }
         let first = c.chunk_at(offset).expect("offset inside the file");
         let last = c.chunk_at(end - 1).expect("end inside the file");
-        // Start every decode this read needs before waiting on any, so they run in parallel.
-        let pending: Vec<Option<Pending>> = (first..=last).map(|i| self.request(fidx, i as u32, false)).collect();
-        if let Some(upto) = self.sequential(fh, offset, end) {
-            let current = c.chunks[first..=last]
-                .iter()
-                .map(|e| e.orig_len as u64 + cache::ENTRY_OVERHEAD)
-                .sum();
-            self.prefetch(fidx, last as u32 + 1, upto, current);
-        }
         let mut out = Vec::with_capacity((end - offset) as usize);
-        for (i, p) in (first..=last).zip(pending) {
-            let e = &c.chunks[i];
-            let from = offset.max(e.orig_offset) - e.orig_offset;
-            let to = end.min(e.orig_end()) - e.orig_offset;
-            let r = match p {
-                None => self.read_raw(fidx, i, from, to, &mut out),
-                Some(p) => p
-                    .get()
-                    .map(|data| out.extend_from_slice(&data[from as usize..to as usize])),
-            };
-            if let Err(e) = r {
-                self.stats.error();
-                if self.logged.lock().insert((fidx, i as u32)) {
-                    tracing::error!("{e}");
+        // Start the decodes of a window of chunks before waiting on any, so they run in
+        // parallel; a window, not the whole request, so a request over a million one-byte
+        // chunks does not hold a million decodes (and their bookkeeping) at once.
+        let mut lo = first;
+        while lo <= last {
+            let hi = last.min(lo + READ_WINDOW - 1);
+            let pending: Vec<Option<Pending>> = (lo..=hi).map(|i| self.request(fidx, i as u32, false)).collect();
+            if lo == first {
+                if let Some(upto) = self.sequential(fh, offset, end) {
+                    let current = c.chunks[first..=last]
+                        .iter()
+                        .map(|e| e.orig_len as u64 + cache::ENTRY_OVERHEAD)
+                        .sum();
+                    self.prefetch(fidx, last as u32 + 1, upto, current);
                 }
-                return Err(e);
             }
+            for (i, p) in (lo..=hi).zip(pending) {
+                let e = &c.chunks[i];
+                let from = offset.max(e.orig_offset) - e.orig_offset;
+                let to = end.min(e.orig_end()) - e.orig_offset;
+                let r = match p {
+                    None => self.read_raw(fidx, i, from, to, &mut out),
+                    Some(p) => p
+                        .get()
+                        .map(|data| out.extend_from_slice(&data[from as usize..to as usize])),
+                };
+                if let Err(e) = r {
+                    self.stats.error();
+                    if self.logged.lock().insert((fidx, i as u32)) {
+                        tracing::error!("{e}");
+                    }
+                    return Err(e);
+                }
+            }
+            lo = hi + 1;
         }
         self.stats.read(out.len() as u64);
         Ok(out)
