@@ -747,6 +747,33 @@ mod tests {
         }
     }
 
+    /// Containers are closed after mount and reopened on demand: a container swapped for
+    /// another file (even a valid container of the same pack) or a symlink since the mount
+    /// is refused (EIO at the mount), never served.
+    #[test]
+    fn a_container_replaced_after_open_is_refused_on_reopen() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        fs::create_dir(&src).unwrap();
+        fs::write(src.join("a.bin"), text(5000)).unwrap();
+        // Same length as a.bin, other bytes.
+        fs::write(src.join("b.bin"), text(5000).into_iter().rev().collect::<Vec<u8>>()).unwrap();
+        fs::write(src.join("c.bin"), text(7000)).unwrap();
+        let packed = t.path().join("packed");
+        pack_tree(&src, &packed, &PackOptions::default(), &NoProgress).unwrap();
+        let store = Store::open(&packed, StoreOptions::default()).unwrap();
+        assert!(store.open.lock().is_empty(), "containers stay open after mount");
+        fs::rename(packed.join("b.bin.dcz"), packed.join("a.bin.dcz")).unwrap();
+        std::os::unix::fs::symlink("a.bin.dcz", packed.join("c.bin.dcz.tmp")).unwrap();
+        fs::rename(packed.join("c.bin.dcz.tmp"), packed.join("c.bin.dcz")).unwrap();
+        for name in ["a.bin", "c.bin"] {
+            let ino = store.lookup(ROOT_INO, OsStr::new(name)).unwrap().ino;
+            let fh = store.open_handle();
+            let r = store.read(ino, fh, 0, 4096);
+            assert!(r.is_err(), "{name}: served a replaced container");
+        }
+    }
+
     /// Compressible bytes that no codec stores raw.
     fn text(n: usize) -> Vec<u8> {
         let mut x = 7u64;
