@@ -352,9 +352,11 @@ impl Unmounter {
     /// Unmounts if the topmost mount at the mount point is still ours; `lazy` detaches it
     /// even while files are open.
     pub fn unmount(&self, lazy: bool) -> io::Result<()> {
-        let top = top_mount_at(&self.mountpoint);
-        if self.dev.is_none() || top.as_ref().map(|m| &m.dev) != self.dev.as_ref() {
-            return Ok(());
+        // Without a device (mountinfo did not show our mount), fall back to the path alone.
+        if let Some(dev) = &self.dev {
+            if top_mount_at(&self.mountpoint).as_ref().map(|m| &m.dev) != Some(dev) {
+                return Ok(());
+            }
         }
         let p = CString::new(self.mountpoint.as_os_str().as_bytes())?;
         let flags = if lazy { libc::MNT_DETACH } else { 0 };
@@ -460,7 +462,10 @@ impl Mount {
     pub fn run(mut self) -> io::Result<()> {
         let unmounter = self.unmounter();
         let r = join(spawn_session(self.session)?);
-        let _ = unmounter.unmount(true);
+        // Only when we can tell our mount from another one on the same path.
+        if unmounter.dev.is_some() {
+            let _ = unmounter.unmount(true);
+        }
         r
     }
 
