@@ -2,8 +2,10 @@
 //! table and reads onto FUSE requests, answers every write with EROFS, and turns any
 //! store error into EIO (the store has already logged it once).
 
-use std::ffi::OsStr;
+use std::ffi::{CString, OsStr, OsString};
 use std::io;
+use std::mem::ManuallyDrop;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -333,25 +335,51 @@ impl Filesystem for DcFs {
 pub struct Mount {
     session: Session<DcFs>,
     mountpoint: PathBuf,
+    /// Device of the mount this session made, to tell it from others on the same path.
+    dev: Option<String>,
 }
 
-/// Unmounts a running mount from another thread (signal handler thread, tests).
-pub struct Unmounter(fuser::SessionUnmounter);
+/// Unmounts a running mount from another thread (signal handler thread, tests). It only
+/// ever unmounts the mount its session made: when that is gone already, it leaves
+/// whatever is mounted at the path now alone.
+#[derive(Clone)]
+pub struct Unmounter {
+    mountpoint: PathBuf,
+    dev: Option<String>,
+}
 
 impl Unmounter {
-    pub fn unmount(&mut self) -> io::Result<()> {
-        self.0.unmount()
+    /// Unmounts if the topmost mount at the mount point is still ours; `lazy` detaches it
+    /// even while files are open.
+    pub fn unmount(&self, lazy: bool) -> io::Result<()> {
+        // Without a device (mountinfo did not show our mount), fall back to the path alone.
+        if let Some(dev) = &self.dev {
+            if top_mount_at(&self.mountpoint).as_ref().map(|m| &m.dev) != Some(dev) {
+                return Ok(());
+            }
+        }
+        let p = CString::new(self.mountpoint.as_os_str().as_bytes())?;
+        let flags = if lazy { libc::MNT_DETACH } else { 0 };
+        // SAFETY: `p` is a valid NUL-terminated path.
+        if unsafe { libc::umount2(p.as_ptr(), flags | libc::UMOUNT_NOFOLLOW) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
 }
 
 /// A mount served by a background thread; unmounts when dropped.
-pub struct Background(Option<fuser::BackgroundSession>);
+pub struct Background {
+    guard: Option<std::thread::JoinHandle<io::Result<()>>>,
+    unmounter: Unmounter,
+}
 
 impl Background {
     /// Unmounts and waits for the serving thread.
     pub fn unmount(mut self) -> io::Result<()> {
-        match self.0.take() {
-            Some(b) => b.umount_and_join(),
+        self.unmounter.unmount(false)?;
+        match self.guard.take() {
+            Some(g) => join(g),
             None => Ok(()),
         }
     }
@@ -359,10 +387,30 @@ impl Background {
 
 impl Drop for Background {
     fn drop(&mut self) {
-        if let Some(b) = self.0.take() {
-            let _ = b.umount_and_join();
+        if let Some(g) = self.guard.take() {
+            if self.unmounter.unmount(false).is_err() {
+                let _ = self.unmounter.unmount(true);
+            }
+            let _ = join(g);
         }
     }
+}
+
+fn join(g: std::thread::JoinHandle<io::Result<()>>) -> io::Result<()> {
+    g.join()
+        .unwrap_or_else(|_| Err(io::Error::other("the FUSE session thread panicked")))
+}
+
+/// Starts fuser's session thread and keeps only its join handle. fuser's own handle on the
+/// mount unmounts the mount point *by path* when dropped, whether or not its mount is
+/// still there, so after `umount` of the upper of two stacked mounts it removed the lower
+/// one too. That handle (a descriptor and a path) is deliberately leaked; [`Unmounter`]
+/// does the unmounting, and only of our own mount.
+fn spawn_session(session: Session<DcFs>) -> io::Result<std::thread::JoinHandle<io::Result<()>>> {
+    let bg = ManuallyDrop::new(session.spawn()?);
+    // SAFETY: `bg` is never dropped or used again, so reading `guard` out of it moves it
+    // (no double drop); the other fields stay leaked on purpose (see above).
+    Ok(unsafe { std::ptr::read(&bg.guard) })
 }
 
 impl Mount {
@@ -386,9 +434,13 @@ impl Mount {
         config.n_threads = Some(cfg.fuse_threads.max(1));
         config.clone_fd = true;
         let session = Session::new(DcFs { store }, mountpoint, &config)?;
+        let mountpoint = mountpoint.canonicalize()?;
+        // Our mount is the topmost at the mount point right now.
+        let dev = top_mount_at(&mountpoint).map(|m| m.dev);
         let m = Mount {
             session,
-            mountpoint: mountpoint.to_path_buf(),
+            mountpoint,
+            dev,
         };
         if let Some(kb) = cfg.readahead_kb {
             if let Err(e) = set_readahead(&m.mountpoint, kb) {
@@ -399,17 +451,31 @@ impl Mount {
     }
 
     pub fn unmounter(&mut self) -> Unmounter {
-        Unmounter(self.session.unmount_callable())
+        Unmounter {
+            mountpoint: self.mountpoint.clone(),
+            dev: self.dev.clone(),
+        }
     }
 
-    /// Serves requests until the filesystem is unmounted.
-    pub fn run(self) -> io::Result<()> {
-        self.session.run()
+    /// Serves requests until the filesystem is unmounted. If serving stops for another
+    /// reason, our mount (and only ours) is detached.
+    pub fn run(mut self) -> io::Result<()> {
+        let unmounter = self.unmounter();
+        let r = join(spawn_session(self.session)?);
+        // Only when we can tell our mount from another one on the same path.
+        if unmounter.dev.is_some() {
+            let _ = unmounter.unmount(true);
+        }
+        r
     }
 
     /// Serves requests on a background thread.
-    pub fn spawn(self) -> io::Result<Background> {
-        self.session.spawn().map(|b| Background(Some(b)))
+    pub fn spawn(mut self) -> io::Result<Background> {
+        let unmounter = self.unmounter();
+        Ok(Background {
+            guard: Some(spawn_session(self.session)?),
+            unmounter,
+        })
     }
 }
 
@@ -422,15 +488,112 @@ pub fn set_readahead(mountpoint: &Path, kb: u32) -> io::Result<()> {
     std::fs::write(format!("/sys/class/bdi/{dev}/read_ahead_kb"), kb.to_string())
 }
 
-/// `major:minor` of the filesystem mounted at `path` (absolute and canonical; the last
+/// `major:minor` of the filesystem mounted at `path` (absolute and canonical; the topmost
 /// mount there, if stacked).
 pub fn mount_device(path: &Path) -> Option<String> {
-    let want = path.to_string_lossy().replace(' ', "\\040");
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    info.lines().rev().find_map(|l| {
-        let f: Vec<&str> = l.split(' ').collect();
-        (f.get(4) == Some(&want.as_str()))
-            .then(|| f.get(2).map(|s| s.to_string()))
-            .flatten()
-    })
+    top_mount_at(path).map(|m| m.dev)
+}
+
+/// One line of /proc/self/mountinfo, with the escapes of its paths undone.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MountEntry {
+    pub id: u64,
+    pub parent: u64,
+    /// `major:minor`.
+    pub dev: String,
+    pub mount_point: PathBuf,
+    pub fstype: String,
+    pub source: OsString,
+}
+
+/// Parses mountinfo text. The kernel writes space, tab, newline and backslash in paths
+/// as `\040`, `\011`, `\012` and `\134`; every `\ooo` is decoded, so a mount point with
+/// any of them compares equal to its real path. Malformed lines are skipped.
+pub fn parse_mountinfo(text: &[u8]) -> Vec<MountEntry> {
+    text.split(|&b| b == b'\n')
+        .filter_map(|line| {
+            let f: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
+            let sep = f.iter().position(|x| *x == b"-")?;
+            if sep < 6 {
+                return None;
+            }
+            let num = |b: &[u8]| std::str::from_utf8(b).ok()?.parse::<u64>().ok();
+            Some(MountEntry {
+                id: num(f[0])?,
+                parent: num(f[1])?,
+                dev: String::from_utf8_lossy(f[2]).into_owned(),
+                mount_point: PathBuf::from(OsString::from_vec(unescape(f[4]))),
+                fstype: String::from_utf8_lossy(&unescape(f.get(sep + 1)?)).into_owned(),
+                source: OsString::from_vec(unescape(f.get(sep + 2).copied().unwrap_or_default())),
+            })
+        })
+        .collect()
+}
+
+/// Undoes mountinfo's `\ooo` octal escapes; anything else is kept as it is.
+fn unescape(b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let oct = b
+            .get(i + 1..i + 4)
+            .filter(|d| b[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match oct.map(|d| d.iter().fold(0u32, |a, c| a * 8 + (c - b'0') as u32)) {
+            Some(v) if v <= 0xff => {
+                out.push(v as u8);
+                i += 4;
+            }
+            _ => {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// The mounts of this process's namespace.
+pub fn mounts() -> io::Result<Vec<MountEntry>> {
+    Ok(parse_mountinfo(&std::fs::read("/proc/self/mountinfo")?))
+}
+
+/// The topmost mount at `path` (absolute and canonical), if any: of the mounts there, the
+/// one no other mount there sits on.
+pub fn top_mount_at(path: &Path) -> Option<MountEntry> {
+    top_of(mounts().ok()?, path)
+}
+
+fn top_of(all: Vec<MountEntry>, path: &Path) -> Option<MountEntry> {
+    let here: Vec<MountEntry> = all.into_iter().filter(|m| m.mount_point == path).collect();
+    let parents: Vec<u64> = here.iter().map(|m| m.parent).collect();
+    here.into_iter().rev().find(|m| !parents.contains(&m.id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        let text = b"22 1 0:21 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n\
+36 22 0:40 / /mnt/a\\040b\\011c\\012d\\134e rw,nosuid - fuse.dcfs /srv/my\\040pack ro\n\
+37 36 0:41 / /mnt/a\\040b\\011c\\012d\\134e rw - tmpfs tmpfs rw\n\
+38 22 0:42 / /odd\\9\\ rw - tmpfs x rw\n\
+garbage line\n";
+        let m = parse_mountinfo(text);
+        assert_eq!(m.len(), 4);
+        assert_eq!(m[1].mount_point, Path::new("/mnt/a b\tc\nd\\e"));
+        assert_eq!(m[1].fstype, "fuse.dcfs");
+        assert_eq!(m[1].source, OsStr::new("/srv/my pack"));
+        assert_eq!((m[1].id, m[1].parent, m[1].dev.as_str()), (36, 22, "0:40"));
+        // Not an escape: kept byte for byte.
+        assert_eq!(m[3].mount_point, Path::new("/odd\\9\\"));
+        // Stacked: the tmpfs on top of the dcfs mount is the topmost, in either order.
+        let top = top_of(m.clone(), Path::new("/mnt/a b\tc\nd\\e")).unwrap();
+        assert_eq!(top.fstype, "tmpfs");
+        let mut rev = m.clone();
+        rev.reverse();
+        assert_eq!(top_of(rev, Path::new("/mnt/a b\tc\nd\\e")).unwrap().id, 37);
+        assert_eq!(top_of(m, Path::new("/mnt/a b")), None);
+    }
 }

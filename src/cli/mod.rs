@@ -65,6 +65,7 @@ pub fn main() -> ExitCode {
     let invoked_as = args.first().and_then(|a| a.rsplit('/').next()).unwrap_or("dcfs");
     let r = if invoked_as == "mount.dcfs" {
         util::init_logging();
+        raise_open_file_limit();
         mount::mount_helper(args)
     } else {
         run(Cli::parse())
@@ -85,6 +86,7 @@ pub fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<Outcome> {
     util::init_logging();
+    raise_open_file_limit();
     match cli.cmd {
         Cmd::Pack(a) => pack::pack(a),
         Cmd::Unpack(a) => pack::unpack(a),
@@ -99,5 +101,29 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Cmd::GpuDefines(a) => gpu::gpu_defines(a),
         Cmd::GpuBench(a) => gpu::gpu_bench(a),
         Cmd::Bench(a) => bench::bench(a),
+    }
+}
+
+/// Raises the soft open-file limit to the hard one: packs of thousands of files are normal,
+/// and the common soft limit of 1024 is a default, not a policy. Failure only logs.
+fn raise_open_file_limit() {
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the rlimit struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } != 0 || rl.rlim_cur >= rl.rlim_max {
+        return;
+    }
+    let from = rl.rlim_cur;
+    rl.rlim_cur = rl.rlim_max;
+    // SAFETY: setrlimit reads the initialised rlimit struct we pass.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &rl) } == 0 {
+        tracing::debug!("open-file limit raised from {from} to {}", rl.rlim_max);
+    } else {
+        tracing::debug!(
+            "could not raise the open-file limit from {from}: {}",
+            std::io::Error::last_os_error()
+        );
     }
 }

@@ -29,7 +29,7 @@ pub struct MountArgs {
     #[arg(short, long)]
     foreground: bool,
     /// Comma-separated options: cache_size=SIZE, threads=N, prefetch=N, readahead=SIZE,
-    /// fuse_threads=N, allow_other, ro. fstab-only options (defaults, noauto, nofail, _netdev,
+    /// fuse_threads=N, allow_other, nonempty (mount over a directory that has entries), ro. fstab-only options (defaults, noauto, nofail, _netdev,
     /// user, x-*) are accepted and ignored.
     #[arg(short = 'o', value_name = "OPTS")]
     options: Vec<String>,
@@ -57,6 +57,8 @@ pub struct MountArgs {
 struct Settings {
     store: StoreOptions,
     mount: MountConfig,
+    /// Mount over a directory that is not empty (its entries are hidden while mounted).
+    nonempty: bool,
 }
 
 fn settings(a: &MountArgs) -> Result<Settings> {
@@ -71,6 +73,7 @@ fn settings(a: &MountArgs) -> Result<Settings> {
         fuse_threads: 0,
     };
     let mut readahead = None;
+    let mut nonempty = false;
     for opt in a.options.iter().flat_map(|o| o.split(',')).filter(|o| !o.is_empty()) {
         let (k, v) = opt.split_once('=').map_or((opt, None), |(k, v)| (k, Some(v)));
         let need = || v.ok_or_else(|| anyhow!("mount option {k} needs a value ({k}=...)"));
@@ -85,6 +88,7 @@ fn settings(a: &MountArgs) -> Result<Settings> {
             "readahead" => readahead = Some(parse_size(need()?).map_err(|e| anyhow!(e))?),
             "fuse_threads" => mount.fuse_threads = num(need()?)?,
             "allow_other" => mount.allow_other = true,
+            "nonempty" => nonempty = true,
             "ro" | "defaults" | "auto" | "noauto" | "user" | "nouser" | "users" | "nofail" | "_netdev" | "nodev"
             | "nosuid" | "exec" | "noexec" | "async" | "noatime" | "relatime" => {}
             "rw" => tracing::info!("dcfs mounts are always read-only; ignoring rw"),
@@ -112,11 +116,12 @@ fn settings(a: &MountArgs) -> Result<Settings> {
         // Request threads mostly wait on decodes; more of them keep readahead flowing.
         mount.fuse_threads = (store.threads * 2).clamp(2, 16);
     }
-    Ok(Settings { store, mount })
+    Ok(Settings { store, mount, nonempty })
 }
 
-/// Refuses a mount point that is missing, a stale FUSE mount, or already mounted.
-fn preflight(packed: &Path, mnt: &Path) -> Result<()> {
+/// Refuses a mount point that is missing, a stale FUSE mount, already mounted, or (unless
+/// `nonempty`) not empty: mounting there would hide its files.
+fn preflight(packed: &Path, mnt: &Path, nonempty: bool) -> Result<()> {
     match std::fs::metadata(mnt) {
         Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => bail!(
             "{} is a stale mount (a dcfs that died?): run `dcfs umount -l {}` and mount again",
@@ -135,24 +140,28 @@ fn preflight(packed: &Path, mnt: &Path) -> Result<()> {
             mnt.display()
         );
     }
+    let has_entries = std::fs::read_dir(&canon)
+        .with_context(|| format!("mount point {}", mnt.display()))?
+        .next()
+        .is_some();
+    if has_entries && !nonempty {
+        bail!(
+            "mount point {} is not empty; mounting would hide its files (use -o nonempty to mount anyway)",
+            mnt.display()
+        );
+    }
     dcfs::pack::read_marker(packed)?;
     Ok(())
 }
 
-/// The filesystem type mounted exactly at `path`, from /proc/self/mountinfo.
+/// The filesystem type mounted exactly at `path` (the topmost, if stacked).
 fn mounted_at(path: &Path) -> Option<String> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let want = path.to_string_lossy().replace(' ', "\\040");
-    info.lines().find_map(|l| {
-        let f: Vec<&str> = l.split(' ').collect();
-        let sep = f.iter().position(|&x| x == "-")?;
-        (f.get(4) == Some(&want.as_str())).then(|| f.get(sep + 1).unwrap_or(&"?").to_string())
-    })
+    dcfs::fs::top_mount_at(path).map(|m| m.fstype)
 }
 
 pub fn mount(a: MountArgs) -> Result<Outcome> {
     let s = settings(&a)?;
-    preflight(&a.packed, &a.mountpoint)?;
+    preflight(&a.packed, &a.mountpoint, s.nonempty)?;
     // Absolute paths: the daemon changes its directory to /.
     let packed = a.packed.canonicalize()?;
     let mnt = a.mountpoint.canonicalize()?;
@@ -235,17 +244,15 @@ fn serve(packed: &Path, mnt: &Path, s: &Settings, gpu: super::gpu::GpuArg, ready
             return Err(e);
         }
     };
-    let mut unmounter = m.unmounter();
-    let mnt_c = CString::new(mnt.as_os_str().as_bytes())?;
+    let unmounter = m.unmounter();
     std::thread::Builder::new().name("dcfs-signals".into()).spawn(move || {
         let mut sig = 0;
         // SAFETY: `set` is initialised and `sig` is a valid out-pointer.
         unsafe { libc::sigwait(&set, &mut sig) };
         tracing::info!("signal {sig}: unmounting");
-        if unmounter.unmount().is_err() {
+        if unmounter.unmount(false).is_err() {
             // Busy: detach lazily so the serving loop still ends.
-            // SAFETY: `mnt_c` is a valid NUL-terminated path.
-            unsafe { libc::umount2(mnt_c.as_ptr(), libc::MNT_DETACH) };
+            let _ = unmounter.unmount(true);
         }
     })?;
     tracing::info!(
@@ -285,7 +292,8 @@ pub struct UmountArgs {
 
 pub fn umount(a: UmountArgs) -> Result<Outcome> {
     let p = CString::new(a.mountpoint.as_os_str().as_bytes())?;
-    let flags = if a.lazy { libc::MNT_DETACH } else { 0 };
+    // One call removes at most the topmost mount there; never follow a link as the path.
+    let flags = if a.lazy { libc::MNT_DETACH } else { 0 } | libc::UMOUNT_NOFOLLOW;
     // SAFETY: `p` is a valid NUL-terminated path.
     if unsafe { libc::umount2(p.as_ptr(), flags) } != 0 {
         let e = std::io::Error::last_os_error();
@@ -354,10 +362,11 @@ pub fn stats(a: StatsArgs) -> Result<Outcome> {
         s.bytes_decoded as f64 / 1e6 / s.decode_seconds.max(1e-9)
     );
     println!(
-        "cache            {} of {} in {} chunks, {} evictions",
+        "cache            {} of {} in {} chunks ({} of it bookkeeping), {} evictions",
         human(s.cache_bytes),
         human(s.cache_capacity),
         s.cache_entries,
+        human(s.cache_overhead_bytes),
         s.evictions
     );
     println!("prefetch         {} issued, {} hit", s.prefetch_issued, s.prefetch_hits);

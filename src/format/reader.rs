@@ -162,6 +162,26 @@ impl Container {
         }
         Ok(done)
     }
+
+    /// Splits an opened (validated) container into its file, its length, and what serving
+    /// needs; the tensor table is dropped. Lets the mount close the file and keep only
+    /// the chunk table.
+    pub fn into_parts(self) -> (File, u64, FileMeta, Vec<ChunkEntry>) {
+        (self.file, self.len, self.meta, self.chunks)
+    }
+
+    /// Rebuilds a container from [`into_parts`](Self::into_parts) output and a file the
+    /// caller has reopened and checked to be the same one; the tensor table is empty.
+    pub fn from_parts(path: &Path, file: File, len: u64, meta: FileMeta, chunks: Vec<ChunkEntry>) -> Container {
+        Container {
+            path: path.to_path_buf(),
+            file,
+            len,
+            meta,
+            chunks,
+            tensors: Vec::new(),
+        }
+    }
 }
 
 fn check_version(path: &Path, major: u16) -> Result<()> {

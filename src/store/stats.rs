@@ -32,7 +32,11 @@ pub struct Snapshot {
     pub decodes: u64,
     pub bytes_decoded: u64,
     pub decode_seconds: f64,
+    /// Bytes charged against the cache bound: data plus `cache_overhead_bytes`.
     pub cache_bytes: u64,
+    /// The part of `cache_bytes` that is per-entry bookkeeping, not chunk data.
+    #[serde(default)]
+    pub cache_overhead_bytes: u64,
     pub cache_entries: u64,
     pub cache_capacity: u64,
     pub evictions: u64,

@@ -229,11 +229,29 @@ impl Drop for Mounted {
 }
 
 pub fn is_mounted(p: &Path) -> bool {
-    let s = p.to_string_lossy().to_string();
-    fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .any(|l| l.split(' ').nth(4) == Some(s.as_str()))
+    dcfs::fs::mounts().unwrap().iter().any(|m| m.mount_point == p)
+}
+
+/// Mounts with a caller-built `dcfs mount` command (e.g. run under `bash -c 'ulimit ...'`),
+/// which must daemonise like the plain one; unmounted when dropped.
+pub fn mount_with(mut cmd: Command, mnt: &Path) -> Mounted {
+    fs::create_dir_all(mnt).unwrap();
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "mount failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Mounted {
+        mnt: mnt.canonicalize().unwrap(),
+    }
+}
+
+/// `bash -c SCRIPT` with `dcfs` as `$0` and `args` as `$1...`: runs dcfs under shell limits.
+pub fn dcfs_under_shell(script: &str, args: &[&Path]) -> Command {
+    let mut c = Command::new("bash");
+    c.arg("-c").arg(script).arg(dcfs_bin()).args(args);
+    c
 }
 
 /// Runs `cmd` to completion and returns whether it succeeded, its stdout (when piped) and
