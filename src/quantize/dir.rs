@@ -687,9 +687,9 @@ fn dtype_str(d: Dtype) -> &'static str {
 
 /// config.json plus a compressed-tensors `quantization_config` that the stock package
 /// loads: format `naive-quantized` (weight I8 + weight_scale, nothing packed) set both at
-/// the top and on the group. compressed-tensors >= 0.17 picks a layer's compressor from the
-/// group's `format` and otherwise infers `pack-quantized` (I32 words under
-/// `weight_packed`) for weight-only INT8, which would not match these tensors.
+/// the top and on the group. compressed-tensors (0.15.0 to 0.20.1 checked) picks a layer's
+/// compressor from the group's `format` and otherwise infers `pack-quantized` (I32 words
+/// under `weight_packed`) for weight-only INT8, which would not match these tensors.
 /// `dequantize: true` is transformers' switch to dequantize while loading: without it the
 /// modules stay INT8 until a hook on the model's first `__call__`, and sentence-transformers
 /// (6.x) calls `model.forward` directly, which skips that hook and fails on I8 weights.
