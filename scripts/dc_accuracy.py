@@ -228,7 +228,7 @@ def main():
     print(f"all-MiniLM-L6-v2, {len(sents)} sentences; cosine vs the F32 model's embeddings; "
           f"loaded by SentenceTransformer through transformers + compressed-tensors, {src}\n")
     if a.quick:
-        print("| granularity | mean cos | p5 cos | min cos | max |cos diff| vs own dequant |")
+        print("| granularity | mean cos | p5 cos | min cos | max abs cos diff vs own dequant |")
         print("|---|---|---|---|---|")
         for r in rows:
             print(f"| {r['granularity']} | {r['mean']:.5f} | {r['p5']:.5f} | {r['min']:.5f} | {r['agree']:.1e} |")
