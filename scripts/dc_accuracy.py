@@ -2,22 +2,23 @@
 """Accuracy and compressibility of `dcfs quantize` on all-MiniLM-L6-v2.
 
 For each setting (granularity x smoothing alpha x prune ratio) this quantizes
-models/minilm-f32 with `dcfs quantize`, dequantizes the result into an equivalent F32
-model (w = q * weight_scale, then divided column-wise by smooth_scale when present),
-loads it with SentenceTransformer from the local directory, encodes the fixed sentences
-of scripts/dc_sentences.txt and compares them with the F32 model's embeddings (cosine
-similarity: mean, 5th percentile, min). It then packs the quantized directory with
-`dcfs pack` and reports the lossless ratios: of model.safetensors as a whole, and of the
-INT8 weight tensors alone, next to plain INT8 (same granularity, no smoothing, no pruning).
+models/minilm-f32 with `dcfs quantize`, packs all the outputs with `dcfs pack`, mounts the
+pack (root and /dev/fuse; otherwise it reads the unpacked directories) and loads each
+setting with SentenceTransformer straight from the mount: the stock stack, transformers +
+compressed-tensors, no custom code. It encodes the fixed sentences of
+scripts/dc_sentences.txt and compares them with the F32 model's embeddings (cosine
+similarity: mean, 5th percentile, min), checks that our own dequantization (w = q *
+weight_scale into a plain F32 model, see `dequantize`) gives the same cosines, and reports
+each setting's size: the model directory, packed, and the INT8 tensors alone.
 
 Prints a markdown table. `--quick` runs only plain INT8 tensor- and channel-wise (no
 calibration, no pack) and exits 1 unless channel-wise mean cosine > 0.99 and tensor-wise
 > 0.95 (thresholds are flags; tensor-wise INT8 does not reach 0.99 on MiniLM, see
 docs/ANALYSIS.md).
 
-Needs a venv with torch, sentence-transformers and safetensors, e.g.
-    python3 -m venv .venv-torch && .venv-torch/bin/pip install torch sentence-transformers
-    .venv-torch/bin/python scripts/dc_accuracy.py --quick
+Needs the loader-test venv (tests/loaders/requirements.txt: torch, sentence-transformers,
+transformers, compressed-tensors, safetensors), e.g. after scripts/loader-tests.sh:
+    .venv-loaders/bin/python scripts/dc_accuracy.py --quick
 Models load from local directories only (HF_HUB_OFFLINE=1).
 """
 
@@ -69,27 +70,25 @@ def sentences():
 
 
 def dequantize(qdir, out):
-    """Writes an F32 model equivalent to the quantized one into `out`."""
+    """Our own dequantization: writes a plain F32 model equivalent to the quantized one into
+    `out` (w = q * weight_scale; everything else as stored, including the norms or value
+    projections that absorbed a smoothing factor) and drops quantization_config, so that
+    transformers loads it as an ordinary float model. The reference the stock
+    compressed-tensors load path is checked against."""
     import numpy as np
     from safetensors.numpy import load_file, save_file
 
     t = load_file(os.path.join(qdir, "model.safetensors"))
     deq = {}
     for name, v in t.items():
-        if name.endswith("_scale") or name.endswith(".smooth_scale"):
+        if name.endswith(".weight_scale"):
             continue
         if v.dtype == np.int8:
-            w = v.astype(np.float32) * t[name + "_scale"].astype(np.float32)
-            smooth = name.removesuffix(".weight") + ".smooth_scale"
-            if smooth in t:
-                w = w / t[smooth][None, :]
-            deq[name] = w.astype(np.float32)
+            deq[name] = (v.astype(np.float32) * t[name + "_scale"].astype(np.float32)).astype(np.float32)
         else:
             deq[name] = v
     shutil.copytree(qdir, out, ignore=shutil.ignore_patterns("model.safetensors"))
     save_file(deq, os.path.join(out, "model.safetensors"), metadata={"format": "pt"})
-    # The dequantized copy is plain F32: drop the quantization_config so that
-    # transformers does not look for a compressed-tensors loader.
     cfg_path = os.path.join(out, "config.json")
     with open(cfg_path) as f:
         cfg = json.load(f)
@@ -113,19 +112,55 @@ def cosines(a, b):
     return (a * b).sum(axis=1)
 
 
-def packed_ratios(dcfs, qdir, work):
-    """(model.safetensors ratio, INT8 tensors ratio, INT8 packed bytes) after `dcfs pack`."""
-    pdir = os.path.join(work, "packed")
-    shutil.rmtree(pdir, ignore_errors=True)
-    subprocess.run([dcfs, "pack", qdir, pdir, "--json"], check=True, stdout=subprocess.DEVNULL)
-    r = json.loads(subprocess.run([dcfs, "inspect", pdir, "--json"], check=True,
+def packed_sizes(dcfs, packed):
+    """{top-level dir: (bytes, packed bytes, I8 tensor bytes, I8 packed bytes)} of a pack."""
+    r = json.loads(subprocess.run([dcfs, "inspect", packed, "--json"], check=True,
                                   capture_output=True, text=True).stdout)
-    shutil.rmtree(pdir)
-    f = next(f for f in r["files"] if f["path"].endswith("model.safetensors.dcz"))
-    i8 = [t for t in f["tensors"] if t["dtype"] == "I8"]
-    b = sum(t["bytes"] for t in i8)
-    p = sum(t["packed"] for t in i8)
-    return f["size"] / f["packed"], b / p, p
+    out = {}
+    for f in r["files"]:
+        top = f["path"].split("/", 1)[0]
+        a = out.setdefault(top, [0, 0, 0, 0])
+        a[0] += f["size"]
+        a[1] += f["packed"]
+        for t in f.get("tensors", []):
+            if t["dtype"] == "I8":
+                a[2] += t["bytes"]
+                a[3] += t["packed"]
+    return out
+
+
+def quantize(dcfs, model, out, gran, alpha, prune, stats):
+    cmd = [dcfs, "quantize", model, out, "--granularity", gran]
+    if alpha is not None:
+        cmd += ["--smooth-alpha", str(alpha)]
+    if prune > 0:
+        cmd += ["--prune-ratio", str(prune)]
+    if stats and (alpha is not None or prune > 0):
+        cmd += ["--act-stats", stats]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+
+
+def tag(gran, alpha, prune):
+    return f"{gran}-a{alpha}-p{prune}"
+
+
+class Mounted:
+    """`dcfs mount PACKED MNT` for a `with` block; always unmounted."""
+
+    def __init__(self, dcfs, packed, mnt):
+        self.dcfs, self.packed, self.mnt = dcfs, packed, mnt
+
+    def __enter__(self):
+        os.makedirs(self.mnt, exist_ok=True)
+        subprocess.run([self.dcfs, "mount", self.packed, self.mnt], check=True)
+        return self.mnt
+
+    def __exit__(self, *exc):
+        import gc
+
+        gc.collect()  # drop the last model's mmaps of the mounted files
+        if subprocess.run([self.dcfs, "umount", self.mnt]).returncode != 0:
+            subprocess.run([self.dcfs, "umount", "-l", self.mnt])
 
 
 def main():
@@ -137,6 +172,12 @@ def main():
     sents = sentences()
     work = a.keep or tempfile.mkdtemp(prefix="dc-accuracy-")
     os.makedirs(work, exist_ok=True)
+    qroot, packed, mnt = (os.path.join(work, x) for x in ("q", "q.dcfs", "mnt"))
+    for d in (qroot, packed):
+        shutil.rmtree(d, ignore_errors=True)
+    can_mount = os.geteuid() == 0 and os.path.exists("/dev/fuse")
+    if not can_mount:
+        print("note: not root or no /dev/fuse: loading from the unpacked directories", file=sys.stderr)
     try:
         ref = embed(a.model, sents)
         if a.quick:
@@ -150,53 +191,60 @@ def main():
 
             stats = os.path.join(work, "act_stats.safetensors")
             save_file(calibrate(a.model, CALIBRATION_TEXT), stats)
+        for s in settings:
+            quantize(dcfs, a.model, os.path.join(qroot, tag(*s)), *s, stats)
+        sizes = {}
+        if not a.quick:
+            subprocess.run([dcfs, "pack", qroot, packed], check=True, stdout=subprocess.DEVNULL)
+            sizes = packed_sizes(dcfs, packed)
         rows = []
-        plain = {}
-        for gran, alpha, prune in settings:
-            tag = f"{gran}-a{alpha}-p{prune}"
-            qdir, ddir = os.path.join(work, "q-" + tag), os.path.join(work, "d-" + tag)
-            for d in (qdir, ddir):
-                shutil.rmtree(d, ignore_errors=True)
-            cmd = [dcfs, "quantize", a.model, qdir, "--granularity", gran]
-            if alpha is not None:
-                cmd += ["--smooth-alpha", str(alpha)]
-            if prune > 0:
-                cmd += ["--prune-ratio", str(prune)]
-            if stats and (alpha is not None or prune > 0):
-                cmd += ["--act-stats", stats]
-            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-            dequantize(qdir, ddir)
-            c = cosines(ref, embed(ddir, sents))
-            row = {"granularity": gran, "alpha": alpha, "prune": prune,
-                   "mean": float(c.mean()), "p5": float(np.percentile(c, 5)), "min": float(c.min())}
-            if not a.quick:
-                row["file_ratio"], row["int8_ratio"], row["int8_packed"] = packed_ratios(dcfs, qdir, work)
-                if alpha is None and prune == 0:
-                    plain[gran] = row["int8_packed"]
-            rows.append(row)
-            if not a.keep:
-                shutil.rmtree(qdir)
+        ctx = Mounted(dcfs, packed, mnt) if can_mount and not a.quick else None
+        root = ctx.__enter__() if ctx else qroot
+        try:
+            for gran, alpha, prune in settings:
+                t = tag(gran, alpha, prune)
+                c = cosines(ref, embed(os.path.join(root, t), sents))  # the stock load path
+                ddir = os.path.join(work, "d-" + t)
+                shutil.rmtree(ddir, ignore_errors=True)
+                dequantize(os.path.join(qroot, t), ddir)
+                ours = embed(ddir, sents)
                 shutil.rmtree(ddir)
-            print(f"  {tag}: mean cosine {row['mean']:.5f}", file=sys.stderr)
+                agree = float(np.abs(cosines(ref, ours) - c).max())
+                row = {"granularity": gran, "alpha": alpha, "prune": prune, "mean": float(c.mean()),
+                       "p5": float(np.percentile(c, 5)), "min": float(c.min()), "agree": agree}
+                if t in sizes:
+                    row["bytes"], row["packed"], row["i8"], row["i8_packed"] = sizes[t]
+                rows.append(row)
+                print(f"  {t}: mean cosine {row['mean']:.5f}", file=sys.stderr)
+        finally:
+            if ctx:
+                ctx.__exit__(None, None, None)
     finally:
         if not a.keep:
             shutil.rmtree(work, ignore_errors=True)
 
-    print(f"all-MiniLM-L6-v2, {len(sents)} sentences; cosine vs the F32 model's embeddings\n")
+    f32 = sum(os.path.getsize(os.path.join(d, n)) for d, _, ns in os.walk(a.model) for n in ns)
+    src = "from a dcfs mount" if can_mount and not a.quick else "from the unpacked directory"
+    print(f"all-MiniLM-L6-v2, {len(sents)} sentences; cosine vs the F32 model's embeddings; "
+          f"loaded by SentenceTransformer through transformers + compressed-tensors, {src}\n")
     if a.quick:
-        print("| granularity | mean cos | p5 cos | min cos |")
-        print("|---|---|---|---|")
+        print("| granularity | mean cos | p5 cos | min cos | max abs cos diff vs own dequant |")
+        print("|---|---|---|---|---|")
         for r in rows:
-            print(f"| {r['granularity']} | {r['mean']:.5f} | {r['p5']:.5f} | {r['min']:.5f} |")
+            print(f"| {r['granularity']} | {r['mean']:.5f} | {r['p5']:.5f} | {r['min']:.5f} | {r['agree']:.1e} |")
     else:
-        print("| granularity | alpha | prune | mean cos | p5 cos | min cos | model.safetensors ratio "
-              "| INT8 tensors ratio | INT8 packed vs plain INT8 |")
-        print("|---|---|---|---|---|---|---|---|---|")
+        mib = 1 << 20
+        print(f"F32 model directory: {f32 / mib:.2f} MiB\n")
+        print("| granularity | alpha | prune | mean cos | p5 cos | min cos | model dir | packed | ratio vs F32 "
+              "| INT8 tensors packed | INT8 ratio |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
         for r in rows:
-            gain = plain[r["granularity"]] / r["int8_packed"]
             al = "none" if r["alpha"] is None else f"{r['alpha']}"
-            print(f"| {r['granularity']} | {al} | {r['prune']} | {r['mean']:.5f} | {r['p5']:.5f} "
-                  f"| {r['min']:.5f} | {r['file_ratio']:.3f} | {r['int8_ratio']:.3f} | {gain:.3f}x |")
+            print(f"| {r['granularity']} | {al} | {r['prune']} | {r['mean']:.5f} | {r['p5']:.5f} | {r['min']:.5f} "
+                  f"| {r['bytes'] / mib:.2f} MiB | {r['packed'] / mib:.2f} MiB | {f32 / r['packed']:.3f}x "
+                  f"| {r['i8_packed'] / mib:.2f} MiB | {r['i8'] / r['i8_packed']:.3f} |")
+        print(f"\nlargest |cos(stock load) - cos(own dequantization)| over all settings and sentences: "
+              f"{max(r['agree'] for r in rows):.1e}")
     print(f"\n({time.time() - t0:.0f}s)")
     if a.quick:
         least = {"tensor": a.min_cos_tensor, "channel": a.min_cos_channel}

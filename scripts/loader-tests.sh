@@ -33,7 +33,7 @@ cargo build --release --quiet
 cargo build --release --quiet -p dcfs-capi
 
 # --- venv (cached: installs only when requirements.txt changed or imports fail) ---------
-IMPORTS='import pytest, numpy, safetensors.numpy, torch, sentence_transformers, xllamacpp'
+IMPORTS='import pytest, numpy, safetensors.numpy, torch, sentence_transformers, compressed_tensors, xllamacpp'
 if [[ ! -x "$VENV/bin/python" ]]; then
   command -v python3 >/dev/null || die "python3 not found"
   echo "== loader-tests: creating venv $VENV"
@@ -56,6 +56,22 @@ else
   "$PY" -c "$IMPORTS" || die "installed packages do not import"
   cp "$REQ" "$STAMP"
   echo "== loader-tests: installed in $((SECONDS - t0))s"
+fi
+
+# The oldest compressed-tensors that loads `dcfs quantize` output through the pinned
+# transformers (which refuses < 0.15.0), in its own --target dir that test_dc_quantized.py
+# puts first on sys.path; the venv keeps the newest (requirements.txt).
+CT_OLDEST=0.15.0
+CT_OLDEST_DIR="$VENV/ct-oldest-$CT_OLDEST"
+if [[ ! -d "$CT_OLDEST_DIR/compressed_tensors" ]]; then
+  echo "== loader-tests: compressed-tensors $CT_OLDEST into $CT_OLDEST_DIR"
+  if [[ -x "$VENV/bin/uv" ]]; then
+    "$VENV/bin/uv" pip install -q --python "$PY" --target "$CT_OLDEST_DIR" --no-deps "compressed-tensors==$CT_OLDEST" \
+      || die "installing compressed-tensors $CT_OLDEST failed"
+  else
+    "$PY" -m pip install -q --disable-pip-version-check --target "$CT_OLDEST_DIR" --no-deps \
+      "compressed-tensors==$CT_OLDEST" || die "installing compressed-tensors $CT_OLDEST failed"
+  fi
 fi
 
 # --- pack, run, always unmount --------------------------------------------------------
@@ -98,6 +114,7 @@ echo "   packed in $((SECONDS - t0))s"
 echo "== loader-tests: pytest tests/loaders"
 # In the background so that a signal to this script is handled while pytest runs.
 DCFS_BIN="$DCFS" DCFS_MODELS="$MODELS" DCFS_LOADER_PACKED="$WORK/packed" DCFS_LOADER_MNT="$MNT" \
+  DCFS_CT_OLDEST_DIR="$CT_OLDEST_DIR" \
   HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
   "$PY" -m pytest "$ROOT/tests/loaders" -p no:cacheprovider -rs -v -s "$@" &
 PYTEST_PID=$!

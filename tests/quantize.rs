@@ -178,6 +178,9 @@ fn quantizes_a_synthetic_sharded_model() {
         let qc = &cfg["quantization_config"];
         assert_eq!(qc["quant_method"], "compressed-tensors");
         assert_eq!(qc["config_groups"]["group_0"]["weights"]["strategy"], gran);
+        // naive-quantized: I8 `weight` + `weight_scale`, what the stock loader expects when
+        // the group names this format (it would infer pack-quantized otherwise).
+        assert_eq!(qc["config_groups"]["group_0"]["format"], "naive-quantized");
         assert!(qc["ignore"].as_array().unwrap().iter().any(|v| v == "lm_head"));
         assert_eq!(
             fs::read(dst.join("tokenizer.json")).unwrap(),

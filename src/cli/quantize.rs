@@ -18,10 +18,12 @@ pub enum GranularityArg {
     Channel,
 }
 
-/// Quantize the linear weights of a safetensors model directory to INT8 (compressed-tensors
-/// layout: `X.weight` I8 + `X.weight_scale` F32, and `quantization_config` in config.json).
-/// Other tensors are kept bit for bit; other files are copied. The output appears only when
-/// complete (built in a hidden temporary directory, then renamed).
+/// Quantize the linear weights of a safetensors model directory to INT8 in compressed-tensors'
+/// `naive-quantized` layout (`X.weight` I8 + `X.weight_scale` F32, `quantization_config` in
+/// config.json), which transformers loads as is when the compressed-tensors package is
+/// installed. Other tensors are kept bit for bit (except the norms or linears that absorb
+/// smoothing); other files are copied. The output appears only when complete (built in a
+/// hidden temporary directory, then renamed).
 #[derive(Args)]
 pub struct QuantizeArgs {
     /// Source model directory (safetensors F32, BF16 or F16).
@@ -32,11 +34,14 @@ pub struct QuantizeArgs {
     #[arg(long, value_enum, default_value = "channel")]
     granularity: GranularityArg,
     /// SmoothQuant migration strength α in [0, 1]: column j of W is multiplied by
-    /// s_j = max|X_j|^α / max|W_j|^(1-α), stored as `X.smooth_scale` (F32). A loader must
-    /// divide the layer's input by s (or fold 1/s into the previous op). Needs --act-stats.
+    /// s_j = max|X_j|^α / max|W_j|^(1-α) and 1/s is folded into the op producing the layer's
+    /// input (a norm's weight, or the rows of the linear before it), so stock loaders compute
+    /// the right outputs. Layers whose input cannot absorb 1/s (after GELU, a residual
+    /// stream) stay unsmoothed and are listed. Needs --act-stats.
     #[arg(long, value_name = "A")]
     smooth_alpha: Option<f32>,
-    /// Calibration statistics from scripts/calibrate.py: a safetensors file of
+    /// Calibration statistics from `scripts/calibrate.py MODEL OUT.safetensors` (needs torch
+    /// and transformers; see docs/USAGE.md): a safetensors file of
     /// `<linear>.input_max` tensors (per-input-channel max |X|).
     #[arg(long, value_name = "FILE")]
     act_stats: Option<PathBuf>,
@@ -105,9 +110,13 @@ pub fn quantize(a: QuantizeArgs) -> Result<Outcome> {
     );
     if opts.smooth_alpha.is_some() {
         println!(
-            "note: smoothed weights carry X.smooth_scale; a loader must divide each layer's input by it \
-             (stock compressed-tensors loaders do not)"
+            "smoothed {} layers (1/s folded into the op feeding each); {} left unsmoothed:",
+            r.smoothed,
+            r.unsmoothed.len()
         );
+        for u in &r.unsmoothed {
+            println!("  {}: {}", u.name.trim_end_matches(".weight"), u.reason);
+        }
     }
     Ok(Outcome::Ok)
 }

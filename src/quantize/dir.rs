@@ -4,7 +4,7 @@
 //! when every file is written and synced, so an interrupted run never leaves a directory
 //! that looks like a finished model.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
 use std::os::unix::fs::FileExt;
@@ -14,9 +14,10 @@ use std::time::Instant;
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use super::fold::{self, Producer};
 use super::{
-    dequantize, prune, quantize, skip_reason, smooth, smooth_scales, to_f32, Granularity, QuantError, QuantOptions,
-    Result,
+    column_max, dequantize, divide_channels, f32_to_bf16, prune, quantize, skip_reason, smooth, smooth_factors, to_f32,
+    Granularity, QuantError, QuantOptions, Result,
 };
 use crate::model::{self, safetensors, Dtype, TensorSpan};
 use crate::pack::Progress;
@@ -34,6 +35,17 @@ pub struct TensorAction {
     pub pruned: usize,
     /// Largest |w - dequantized| over the tensor, in the (smoothed) quantized domain.
     pub max_abs_err: f32,
+    /// Smoothing: for a smoothed layer, the op that absorbed `1/s`; for that op, which
+    /// layers' `1/s` it absorbed (its values were divided).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub smoothing: Option<String>,
+}
+
+/// A quantized layer that `--smooth-alpha` left unsmoothed, and why.
+#[derive(Clone, Debug, Serialize)]
+pub struct Unsmoothed {
+    pub name: String,
+    pub reason: String,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -44,6 +56,10 @@ pub struct QuantReport {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub seconds: f64,
+    /// With smoothing: quantized layers whose `1/s` was folded into their input's producer.
+    pub smoothed: usize,
+    /// With smoothing: quantized layers left unsmoothed (their input cannot absorb `1/s`).
+    pub unsmoothed: Vec<Unsmoothed>,
 }
 
 impl QuantReport {
@@ -199,8 +215,14 @@ fn build(src: &Path, tmp: &Path, opts: &QuantOptions, progress: &dyn Progress) -
         .sum();
     progress.set_total(total);
     let mut report = QuantReport::default();
-    // Quantized weight name -> has a smooth_scale, for the index files.
-    let mut added: HashMap<String, bool> = HashMap::new();
+    let folds = match opts.smooth_alpha {
+        Some(alpha) => plan_folds(src, &files, opts, alpha)?,
+        None => Folds::default(),
+    };
+    report.smoothed = folds.scale.len();
+    report.unsmoothed = folds.unsmoothed.clone();
+    // Quantized weight names, for the index files.
+    let mut added: HashSet<String> = HashSet::new();
     for p in files.iter().filter(|p| is_weights(p)) {
         let out = tmp.join(rel(p));
         if let Some(d) = out.parent() {
@@ -211,7 +233,7 @@ fn build(src: &Path, tmp: &Path, opts: &QuantOptions, progress: &dyn Progress) -
             p,
             &out,
             &rel(p).display().to_string(),
-            opts,
+            (opts, &folds),
             &mut report,
             &mut added,
             progress,
@@ -241,7 +263,7 @@ fn build(src: &Path, tmp: &Path, opts: &QuantOptions, progress: &dyn Progress) -
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         if r == Path::new("config.json") {
-            let cfg = rewrite_config(p, opts, &ignored)?;
+            let cfg = rewrite_config(p, opts, &ignored, &report)?;
             write_synced(&out, cfg.as_bytes())?;
         } else if fname.ends_with(".safetensors.index.json") {
             let idx = rewrite_index(p, &added)?;
@@ -266,12 +288,152 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     f.sync_all().map_err(|e| QuantError::io(path, e))
 }
 
+/// Smoothing folded into the model: computed for all files before any is written, since a
+/// layer and the op feeding it may sit in different shards.
+#[derive(Default)]
+struct Folds {
+    /// Consumer `X.weight` -> `s` (its columns are multiplied).
+    scale: HashMap<String, Vec<f32>>,
+    /// Producer tensor -> `s` (its output channels are divided).
+    divide: HashMap<String, Vec<f32>>,
+    /// Tensor -> what the report says about it.
+    note: HashMap<String, String>,
+    unsmoothed: Vec<Unsmoothed>,
+}
+
+fn source_model_type(src: &Path) -> Option<String> {
+    let text = fs::read_to_string(src.join("config.json")).ok()?;
+    let v: Value = serde_json::from_str(&text).ok()?;
+    v.get("model_type")?.as_str().map(str::to_string)
+}
+
+/// Decides, for every layer to be quantized, whether and where its smoothing folds, and
+/// computes the shared factor of each group from its (pruned) weights.
+fn plan_folds(src: &Path, files: &[PathBuf], opts: &QuantOptions, alpha: f32) -> Result<Folds> {
+    let stats = opts
+        .act_stats
+        .as_ref()
+        .ok_or_else(|| QuantError::invalid("smoothing needs activation statistics"))?;
+    // name -> (file, span)
+    let mut where_: HashMap<String, (PathBuf, TensorSpan)> = HashMap::new();
+    for p in files
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "safetensors") && !p.is_symlink())
+    {
+        let f = File::open(p).map_err(|e| QuantError::io(p, e))?;
+        let (layout, _) = read_layout(&f, p)?;
+        for t in layout.tensors {
+            if let Some((other, _)) = where_.get(&t.name) {
+                return Err(QuantError::invalid(format!(
+                    "tensor {} is in both {} and {}",
+                    t.name,
+                    other.display(),
+                    p.display()
+                )));
+            }
+            where_.insert(t.name.clone(), (p.clone(), t));
+        }
+    }
+    let shapes: HashMap<String, Vec<u64>> = where_.iter().map(|(n, (_, t))| (n.clone(), t.shape.clone())).collect();
+    let quantized = |n: &str| {
+        let t = &where_[n].1;
+        skip_reason(n, t.dtype, &t.shape, &opts.skip).is_none()
+    };
+    let model_type = source_model_type(src);
+    let (groups, reasons) = fold::plan(model_type.as_deref(), &shapes);
+    let mut out = Folds::default();
+    let refuse = |out: &mut Folds, consumers: &[String], why: String| {
+        for c in consumers.iter().filter(|c| quantized(c)) {
+            out.unsmoothed.push(Unsmoothed {
+                name: c.clone(),
+                reason: why.clone(),
+            });
+        }
+    };
+    for g in &groups {
+        if let Some(kept) = g.consumers.iter().find(|c| !quantized(c)) {
+            refuse(
+                &mut out,
+                &g.consumers,
+                format!("shares its input with {kept}, which is kept unquantized"),
+            );
+            continue;
+        }
+        // Float producers are rewritten in their own dtype; a producer that is itself
+        // quantized goes to I8 anyway.
+        let bad = g.producer.tensors().find(|n| {
+            let t = &where_[*n].1;
+            !(matches!(t.dtype, Dtype::F32 | Dtype::BF16)
+                || (matches!(g.producer, Producer::Rows { .. }) && quantized(n) && n.ends_with(".weight")))
+        });
+        if let Some(b) = bad {
+            refuse(
+                &mut out,
+                &g.consumers,
+                format!("{b} is {}, which dcfs does not rewrite", where_[b].1.dtype.name()),
+            );
+            continue;
+        }
+        let cols = where_[&g.consumers[0]].1.shape[1] as usize;
+        let mut act = vec![0f32; cols];
+        let mut wmax = vec![0f32; cols];
+        for c in &g.consumers {
+            let a = stats.get(c).ok_or_else(|| {
+                QuantError::invalid(format!(
+                    "no activation statistics for {c} (calibration has no `{}.input_max`); recalibrate or --skip it",
+                    c.trim_end_matches(".weight")
+                ))
+            })?;
+            if a.len() != cols {
+                return Err(QuantError::invalid(format!(
+                    "activation statistics for {c} have {} channels, the weight has {cols} inputs",
+                    a.len()
+                )));
+            }
+            act.iter_mut().zip(a).for_each(|(m, x)| *m = m.max(*x));
+            let (p, t) = &where_[c];
+            let f = File::open(p).map_err(|e| QuantError::io(p, e))?;
+            let mut w = to_f32(t.dtype, &read_span(&f, p, t)?)?;
+            if opts.prune_ratio > 0.0 {
+                prune(&mut w, cols, Some(a), opts.prune_ratio);
+            }
+            column_max(&w, cols, &mut wmax);
+        }
+        let s = smooth_factors(&wmax, &act, alpha);
+        let producer_w = g.producer.tensors().next().unwrap_or_default().to_string();
+        for c in &g.consumers {
+            out.scale.insert(c.clone(), s.clone());
+            out.note
+                .insert(c.clone(), format!("smoothed; 1/s folded into {producer_w}"));
+        }
+        for p in g.producer.tensors() {
+            out.divide.insert(p.to_string(), s.clone());
+            let prev = out.note.remove(p);
+            let absorbs = format!("absorbs 1/s of {}", g.consumers.join(", "));
+            out.note.insert(
+                p.to_string(),
+                match prev {
+                    Some(x) => format!("{x}; {absorbs}"),
+                    None => absorbs,
+                },
+            );
+        }
+    }
+    let mut rest: Vec<_> = reasons.into_iter().filter(|(n, _)| quantized(n)).collect();
+    rest.sort();
+    out.unsmoothed
+        .extend(rest.into_iter().map(|(name, reason)| Unsmoothed { name, reason }));
+    out.unsmoothed.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
 /// One output tensor: where its bytes come from.
 enum Piece {
     Copy(usize),
+    /// A kept float tensor whose channels absorb a smoothing factor.
+    Divided(usize),
     Weight(usize),
     Scale(usize),
-    Smooth(usize),
 }
 
 struct Planned {
@@ -286,7 +448,6 @@ struct Planned {
 struct Done {
     q: Vec<u8>,
     scales: Vec<u8>,
-    smooth: Option<Vec<u8>>,
 }
 
 fn f32_bytes(v: &[f32]) -> Vec<u8> {
@@ -297,9 +458,9 @@ fn quantize_file(
     src: &Path,
     dst: &Path,
     rel: &str,
-    opts: &QuantOptions,
+    (opts, folds): (&QuantOptions, &Folds),
     report: &mut QuantReport,
-    added: &mut HashMap<String, bool>,
+    added: &mut HashSet<String>,
     progress: &dyn Progress,
 ) -> Result<()> {
     let f = File::open(src).map_err(|e| QuantError::io(src, e))?;
@@ -310,12 +471,13 @@ fn quantize_file(
     for (i, t) in layout.tensors.iter().enumerate() {
         let reason = skip_reason(&t.name, t.dtype, &t.shape, &opts.skip);
         if reason.is_some() {
+            let divided = folds.divide.contains_key(&t.name);
             plan.push(Planned {
                 name: t.name.clone(),
                 dtype: dtype_str(t.dtype),
                 shape: t.shape.clone(),
                 len: t.len,
-                piece: Piece::Copy(i),
+                piece: if divided { Piece::Divided(i) } else { Piece::Copy(i) },
             });
             report.tensors.push(TensorAction {
                 file: rel.into(),
@@ -325,6 +487,7 @@ fn quantize_file(
                 kept: reason,
                 pruned: 0,
                 max_abs_err: 0.0,
+                smoothing: folds.note.get(&t.name).cloned(),
             });
             continue;
         }
@@ -351,7 +514,7 @@ fn quantize_file(
             }
         }
         quant[i] = true;
-        added.insert(t.name.clone(), smoothing);
+        added.insert(t.name.clone());
         plan.push(Planned {
             name: t.name.clone(),
             dtype: "I8",
@@ -371,15 +534,6 @@ fn quantize_file(
             len: 4 * n,
             piece: Piece::Scale(i),
         });
-        if smoothing {
-            plan.push(Planned {
-                name: format!("{}.smooth_scale", t.name.trim_end_matches(".weight")),
-                dtype: "F32",
-                shape: vec![cols],
-                len: 4 * cols,
-                piece: Piece::Smooth(i),
-            });
-        }
     }
     // Header.
     let mut header = serde_json::Map::new();
@@ -413,24 +567,39 @@ fn quantize_file(
                 w.write_all(&read_span(&f, src, t)?).map_err(werr)?;
                 progress.advance(t.len);
             }
+            Piece::Divided(i) => {
+                let t = &layout.tensors[i];
+                let s = &folds.divide[&t.name];
+                let mut v = to_f32(t.dtype, &read_span(&f, src, t)?)?;
+                if v.len() != s.len() * (v.len() / s.len().max(1)) || v.is_empty() {
+                    return Err(QuantError::invalid(format!(
+                        "{rel}: {}: shape does not match its fold",
+                        t.name
+                    )));
+                }
+                divide_channels(&mut v, s);
+                let bytes: Vec<u8> = match t.dtype {
+                    Dtype::BF16 => v.iter().flat_map(|&x| f32_to_bf16(x).to_le_bytes()).collect(),
+                    _ => f32_bytes(&v),
+                };
+                debug_assert_eq!(bytes.len() as u64, t.len);
+                w.write_all(&bytes).map_err(werr)?;
+                progress.advance(t.len);
+            }
             Piece::Weight(i) => {
                 let t = &layout.tensors[i];
-                let (d, action) = quantize_tensor(&f, src, rel, t, opts)?;
+                let (d, action) = quantize_tensor(&f, src, rel, t, opts, folds)?;
                 w.write_all(&d.q).map_err(werr)?;
                 report.tensors.push(action);
                 done = Some((i, d));
                 progress.advance(t.len);
             }
-            Piece::Scale(i) | Piece::Smooth(i) => {
+            Piece::Scale(i) => {
                 let Some((j, d)) = &done else {
                     unreachable!("scales follow their weight")
                 };
                 debug_assert_eq!(*j, i);
-                let bytes = match p.piece {
-                    Piece::Scale(_) => &d.scales,
-                    _ => d.smooth.as_ref().expect("planned with smoothing"),
-                };
-                w.write_all(bytes).map_err(werr)?;
+                w.write_all(&d.scales).map_err(werr)?;
             }
         }
     }
@@ -447,6 +616,7 @@ fn quantize_tensor(
     rel: &str,
     t: &TensorSpan,
     opts: &QuantOptions,
+    folds: &Folds,
 ) -> Result<(Done, TensorAction)> {
     let (rows, cols) = (t.shape[0] as usize, t.shape[1] as usize);
     let mut w = to_f32(t.dtype, &read_span(f, src, t)?)?;
@@ -460,14 +630,18 @@ fn quantize_tensor(
     } else {
         0
     };
-    let smooth_s = match (opts.smooth_alpha, act) {
-        (Some(a), Some(x)) => {
-            let s = smooth_scales(&w, cols, x, a);
-            smooth(&mut w, cols, &s);
-            Some(s)
+    if let Some(s) = folds.scale.get(&t.name) {
+        smooth(&mut w, cols, s);
+    }
+    if let Some(s) = folds.divide.get(&t.name) {
+        if s.len() != rows {
+            return Err(QuantError::invalid(format!(
+                "{rel}: {}: rows do not match its fold",
+                t.name
+            )));
         }
-        _ => None,
-    };
+        divide_channels(&mut w, s);
+    }
     let qz = quantize(&w, rows, cols, opts.granularity)
         .map_err(|e| QuantError::invalid(format!("{rel}: {}: {e}", t.name)))?;
     let deq = dequantize(&qz, cols);
@@ -480,11 +654,11 @@ fn quantize_tensor(
         kept: None,
         pruned,
         max_abs_err,
+        smoothing: folds.note.get(&t.name).cloned(),
     };
     let done = Done {
         q: qz.q.iter().map(|&v| v as u8).collect(),
         scales: f32_bytes(&qz.scales),
-        smooth: smooth_s.map(|s| f32_bytes(&s)),
     };
     Ok((done, action))
 }
@@ -511,9 +685,17 @@ fn dtype_str(d: Dtype) -> &'static str {
     }
 }
 
-/// config.json plus a compressed-tensors `quantization_config`. The `dcfs` entry records
-/// what a stock compressed-tensors loader does not know about: smoothing and pruning.
-fn rewrite_config(path: &Path, opts: &QuantOptions, ignored: &[String]) -> Result<String> {
+/// config.json plus a compressed-tensors `quantization_config` that the stock package
+/// loads: format `naive-quantized` (weight I8 + weight_scale, nothing packed) set both at
+/// the top and on the group. compressed-tensors (0.15.0 to 0.20.1 checked) picks a layer's
+/// compressor from the group's `format` and otherwise infers `pack-quantized` (I32 words
+/// under `weight_packed`) for weight-only INT8, which would not match these tensors.
+/// `dequantize: true` is transformers' switch to dequantize while loading: without it the
+/// modules stay INT8 until a hook on the model's first `__call__`, and sentence-transformers
+/// (6.x) calls `model.forward` directly, which skips that hook and fails on I8 weights.
+/// Loaders that do not know the key ignore it. The `dcfs` entry (ignored by loaders too)
+/// records pruning and smoothing for people.
+fn rewrite_config(path: &Path, opts: &QuantOptions, ignored: &[String], report: &QuantReport) -> Result<String> {
     let text = fs::read_to_string(path).map_err(|e| QuantError::io(path, e))?;
     let mut v: Value =
         serde_json::from_str(&text).map_err(|e| QuantError::invalid(format!("{}: not JSON: {e}", path.display())))?;
@@ -527,18 +709,20 @@ fn rewrite_config(path: &Path, opts: &QuantOptions, ignored: &[String]) -> Resul
     });
     if let Some(a) = opts.smooth_alpha {
         dcfs["smooth_alpha"] = json!(a);
-        dcfs["smooth_scale"] = json!(
-            "each quantized X.weight has X.smooth_scale s: the stored weight is W*diag(s), so the \
-             layer's input must be divided by s (or 1/s folded into the previous op) before the \
-             matmul; a loader that ignores X.smooth_scale computes wrong outputs"
-        );
+        dcfs["smoothed_layers"] = json!(report.smoothed);
+        dcfs["unsmoothed_layers"] = json!(report
+            .unsmoothed
+            .iter()
+            .map(|u| format!("{}: {}", u.name.trim_end_matches(".weight"), u.reason))
+            .collect::<Vec<_>>());
     }
     obj.insert(
         "quantization_config".into(),
         json!({
             "quant_method": "compressed-tensors",
-            "format": "int-quantized",
+            "format": "naive-quantized",
             "quantization_status": "compressed",
+            "dequantize": true,
             "config_groups": {
                 "group_0": {
                     "targets": ["Linear"],
@@ -551,7 +735,8 @@ fn rewrite_config(path: &Path, opts: &QuantOptions, ignored: &[String]) -> Resul
                         "observer": "minmax"
                     },
                     "input_activations": null,
-                    "output_activations": null
+                    "output_activations": null,
+                    "format": "naive-quantized"
                 }
             },
             "ignore": ignored,
@@ -563,8 +748,8 @@ fn rewrite_config(path: &Path, opts: &QuantOptions, ignored: &[String]) -> Resul
     Ok(s)
 }
 
-/// Adds `X.weight_scale` (and `X.smooth_scale`) next to each quantized `X.weight`.
-fn rewrite_index(path: &Path, added: &HashMap<String, bool>) -> Result<String> {
+/// Adds `X.weight_scale` next to each quantized `X.weight`.
+fn rewrite_index(path: &Path, added: &HashSet<String>) -> Result<String> {
     let text = fs::read_to_string(path).map_err(|e| QuantError::io(path, e))?;
     let mut v: Value =
         serde_json::from_str(&text).map_err(|e| QuantError::invalid(format!("{}: not JSON: {e}", path.display())))?;
@@ -573,14 +758,8 @@ fn rewrite_index(path: &Path, added: &HashMap<String, bool>) -> Result<String> {
     };
     let mut extra = BTreeMap::new();
     for (name, file) in map.iter() {
-        if let Some(&smoothed) = added.get(name) {
+        if added.contains(name) {
             extra.insert(format!("{name}_scale"), file.clone());
-            if smoothed {
-                extra.insert(
-                    format!("{}.smooth_scale", name.trim_end_matches(".weight")),
-                    file.clone(),
-                );
-            }
         }
     }
     map.extend(extra);

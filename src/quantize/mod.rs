@@ -1,20 +1,24 @@
 //! DC's lossy first stage: compression-aware INT8 quantization of the linear weights of a
-//! safetensors model, written in the compressed-tensors layout (`X.weight` I8 plus
-//! `X.weight_scale` F32), and `analyze`, which measures how well INT8 codes compress.
+//! safetensors model, written in compressed-tensors' `naive-quantized` layout (`X.weight`
+//! I8 plus `X.weight_scale` F32), which the stock compressed-tensors package loads through
+//! transformers, and `analyze`, which measures how well INT8 codes compress. The codes stay
+//! plain I8 tensors (not packed into I32 words) because that is what the lossless stage
+//! compresses.
 //!
 //! Two optional steps make the codes more compressible before the lossless stage runs:
 //! pruning (zero the weights with the smallest |W_ij|·max|X_j|, DC's criterion) and
-//! SmoothQuant-style per-input-channel scaling (`W' = W·diag(s)`), which must be undone on
-//! the input side (`X' = X / s`) by whoever runs the model; the scales are stored as
-//! `X.smooth_scale` so that nothing is lost.
+//! SmoothQuant-style per-input-channel scaling (`W' = W·diag(s)`). Smoothing is applied
+//! only where `1/s` can be folded into the op that produces the layer's input (see
+//! [`fold`]), so the output holds no tensor a stock loader does not know.
 //!
 //! Nothing else in the crate depends on this module.
 
 mod analyze;
 mod dir;
+pub mod fold;
 
 pub use analyze::{analyze_dir, analyze_file, group_of, AnalyzeReport, GroupStat, Ratios, TensorStat};
-pub use dir::{load_act_stats, quantize_dir, QuantReport, TensorAction};
+pub use dir::{load_act_stats, quantize_dir, QuantReport, TensorAction, Unsmoothed};
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -282,11 +286,22 @@ pub fn prune(w: &mut [f32], cols: usize, act: Option<&[f32]>, ratio: f64) -> usi
 /// `s_j = 1` where either maximum is zero (nothing to migrate).
 pub fn smooth_scales(w: &[f32], cols: usize, act: &[f32], alpha: f32) -> Vec<f32> {
     let mut wmax = vec![0f32; cols];
+    column_max(w, cols, &mut wmax);
+    smooth_factors(&wmax, act, alpha)
+}
+
+/// `wmax[j] = max(wmax[j], max_i |w_ij|)`: folds one matrix into running column maxima, so
+/// that layers sharing an input can share one smoothing factor.
+pub fn column_max(w: &[f32], cols: usize, wmax: &mut [f32]) {
     for row in w.chunks_exact(cols) {
         for (m, x) in wmax.iter_mut().zip(row) {
             *m = m.max(x.abs());
         }
     }
+}
+
+/// [`smooth_scales`] from column maxima already gathered.
+pub fn smooth_factors(wmax: &[f32], act: &[f32], alpha: f32) -> Vec<f32> {
     wmax.iter()
         .zip(act)
         .map(|(&wm, &am)| {
@@ -309,6 +324,21 @@ pub fn smooth(w: &mut [f32], cols: usize, s: &[f32]) {
             *x *= f;
         }
     }
+}
+
+/// Divides output channel j of a producer by `s[j]`: row j of a 2-D weight, element j of
+/// a 1-D weight or bias. This is where `1/s` goes when smoothing is folded.
+pub fn divide_channels(w: &mut [f32], s: &[f32]) {
+    let per = w.len() / s.len().max(1);
+    for (chunk, f) in w.chunks_exact_mut(per.max(1)).zip(s) {
+        chunk.iter_mut().for_each(|x| *x /= f);
+    }
+}
+
+/// f32 to bfloat16 bits, round to nearest even (inputs are finite).
+pub fn f32_to_bf16(x: f32) -> u16 {
+    let b = x.to_bits();
+    ((b + 0x7fff + ((b >> 16) & 1)) >> 16) as u16
 }
 
 /// The inverse of [`smooth`], for dequantizing into an equivalent float model.

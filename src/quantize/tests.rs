@@ -200,7 +200,6 @@ fn quantizes_a_directory_atomically() {
     let mut stats = HashMap::new();
     stats.insert("layer.fc1.weight".to_string(), vec![1.0f32; 8]);
     let opts = QuantOptions {
-        smooth_alpha: Some(0.5),
         act_stats: Some(stats),
         prune_ratio: 0.25,
         ..Default::default()
@@ -210,29 +209,31 @@ fn quantizes_a_directory_atomically() {
     assert_eq!(r.tensors.iter().map(|t| t.pruned).sum::<usize>(), 12);
     let bytes = std::fs::read(dst.join("model.safetensors")).unwrap();
     let l = safetensors::parse(&bytes, bytes.len() as u64).unwrap();
+    assert_eq!(
+        l.tensors.len(),
+        4,
+        "weight, weight_scale, bias, embeddings: nothing else"
+    );
     let get = |n: &str| l.tensors.iter().find(|t| t.name == n).unwrap_or_else(|| panic!("{n}"));
     let q = get("layer.fc1.weight");
     assert_eq!((q.dtype, q.shape.clone()), (Dtype::I8, vec![6, 8]));
     assert_eq!(get("layer.fc1.weight_scale").shape, vec![6, 1]);
-    assert_eq!(get("layer.fc1.smooth_scale").shape, vec![8]);
     let e = get("emb.embed_tokens.weight");
     assert_eq!(e.dtype, Dtype::F32);
-    // Dequantize and undo smoothing: every kept weight is within half a step of the original.
+    // Dequantize: every kept weight is within half a step of the original.
     let span = |t: &crate::model::TensorSpan| &bytes[t.start as usize..(t.start + t.len) as usize];
     let codes: Vec<i8> = span(q).iter().map(|&b| b as i8).collect();
     let scales = to_f32(Dtype::F32, span(get("layer.fc1.weight_scale"))).unwrap();
-    let s = to_f32(Dtype::F32, span(get("layer.fc1.smooth_scale"))).unwrap();
-    let mut d = dequantize(
+    let d = dequantize(
         &Quantized {
             q: codes,
             scales: scales.clone(),
         },
         8,
     );
-    unsmooth(&mut d, 8, &s);
     let mut zeros = 0;
     for (i, (a, b)) in w.iter().zip(&d).enumerate() {
-        let step = scales[i / 8] / s[i % 8];
+        let step = scales[i / 8];
         if *b == 0.0 {
             zeros += 1;
         } else {
@@ -245,10 +246,12 @@ fn quantizes_a_directory_atomically() {
     assert!(zeros >= 12);
     let cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(dst.join("config.json")).unwrap()).unwrap();
     assert_eq!(cfg["model_type"], "toy");
-    assert_eq!(
-        cfg["quantization_config"]["config_groups"]["group_0"]["weights"]["strategy"],
-        "channel"
-    );
+    let qc = &cfg["quantization_config"];
+    assert_eq!(qc["config_groups"]["group_0"]["weights"]["strategy"], "channel");
+    // The stock loader picks the compressor from the group's format: naive keeps I8 `weight`.
+    assert_eq!(qc["config_groups"]["group_0"]["format"], "naive-quantized");
+    assert_eq!(qc["format"], "naive-quantized");
+    assert_eq!(qc["dequantize"], true);
     assert_eq!(std::fs::read(dst.join("tokenizer.json")).unwrap(), b"{}");
     // No temporary directory is left behind, and a second run refuses to overwrite.
     let names: Vec<_> = std::fs::read_dir(t.path())
@@ -260,6 +263,248 @@ fn quantizes_a_directory_atomically() {
         quantize_dir(&src, &dst, &opts, &NoProgress),
         Err(QuantError::Invalid { .. })
     ));
+}
+
+/// A BERT attention tail: value projection -> (attention mix) -> output dense. Returns the
+/// float tensors by name.
+fn bert_dir(dir: &std::path::Path, dtype: &str) -> HashMap<String, Vec<f32>> {
+    let (h, o) = (8usize, 6usize);
+    let mut t = HashMap::new();
+    t.insert("enc.layer.0.attention.self.value.weight".to_string(), weights(h, h, 4));
+    t.insert(
+        "enc.layer.0.attention.self.value.bias".to_string(),
+        (0..h).map(|i| 0.1 * i as f32 - 0.3).collect(),
+    );
+    t.insert(
+        "enc.layer.0.attention.output.dense.weight".to_string(),
+        weights(o, h, 6),
+    );
+    t.insert("enc.layer.0.output.dense.weight".to_string(), weights(o, h, 8));
+    let enc = |v: &[f32]| -> Vec<u8> {
+        if dtype == "BF16" {
+            v.iter().flat_map(|&x| f32_to_bf16(x).to_le_bytes()).collect()
+        } else {
+            f32_bytes(v)
+        }
+    };
+    let shape = |n: &str| -> Vec<u64> {
+        if n.ends_with(".bias") {
+            vec![h as u64]
+        } else if n.contains("self.value") {
+            vec![h as u64, h as u64]
+        } else {
+            vec![o as u64, h as u64]
+        }
+    };
+    let mut names: Vec<&String> = t.keys().collect();
+    names.sort();
+    let file = safetensors::build(
+        &names
+            .iter()
+            .map(|n| (n.as_str(), dtype, shape(n), enc(&t[*n])))
+            .collect::<Vec<_>>(),
+    );
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("model.safetensors"), file).unwrap();
+    std::fs::write(dir.join("config.json"), r#"{"model_type": "bert"}"#).unwrap();
+    // What the source holds after its own dtype rounding.
+    t.into_iter()
+        .map(|(n, v)| {
+            let v = if dtype == "BF16" {
+                to_f32(Dtype::BF16, &enc(&v)).unwrap()
+            } else {
+                v
+            };
+            (n, v)
+        })
+        .collect()
+}
+
+fn read_floats(path: &std::path::Path) -> HashMap<String, (Dtype, Vec<f32>)> {
+    let bytes = std::fs::read(path).unwrap();
+    let l = safetensors::parse(&bytes, bytes.len() as u64).unwrap();
+    let mut out = HashMap::new();
+    for t in &l.tensors {
+        let b = &bytes[t.start as usize..(t.start + t.len) as usize];
+        let v = if t.dtype == Dtype::I8 {
+            b.iter().map(|&x| x as i8 as f32).collect()
+        } else {
+            to_f32(t.dtype, b).unwrap()
+        };
+        out.insert(t.name.clone(), (t.dtype, v));
+    }
+    // Dequantize: q * scale (row-wise or tensor-wise).
+    let names: Vec<String> = out.keys().cloned().collect();
+    for n in names {
+        if out[&n].0 != Dtype::I8 {
+            continue;
+        }
+        let s = out[&format!("{n}_scale")].1.clone();
+        let (d, q) = out.get_mut(&n).unwrap();
+        let per = q.len() / s.len();
+        for (i, x) in q.iter_mut().enumerate() {
+            *x *= s[i / per];
+        }
+        *d = Dtype::F32;
+    }
+    out
+}
+
+/// y = D (V x + b) for the attention tail (the softmax mix is a per-channel-linear op in
+/// between and commutes with the fold, so it is left out).
+fn attention_tail(t: &HashMap<String, Vec<f32>>, x: &[f32]) -> Vec<f32> {
+    let v = &t["enc.layer.0.attention.self.value.weight"];
+    let b = &t["enc.layer.0.attention.self.value.bias"];
+    let d = &t["enc.layer.0.attention.output.dense.weight"];
+    let h = b.len();
+    let mid: Vec<f32> = (0..h)
+        .map(|r| (0..h).map(|c| v[r * h + c] * x[c]).sum::<f32>() + b[r])
+        .collect();
+    d.chunks(h)
+        .map(|row| row.iter().zip(&mid).map(|(a, m)| a * m).sum())
+        .collect()
+}
+
+#[test]
+fn smoothing_folds_into_the_value_projection() {
+    for dtype in ["F32", "BF16"] {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        let orig = bert_dir(&src, dtype);
+        let mut stats = HashMap::new();
+        // One activation channel 100x the rest: smoothing moves it into the weights.
+        let act: Vec<f32> = (0..8).map(|j| if j == 3 { 100.0 } else { 1.0 }).collect();
+        for n in orig.keys().filter(|n| n.ends_with(".weight")) {
+            stats.insert(n.clone(), act.clone());
+        }
+        let opts = QuantOptions {
+            smooth_alpha: Some(0.5),
+            act_stats: Some(stats),
+            ..Default::default()
+        };
+        let dst = t.path().join("out");
+        let r = quantize_dir(&src, &dst, &opts, &NoProgress).unwrap();
+        assert_eq!(r.smoothed, 1);
+        let un: Vec<_> = r
+            .unsmoothed
+            .iter()
+            .map(|u| (u.name.as_str(), u.reason.as_str()))
+            .collect();
+        assert_eq!(
+            un,
+            [
+                (
+                    "enc.layer.0.attention.self.value.weight",
+                    "input is a LayerNorm output that is also the residual stream"
+                ),
+                ("enc.layer.0.output.dense.weight", "input follows GELU"),
+            ]
+        );
+        let out = read_floats(&dst.join("model.safetensors"));
+        assert_eq!(out.len(), 7, "3 weights + 3 scales + the bias: no smoothing tensor");
+        let bias = &out["enc.layer.0.attention.self.value.bias"];
+        assert_eq!(bias.0, Dtype::from_name(dtype).unwrap(), "the bias keeps its dtype");
+        assert_ne!(
+            bias.1, orig["enc.layer.0.attention.self.value.bias"],
+            "the bias absorbed 1/s"
+        );
+        let q: HashMap<String, Vec<f32>> = out.into_iter().map(|(n, (_, v))| (n, v)).collect();
+        // The quantized model computes what the original did, to quantization error.
+        for seed in 0..4u64 {
+            let x: Vec<f32> = weights(1, 8, 100 + seed).iter().map(|v| v * 30.0).collect();
+            let a = attention_tail(&orig, &x);
+            let dist = |b: &[f32]| a.iter().zip(b).map(|(u, v)| (u - v) * (u - v)).sum::<f32>().sqrt();
+            let norm = a.iter().map(|v| v * v).sum::<f32>().sqrt();
+            let err = dist(&attention_tail(&q, &x));
+            assert!(err <= 0.05 * norm, "{dtype} seed {seed}: error {err} vs norm {norm}");
+            // Without the fold (original value projection), the smoothed dense is far off.
+            let mut unfolded = q.clone();
+            for n in [
+                "enc.layer.0.attention.self.value.weight",
+                "enc.layer.0.attention.self.value.bias",
+            ] {
+                unfolded.insert(n.to_string(), orig[n].clone());
+            }
+            assert!(dist(&attention_tail(&unfolded, &x)) > 10.0 * err, "{dtype} seed {seed}");
+        }
+        let cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(dst.join("config.json")).unwrap()).unwrap();
+        assert_eq!(cfg["quantization_config"]["dcfs"]["smoothed_layers"], 1);
+        assert_eq!(
+            cfg["quantization_config"]["dcfs"]["unsmoothed_layers"]
+                .as_array()
+                .unwrap()
+                .len(),
+            2
+        );
+    }
+}
+
+#[test]
+fn smoothing_without_a_rule_changes_nothing() {
+    // A model type with no folding rule: every layer is reported and left unsmoothed, so the
+    // output equals plain quantization byte for byte.
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    model_dir(&src);
+    let mut stats = HashMap::new();
+    stats.insert("layer.fc1.weight".to_string(), (0..8).map(|j| 1.0 + j as f32).collect());
+    let smooth = QuantOptions {
+        smooth_alpha: Some(0.5),
+        act_stats: Some(stats),
+        ..Default::default()
+    };
+    let r = quantize_dir(&src, &t.path().join("s"), &smooth, &NoProgress).unwrap();
+    assert_eq!(r.smoothed, 0);
+    assert_eq!(r.unsmoothed.len(), 1);
+    assert!(r.unsmoothed[0].reason.contains("no folding rule"), "{:?}", r.unsmoothed);
+    quantize_dir(&src, &t.path().join("p"), &QuantOptions::default(), &NoProgress).unwrap();
+    assert_eq!(
+        std::fs::read(t.path().join("s/model.safetensors")).unwrap(),
+        std::fs::read(t.path().join("p/model.safetensors")).unwrap()
+    );
+}
+
+#[test]
+fn fold_rules_per_architecture() {
+    let mut shapes: HashMap<String, Vec<u64>> = HashMap::new();
+    let l = "model.layers.0";
+    for (n, s) in [
+        ("self_attn.q_proj.weight", vec![64, 64]),
+        ("self_attn.k_proj.weight", vec![16, 64]),
+        ("self_attn.v_proj.weight", vec![16, 64]),
+        ("self_attn.o_proj.weight", vec![64, 64]),
+        ("mlp.gate_proj.weight", vec![128, 64]),
+        ("mlp.up_proj.weight", vec![128, 64]),
+        ("mlp.down_proj.weight", vec![64, 128]),
+        ("input_layernorm.weight", vec![64]),
+        ("post_attention_layernorm.weight", vec![64]),
+    ] {
+        shapes.insert(format!("{l}.{n}"), s);
+    }
+    let (groups, reasons) = fold::plan(Some("llama"), &shapes);
+    let by: HashMap<String, &fold::FoldGroup> = groups.iter().map(|g| (g.consumers[0].clone(), g)).collect();
+    assert_eq!(by[&format!("{l}.self_attn.q_proj.weight")].consumers.len(), 3);
+    assert_eq!(
+        by[&format!("{l}.mlp.gate_proj.weight")].producer,
+        fold::Producer::Norm {
+            weight: format!("{l}.post_attention_layernorm.weight"),
+            bias: None
+        }
+    );
+    assert!(matches!(
+        &by[&format!("{l}.mlp.down_proj.weight")].producer,
+        fold::Producer::Rows { weight, .. } if weight.ends_with("mlp.up_proj.weight")
+    ));
+    // Shared key/value heads (16 value rows for 64 inputs of o_proj): o_proj is not folded.
+    assert!(!by.contains_key(&format!("{l}.self_attn.o_proj.weight")));
+    assert!(reasons.contains_key(&format!("{l}.self_attn.o_proj.weight")));
+    assert_eq!(groups.len(), 3);
+    // Unknown architectures fold nothing.
+    let (groups, reasons) = fold::plan(Some("gemma"), &shapes);
+    assert!(groups.is_empty());
+    assert_eq!(reasons.len(), 7);
+    let (groups, _) = fold::plan(None, &shapes);
+    assert!(groups.is_empty());
 }
 
 #[test]
