@@ -155,6 +155,16 @@ impl Container {
             .collect()
     }
 
+    /// `(orig_offset, orig_len, payload_offset, payload_len)` per chunk, in order: where
+    /// each chunk sits in the original file and in the container (for tests and tools).
+    fn chunks(&self) -> Vec<(u64, u32, u64, u32)> {
+        self.inner
+            .chunks
+            .iter()
+            .map(|c| (c.orig_offset, c.orig_len, c.payload_offset, c.payload_len))
+            .collect()
+    }
+
     /// The safetensors JSON header of the original file, as bytes.
     fn header<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
         let c = &self.inner;
