@@ -1,6 +1,6 @@
 //! C ABI of dcfs (declared in `capi/dcfs.h`): one tensor of a packed file into host memory
 //! or straight into CUDA device memory, for loaders that want tensors without a FUSE
-//! mount (PyTorch through `python/dcfs_tensor.py`, or any C/C++ program).
+//! mount (any C/C++ program; Python users have the `dcfs` package in python/).
 //!
 //! Nothing unwinds across the boundary: every entry point catches panics and returns -1
 //! with the reason in `dcfs_last_error()`, like any other failure.

@@ -168,7 +168,13 @@ impl Container {
     /// The safetensors JSON header of the original file, as bytes.
     fn header<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
         let c = &self.inner;
-        let bad = |what: String| CorruptError::new_err((EIO, format!("{}: {what}", c.path().display()), c.path().display().to_string()));
+        let bad = |what: String| {
+            CorruptError::new_err((
+                EIO,
+                format!("{}: {what}", c.path().display()),
+                c.path().display().to_string(),
+            ))
+        };
         let mut len = [0u8; 8];
         let n = py.detach(|| c.read_at(0, &mut len)).map_err(|e| to_py(py, e))?;
         if n != 8 {
@@ -199,7 +205,8 @@ impl Container {
                     self.inner.path().display()
                 )));
             }
-            let len = usize::try_from(e - s).map_err(|_| PyValueError::new_err("range larger than the address space"))?;
+            let len =
+                usize::try_from(e - s).map_err(|_| PyValueError::new_err("range larger than the address space"))?;
             let b = PyByteArray::new_with(py, len, |_| Ok(()))?;
             // SAFETY: the bytearray was just made here and is not yet visible to Python, so
             // nothing resizes or reads it while the GIL is released; `out` keeps it alive.
@@ -208,7 +215,8 @@ impl Container {
             out.push(b);
         }
         let c = &self.inner;
-        py.detach(|| decode_ranges(c, &ranges, &dests)).map_err(|e| to_py(py, e))?;
+        py.detach(|| decode_ranges(c, &ranges, &dests))
+            .map_err(|e| to_py(py, e))?;
         Ok(out)
     }
 
