@@ -42,6 +42,13 @@ def resolve(path):
     raise FileNotFoundError(_errno.ENOENT, f"no dcfs container at {p}.dcz or {p}", p)
 
 
+def _corrupt(path, what):
+    """A CorruptError raised from Python (`chunk` None: not one chunk's fault)."""
+    e = CorruptError(_errno.EIO, f"{path}: {what}", path)
+    e.chunk = None
+    return e
+
+
 class _Tensor:
     __slots__ = ("name", "dtype", "shape", "start", "nbytes")
 
@@ -65,7 +72,7 @@ class _Open:
             try:
                 h = _json.loads(self.container.header())
             except (UnicodeDecodeError, ValueError) as e:
-                raise CorruptError(_errno.EIO, f"{self.path}: safetensors header is not JSON: {e}", self.path)
+                raise _corrupt(self.path, f"safetensors header is not JSON: {e}") from None
             m = h.get("__metadata__") if isinstance(h, dict) else None
             self._metadata = dict(m) if isinstance(m, dict) else None
         return self._metadata

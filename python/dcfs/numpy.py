@@ -1,11 +1,10 @@
 """numpy arrays from a dcfs container, like `safetensors.numpy`."""
 
-import errno as _errno
 import math as _math
 
 import numpy as _np
 
-from . import CorruptError, _Open
+from . import _corrupt, _Open
 
 # Little-endian, as safetensors stores them. numpy has no BF16 or F8_* type: those raise
 # TypeError, as in safetensors.numpy.
@@ -27,7 +26,7 @@ def _dtype(o, t):
 def _from_bytes(o, t, buf):
     dt = _dtype(o, t)
     if _math.prod(t.shape) * dt.itemsize != len(buf):
-        raise CorruptError(_errno.EIO, f"{o.path}: tensor {t.name!r}: shape {t.shape} does not fit {len(buf)} bytes", o.path)
+        raise _corrupt(o.path, f"tensor {t.name!r}: shape {t.shape} does not fit {len(buf)} bytes")
     return _np.frombuffer(buf, dtype=dt).reshape(t.shape)
 
 

@@ -1,11 +1,10 @@
 """torch tensors from a dcfs container, like `safetensors.torch`."""
 
-import errno as _errno
 import math as _math
 
 import torch as _torch
 
-from . import CorruptError, _Open
+from . import _corrupt, _Open
 
 _DTYPES = {
     "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
@@ -39,7 +38,7 @@ def _from_bytes(o, t, buf):
     dt = _dtype(o, t)
     itemsize = _torch.empty((), dtype=dt).element_size()
     if _math.prod(t.shape) * itemsize != len(buf):
-        raise CorruptError(_errno.EIO, f"{o.path}: tensor {t.name!r}: shape {t.shape} does not fit {len(buf)} bytes", o.path)
+        raise _corrupt(o.path, f"tensor {t.name!r}: shape {t.shape} does not fit {len(buf)} bytes")
     if len(buf) == 0:
         return _torch.empty(t.shape, dtype=dt)
     # Shares the bytearray (writable, so no warning and no copy).
@@ -75,7 +74,7 @@ def _load(o, names, device):
                 continue
             raw = _torch.as_tensor(_CudaOwner(o.container.read_cuda(t.name)), device=device)
             if _math.prod(t.shape) * raw.view(dt).element_size() != t.nbytes:
-                raise CorruptError(_errno.EIO, f"{o.path}: tensor {t.name!r}: shape {t.shape} does not fit", o.path)
+                raise _corrupt(o.path, f"tensor {t.name!r}: shape {t.shape} does not fit {t.nbytes} bytes")
             out[t.name] = raw.view(dt).reshape(t.shape)
         return out
     bufs = o.read([(t.start, t.start + t.nbytes) for t in ts])

@@ -168,13 +168,7 @@ impl Container {
     /// The safetensors JSON header of the original file, as bytes.
     fn header<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
         let c = &self.inner;
-        let bad = |what: String| {
-            CorruptError::new_err((
-                EIO,
-                format!("{}: {what}", c.path().display()),
-                c.path().display().to_string(),
-            ))
-        };
+        let bad = |what: String| to_py(py, dcfs::Error::corrupt(c.path(), None, what));
         let mut len = [0u8; 8];
         let n = py.detach(|| c.read_at(0, &mut len)).map_err(|e| to_py(py, e))?;
         if n != 8 {
