@@ -255,8 +255,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (src, dst) = (dir.path().join("src"), dir.path().join("packed"));
         std::fs::create_dir(&src).unwrap();
-        let data: Vec<u8> = (0..64 * 1024u32).flat_map(|i| ((i % 251) as f32).to_le_bytes()).collect();
-        let head = format!(r#"{{"w":{{"dtype":"F32","shape":[256,256],"data_offsets":[0,{}]}}}}"#, data.len());
+        let data: Vec<u8> = (0..64 * 1024u32)
+            .flat_map(|i| ((i % 251) as f32).to_le_bytes())
+            .collect();
+        let head = format!(
+            r#"{{"w":{{"dtype":"F32","shape":[256,256],"data_offsets":[0,{}]}}}}"#,
+            data.len()
+        );
         let mut file = (head.len() as u64).to_le_bytes().to_vec();
         file.extend_from_slice(head.as_bytes());
         file.extend_from_slice(&data);
@@ -268,7 +273,9 @@ mod tests {
 
     fn last_error() -> String {
         // SAFETY: dcfs_last_error returns a NUL-terminated string valid until the next call.
-        unsafe { CStr::from_ptr(dcfs_last_error()) }.to_string_lossy().into_owned()
+        unsafe { CStr::from_ptr(dcfs_last_error()) }
+            .to_string_lossy()
+            .into_owned()
     }
 
     #[test]
@@ -282,13 +289,20 @@ mod tests {
         assert_eq!(unsafe { CStr::from_ptr(names.as_ptr()) }.to_str().unwrap(), "w");
         let mut info = std::mem::MaybeUninit::<DcfsTensorInfo>::uninit();
         // SAFETY: valid strings; `info` is writable.
-        assert_eq!(unsafe { dcfs_tensor_info_get(path.as_ptr(), c"w".as_ptr(), info.as_mut_ptr()) }, 0);
+        assert_eq!(
+            unsafe { dcfs_tensor_info_get(path.as_ptr(), c"w".as_ptr(), info.as_mut_ptr()) },
+            0
+        );
         // SAFETY: the call returned 0, so it wrote `info`.
         let info = unsafe { info.assume_init() };
-        assert_eq!((info.ndim, &info.shape[..2], info.nbytes), (2, &[256u64, 256][..], data.len() as u64));
+        assert_eq!(
+            (info.ndim, &info.shape[..2], info.nbytes),
+            (2, &[256u64, 256][..], data.len() as u64)
+        );
         let mut out = vec![0u8; data.len()];
         // SAFETY: valid strings; `out` is writable for its length.
-        let rc = unsafe { dcfs_decode_tensor_host(path.as_ptr(), c"w".as_ptr(), out.as_mut_ptr().cast(), out.len() as u64) };
+        let rc =
+            unsafe { dcfs_decode_tensor_host(path.as_ptr(), c"w".as_ptr(), out.as_mut_ptr().cast(), out.len() as u64) };
         assert_eq!(rc, 0, "{}", last_error());
         assert!(out == data, "decoded bytes differ");
     }
@@ -298,7 +312,14 @@ mod tests {
         let (_dir, path, data) = packed_tensor();
         let mut out = vec![0u8; data.len()];
         // SAFETY: valid strings; `out` is writable for its length.
-        let rc = unsafe { dcfs_decode_tensor_host(path.as_ptr(), c"nope".as_ptr(), out.as_mut_ptr().cast(), out.len() as u64) };
+        let rc = unsafe {
+            dcfs_decode_tensor_host(
+                path.as_ptr(),
+                c"nope".as_ptr(),
+                out.as_mut_ptr().cast(),
+                out.len() as u64,
+            )
+        };
         assert_eq!(rc, -1);
         assert!(last_error().contains("no tensor named"), "{}", last_error());
         // SAFETY: valid strings; `out` is writable for its length (a wrong length is refused).
@@ -306,7 +327,10 @@ mod tests {
         assert_eq!(rc, -1);
         assert!(last_error().contains("buffer holds 7 bytes"), "{}", last_error());
         // SAFETY: a null path is refused before it is read.
-        assert_eq!(unsafe { dcfs_tensor_names(std::ptr::null(), std::ptr::null_mut(), 0) }, -1);
+        assert_eq!(
+            unsafe { dcfs_tensor_names(std::ptr::null(), std::ptr::null_mut(), 0) },
+            -1
+        );
         assert!(last_error().contains("path is NULL"), "{}", last_error());
     }
 }
