@@ -2,7 +2,7 @@
 # For a machine with an NVIDIA GPU: build, show the GPU, pack the fetched models, decode
 # every chunk on the GPU, compare with the CPU decoder, print GB/s, then run
 # `dcfs verify --gpu on` (every chunk checksum and whole-file digest), show the --gpu auto
-# calibration, and decode tensors into device memory through the C ABI. Expected output:
+# calibration, and load tensors onto the GPU with dcfs.torch (python/). Expected output:
 # docs/GPU.md. NVRTC comes from $DCFS_NVRTC, the loader path, or the project venv
 # (scripts/nvrtc-check.sh installs it there).
 set -euo pipefail
@@ -33,13 +33,13 @@ for m in models/*/; do
     echo "== $name: --gpu auto calibration (GPU kept only when faster than the CPU)"
     RUST_LOG=info "$DCFS" verify --gpu auto "$WORK/$name" 2>&1 | grep -E "GPU decode (on|off)" || true
 done
-echo "== C ABI on the GPU (tests/loaders/test_capi.py; needs the loader venv with torch)"
-cargo build --release --quiet -p dcfs-capi
+echo "== dcfs.torch on the GPU (tests/loaders/test_python_pkg.py; needs the loader venv with torch)"
 LVENV="${DCFS_LOADER_VENV:-$ROOT/.venv-loaders}"
 if [ -x "$LVENV/bin/python" ]; then
+    python/build-wheel.sh "$LVENV/bin/python"
     DCFS_LOADER_PACKED="$WORK" DCFS_MODELS="$ROOT/models" "$LVENV/bin/python" -m pytest -q -s \
-        tests/loaders/test_capi.py -k "cuda or cpu"
+        tests/loaders/test_python_pkg.py -k "cuda or torch_load_file"
 else
-    echo "SKIP C ABI GPU test: no loader venv at $LVENV (scripts/loader-tests.sh creates it)"
+    echo "SKIP dcfs.torch GPU test: no loader venv at $LVENV (scripts/loader-tests.sh creates it)"
 fi
 echo "gpu-selftest: all chunks identical to the CPU decoder"

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Real loaders, unmodified, on a dcfs mount of models/ (issue 5): safetensors (numpy),
 # PyTorch + sentence-transformers, llama.cpp (xllamacpp), each compared with the same loader
-# reading the unpacked files; load times printed (cold and warm), never asserted.
+# reading the unpacked files; load times printed (cold and warm), never asserted. Also the
+# dcfs Python package (python/), built as a wheel and installed into the venv, loading
+# straight from the pack (tests/loaders/test_python_pkg.py).
 #
 # Builds dcfs (release), creates/updates the venv ${DCFS_LOADER_VENV:-<repo>/.venv-loaders}
 # from tests/loaders/requirements.txt (skipped when it is already installed), packs models/
@@ -28,9 +30,8 @@ if [[ "$(id -u)" != 0 || ! -e /dev/fuse ]]; then
 fi
 [[ -d "$MODELS/minilm-f32" ]] || die "$MODELS has no models (run scripts/fetch-models.sh)"
 
-echo "== loader-tests: cargo build --release (dcfs and the C ABI library, for test_capi.py)"
+echo "== loader-tests: cargo build --release"
 cargo build --release --quiet
-cargo build --release --quiet -p dcfs-capi
 
 # --- venv (cached: installs only when requirements.txt changed or imports fail) ---------
 IMPORTS='import pytest, numpy, safetensors.numpy, torch, sentence_transformers, compressed_tensors, xllamacpp'
@@ -73,6 +74,10 @@ if [[ ! -d "$CT_OLDEST_DIR/compressed_tensors" ]]; then
       "compressed-tensors==$CT_OLDEST" || die "installing compressed-tensors $CT_OLDEST failed"
   fi
 fi
+
+# --- the dcfs wheel, installed (the tests import it from the venv, not from python/) -----
+echo "== loader-tests: building and installing the dcfs wheel (python/build-wheel.sh)"
+"$ROOT/python/build-wheel.sh" "$PY" || die "building or installing the dcfs wheel failed"
 
 # --- pack, run, always unmount --------------------------------------------------------
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/dcfs-loaders.XXXXXX")"

@@ -1,6 +1,6 @@
 //! C ABI of dcfs (declared in `capi/dcfs.h`): one tensor of a packed file into host memory
 //! or straight into CUDA device memory, for loaders that want tensors without a FUSE
-//! mount (PyTorch through `python/dcfs_tensor.py`, or any C/C++ program).
+//! mount (any C/C++ program; Python users have the `dcfs` package in python/).
 //!
 //! Nothing unwinds across the boundary: every entry point catches panics and returns -1
 //! with the reason in `dcfs_last_error()`, like any other failure.
@@ -242,5 +242,95 @@ pub unsafe extern "C" fn dcfs_device_tensor_free(t: *mut DcfsDeviceTensor) {
     if !t.is_null() {
         // SAFETY: `t` came from Box::into_raw in dcfs_decode_tensor_cuda and is freed once.
         drop(unsafe { Box::from_raw(t) });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dcfs::pack::{pack_tree, NoProgress, PackOptions};
+
+    /// A one-tensor safetensors file packed with dcfs defaults: (tempdir, container, data).
+    fn packed_tensor() -> (tempfile::TempDir, CString, Vec<u8>) {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, dst) = (dir.path().join("src"), dir.path().join("packed"));
+        std::fs::create_dir(&src).unwrap();
+        let data: Vec<u8> = (0..64 * 1024u32)
+            .flat_map(|i| ((i % 251) as f32).to_le_bytes())
+            .collect();
+        let head = format!(
+            r#"{{"w":{{"dtype":"F32","shape":[256,256],"data_offsets":[0,{}]}}}}"#,
+            data.len()
+        );
+        let mut file = (head.len() as u64).to_le_bytes().to_vec();
+        file.extend_from_slice(head.as_bytes());
+        file.extend_from_slice(&data);
+        std::fs::write(src.join("m.safetensors"), &file).unwrap();
+        pack_tree(&src, &dst, &PackOptions::default(), &NoProgress).unwrap();
+        let path = CString::new(dst.join("m.safetensors.dcz").to_str().unwrap()).unwrap();
+        (dir, path, data)
+    }
+
+    fn last_error() -> String {
+        // SAFETY: dcfs_last_error returns a NUL-terminated string valid until the next call.
+        unsafe { CStr::from_ptr(dcfs_last_error()) }
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    #[test]
+    fn names_info_and_host_decode_round_trip() {
+        let (_dir, path, data) = packed_tensor();
+        let mut names = [0 as c_char; 16];
+        // SAFETY: valid strings; `names` is writable for its length.
+        let n = unsafe { dcfs_tensor_names(path.as_ptr(), names.as_mut_ptr(), names.len()) };
+        assert_eq!(n, 1, "{}", last_error());
+        // SAFETY: the call NUL-terminated `names`.
+        assert_eq!(unsafe { CStr::from_ptr(names.as_ptr()) }.to_str().unwrap(), "w");
+        let mut info = std::mem::MaybeUninit::<DcfsTensorInfo>::uninit();
+        // SAFETY: valid strings; `info` is writable.
+        assert_eq!(
+            unsafe { dcfs_tensor_info_get(path.as_ptr(), c"w".as_ptr(), info.as_mut_ptr()) },
+            0
+        );
+        // SAFETY: the call returned 0, so it wrote `info`.
+        let info = unsafe { info.assume_init() };
+        assert_eq!(
+            (info.ndim, &info.shape[..2], info.nbytes),
+            (2, &[256u64, 256][..], data.len() as u64)
+        );
+        let mut out = vec![0u8; data.len()];
+        // SAFETY: valid strings; `out` is writable for its length.
+        let rc =
+            unsafe { dcfs_decode_tensor_host(path.as_ptr(), c"w".as_ptr(), out.as_mut_ptr().cast(), out.len() as u64) };
+        assert_eq!(rc, 0, "{}", last_error());
+        assert!(out == data, "decoded bytes differ");
+    }
+
+    #[test]
+    fn errors_return_minus_one_with_a_reason() {
+        let (_dir, path, data) = packed_tensor();
+        let mut out = vec![0u8; data.len()];
+        // SAFETY: valid strings; `out` is writable for its length.
+        let rc = unsafe {
+            dcfs_decode_tensor_host(
+                path.as_ptr(),
+                c"nope".as_ptr(),
+                out.as_mut_ptr().cast(),
+                out.len() as u64,
+            )
+        };
+        assert_eq!(rc, -1);
+        assert!(last_error().contains("no tensor named"), "{}", last_error());
+        // SAFETY: valid strings; `out` is writable for its length (a wrong length is refused).
+        let rc = unsafe { dcfs_decode_tensor_host(path.as_ptr(), c"w".as_ptr(), out.as_mut_ptr().cast(), 7) };
+        assert_eq!(rc, -1);
+        assert!(last_error().contains("buffer holds 7 bytes"), "{}", last_error());
+        // SAFETY: a null path is refused before it is read.
+        assert_eq!(
+            unsafe { dcfs_tensor_names(std::ptr::null(), std::ptr::null_mut(), 0) },
+            -1
+        );
+        assert!(last_error().contains("path is NULL"), "{}", last_error());
     }
 }
