@@ -19,6 +19,8 @@ scripts/nvrtc-check.sh
 echo "== cargo test"
 cargo test --all-targets 2>&1 | tee target/test.log
 grep -q "test result: ok" target/test.log
+echo "== C ABI unit tests (capi/)"
+cargo test --release -p dcfs-capi 2>&1 | tail -n 3
 echo "== loader tests (scripts/loader-tests.sh)"
 t0=$SECONDS
 scripts/loader-tests.sh
