@@ -460,9 +460,20 @@ impl Store {
     /// Corrupt chunks give `Err` (EIO at the mount), never wrong bytes.
     pub fn read(self: &Arc<Self>, ino: u64, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
         let Some((fidx, f)) = self.file_of(ino) else {
-            return Err(Error::Invalid {
-                path: self.root.clone(),
-                what: format!("inode {ino} is not a file"),
+            let path = self.root.clone();
+            return Err(match self.node(ino).map(|n| &n.kind) {
+                None => Error::NotFound {
+                    path,
+                    what: format!("no inode {ino}"),
+                },
+                Some(NodeKind::Dir { .. }) => Error::IsADirectory {
+                    path,
+                    what: format!("inode {ino} is a directory"),
+                },
+                Some(_) => Error::Invalid {
+                    path,
+                    what: format!("inode {ino} is not a file"),
+                },
             });
         };
         let c = f;
@@ -722,7 +733,7 @@ impl Pending {
     fn get(self) -> Result<cache::Bytes> {
         match self {
             Pending::Ready(d) => Ok(d),
-            Pending::Waiting(t) => t.wait().map_err(|e| e.duplicate()),
+            Pending::Waiting(t) => t.wait().map_err(|e| (*e).clone()),
         }
     }
 }
