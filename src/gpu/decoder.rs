@@ -54,6 +54,11 @@ pub struct BatchStats {
     /// Device time including the copies in and out.
     pub device_s: f64,
     pub warp: WarpStats,
+    /// Chunks given to the GPU that came back unusable (flagged by the kernel, failing
+    /// their checksum, or in a failed batch) and were decoded again on the CPU. Their
+    /// bytes are right, but on an undamaged pack any fallback means the GPU path is broken,
+    /// so `gpu-bench` and the tests fail on it rather than hide it.
+    pub fallbacks: usize,
     /// Why chunks went to the CPU, with counts.
     pub cpu_reasons: std::collections::BTreeMap<&'static str, usize>,
 }
@@ -232,6 +237,7 @@ impl Decoder {
             Err(e) => {
                 tracing::warn!("GPU batch failed, decoding it on the CPU: {e}");
                 *stats.cpu_reasons.entry("GPU batch failed").or_default() += plan.slots.len();
+                stats.fallbacks += plan.slots.len();
                 cpu.extend(plan.slots.iter().map(|s| s.chunk));
                 return;
             }
@@ -244,10 +250,12 @@ impl Decoder {
             if f != 0 {
                 tracing::debug!("chunk {}: GPU flags {f:#x}; decoding on the CPU", idx[k]);
                 *stats.cpu_reasons.entry("flagged by the GPU kernel").or_default() += 1;
+                stats.fallbacks += 1;
                 cpu.push(k);
             } else if chunk_hash(bytes) != c.chunks[idx[k]].xxh3 {
                 tracing::warn!("chunk {}: GPU output fails its checksum; decoding on the CPU", idx[k]);
                 *stats.cpu_reasons.entry("GPU output failed its checksum").or_default() += 1;
+                stats.fallbacks += 1;
                 cpu.push(k);
             } else {
                 stats.chunks_gpu += 1;
