@@ -362,7 +362,10 @@ mod tests {
                         writes.push(w);
                     }
                     for m in &plan.merges {
-                        assert!(plan.out.start <= m.dst && m.dst <= plan.out.end, "merge writes outside the outputs");
+                        assert!(
+                            plan.out.start <= m.dst && m.dst <= plan.out.end,
+                            "merge writes outside the outputs"
+                        );
                     }
                     disjoint(writes, "sub-block outputs");
                 }
