@@ -31,8 +31,9 @@ struct CudaRt {
 
 enum Backend {
     Cuda(CudaRt),
-    /// The CPU model of the kernels: proves the pipeline without a GPU (slow).
-    Emulated,
+    /// The CPU model of the kernels: proves the pipeline without a GPU (slow). Its arena
+    /// is reused between batches like the device's.
+    Emulated(Mutex<Vec<u8>>),
 }
 
 /// Decodes batches of chunks on the GPU, falling back to the CPU per chunk.
@@ -124,7 +125,7 @@ impl Decoder {
     /// flags and fallbacks as the GPU, for tests and for measuring per-lane work.
     pub fn emulated() -> Decoder {
         Decoder {
-            backend: Backend::Emulated,
+            backend: Backend::Emulated(Mutex::new(Vec::new())),
         }
     }
 
@@ -139,7 +140,7 @@ impl Decoder {
                 rt.cuda.driver_version / 1000,
                 (rt.cuda.driver_version % 1000) / 10
             ),
-            Backend::Emulated => "CPU emulation of the GPU kernels".into(),
+            Backend::Emulated(_) => "CPU emulation of the GPU kernels".into(),
         }
     }
 
@@ -222,8 +223,9 @@ impl Decoder {
             return;
         }
         let executed = match &self.backend {
-            Backend::Emulated => {
-                let (arena, flags) = emu::run(plan, &mut stats.warp);
+            Backend::Emulated(arena) => {
+                let mut arena = arena.lock();
+                let flags = emu::run_in(&mut arena, plan, &mut stats.warp);
                 Ok((arena[plan.out.start as usize..plan.out.end as usize].to_vec(), flags))
             }
             Backend::Cuda(rt) => rt.execute(plan, stats).and_then(|(arena, flags)| {
@@ -367,11 +369,15 @@ impl CudaRt {
         let d_subs = cuda.alloc(subs.len())?;
         let d_merges = cuda.alloc(merges.len())?;
         let d_flags = cuda.alloc(4 * plan.subs.len())?;
+        // Fresh device memory is undefined: zero the flags so no stale word reads as an
+        // error or as clean (the host checksum still checks every output).
+        let zeros = vec![0u8; 4 * plan.subs.len()];
         let mut kernel_s = 0.0;
         let device_s = cuda.timed(|| {
             arena.upload(0, &plan.upload)?;
             d_subs.upload(0, subs)?;
             d_merges.upload(0, merges)?;
+            d_flags.upload(0, &zeros)?;
             kernel_s = cuda.timed(|| self.launch(plan, &arena, &d_subs, &d_merges, &d_flags))?;
             Ok(())
         })?;
