@@ -53,7 +53,13 @@ fn emulated_equals_cpu(packed: &Path) -> (usize, usize, dcfs::gpu::emu::WarpStat
             }
             // An undamaged pack: every chunk the planner gives the GPU must come back from
             // it; a silent CPU fallback would hide a broken kernel behind right bytes.
-            assert_eq!(st.fallbacks, 0, "{}: chunks fell back to the CPU: {:?}", p.display(), st.cpu_reasons);
+            assert_eq!(
+                st.fallbacks,
+                0,
+                "{}: chunks fell back to the CPU: {:?}",
+                p.display(),
+                st.cpu_reasons
+            );
             assert_eq!(
                 st.chunks_gpu,
                 dcfs::gpu::plan::planned_for_gpu(&cont, group),
@@ -163,7 +169,7 @@ fn real_models_decode_bit_exact_through_the_emulated_gpu() {
     for name in ["minilm-bf16", "minilm-f32", "minilm-int8-channel", "smollm2-q4_1"] {
         let src = models.join(name);
         if !src.is_dir() {
-            println!("SKIP {name}: not fetched");
+            skip(&format!("{name}: not fetched"));
             continue;
         }
         let packed = t.path().join(name);
