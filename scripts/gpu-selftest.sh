@@ -42,4 +42,6 @@ if [ -x "$LVENV/bin/python" ]; then
 else
     echo "SKIP dcfs.torch GPU test: no loader venv at $LVENV (scripts/loader-tests.sh creates it)"
 fi
-echo "gpu-selftest: all chunks identical to the CPU decoder"
+# Reached only when every step above passed: gpu-bench exits non-zero on any mismatch and
+# on any chunk planned for the GPU that fell back to the CPU (set -e stops the script).
+echo "gpu-selftest: all chunks identical to the CPU decoder, every planned chunk decoded on the GPU"

@@ -1,19 +1,22 @@
 //! The library's error type. `Corrupt` (the bytes on disk are wrong) is kept apart from
 //! `Io` (the disk or the OS failed) so callers can answer EIO, retry, or name the damage.
+//! It is `Clone` (the `io::Error` sits behind an `Arc`) so every waiter of a shared decode
+//! gets the same error, nothing lost.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use crate::codec::CodecError;
 use crate::model::ModelError;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,
         #[source]
-        source: std::io::Error,
+        source: Arc<std::io::Error>,
     },
     /// The container is damaged; `chunk` names the chunk when one is to blame.
     #[error("{}: corrupt{}: {what}", file.display(), chunk.map(|c| format!(" chunk {c}")).unwrap_or_default())]
@@ -32,6 +35,22 @@ pub enum Error {
     },
     #[error("{}: changed while it was being read ({what}); nothing was written for it", file.display())]
     Changed { file: PathBuf, what: String },
+    /// What was asked for does not exist (ENOENT at the mount).
+    #[error("{}: {what}", path.display())]
+    NotFound { path: PathBuf, what: String },
+    /// A directory was needed and something else stands there (ENOTDIR).
+    #[error("{}: {what}", path.display())]
+    NotADirectory { path: PathBuf, what: String },
+    /// A file was needed and a directory stands there (EISDIR).
+    #[error("{}: {what}", path.display())]
+    IsADirectory { path: PathBuf, what: String },
+    /// Refused on purpose, e.g. a symlink that is never followed (EACCES).
+    #[error("{}: {what}", path.display())]
+    Refused { path: PathBuf, what: String },
+    /// A write was asked of something read-only (EROFS).
+    #[error("{}: {what}", path.display())]
+    ReadOnly { path: PathBuf, what: String },
+    /// A request or argument that makes no sense (EINVAL); not for any case above.
     #[error("{}: {what}", path.display())]
     Invalid { path: PathBuf, what: String },
 }
@@ -40,7 +59,7 @@ impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Error {
         Error::Io {
             path: path.into(),
-            source,
+            source: Arc::new(source),
         }
     }
 
@@ -56,16 +75,22 @@ impl Error {
         Error::corrupt(file, Some(chunk), e.to_string())
     }
 
-    /// A copy for every waiter of a shared decode (`io::Error` is not `Clone`: its kind and
-    /// message are kept).
-    pub fn duplicate(&self) -> Error {
+    /// The errno the mount answers with: EIO for damaged data and for failures of the
+    /// disk under the pack (the backing file's own errno would describe the pack, not the
+    /// file being read), the matching errno for the path-shaped cases.
+    pub fn errno(&self) -> i32 {
         match self {
-            Error::Io { path, source } => Error::io(path, std::io::Error::new(source.kind(), source.to_string())),
-            Error::Corrupt { file, chunk, what } => Error::corrupt(file, *chunk, what.clone()),
-            other => Error::Invalid {
-                path: PathBuf::new(),
-                what: other.to_string(),
-            },
+            Error::Io { .. }
+            | Error::Corrupt { .. }
+            | Error::VersionTooNew { .. }
+            | Error::Model { .. }
+            | Error::Changed { .. } => libc::EIO,
+            Error::NotFound { .. } => libc::ENOENT,
+            Error::NotADirectory { .. } => libc::ENOTDIR,
+            Error::IsADirectory { .. } => libc::EISDIR,
+            Error::Refused { .. } => libc::EACCES,
+            Error::ReadOnly { .. } => libc::EROFS,
+            Error::Invalid { .. } => libc::EINVAL,
         }
     }
 
@@ -75,3 +100,41 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clone_keeps_the_io_error_whole() {
+        let e = Error::io("p", std::io::Error::from_raw_os_error(libc::ENOSPC));
+        let c = e.clone();
+        assert_eq!(c.to_string(), e.to_string());
+        let Error::Io { source, .. } = c else {
+            panic!("variant changed")
+        };
+        assert_eq!(source.raw_os_error(), Some(libc::ENOSPC));
+    }
+
+    #[test]
+    fn errno_mapping() {
+        let p = || PathBuf::from("p");
+        let w = || String::from("w");
+        let cases = [
+            (
+                Error::io("p", std::io::Error::from_raw_os_error(libc::ENOENT)),
+                libc::EIO,
+            ),
+            (Error::corrupt("p", Some(3), "bad"), libc::EIO),
+            (Error::NotFound { path: p(), what: w() }, libc::ENOENT),
+            (Error::NotADirectory { path: p(), what: w() }, libc::ENOTDIR),
+            (Error::IsADirectory { path: p(), what: w() }, libc::EISDIR),
+            (Error::Refused { path: p(), what: w() }, libc::EACCES),
+            (Error::ReadOnly { path: p(), what: w() }, libc::EROFS),
+            (Error::Invalid { path: p(), what: w() }, libc::EINVAL),
+        ];
+        for (e, want) in cases {
+            assert_eq!(e.errno(), want, "{e}");
+        }
+    }
+}

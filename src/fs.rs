@@ -1,6 +1,6 @@
 //! The FUSE adaptor: every fuser call of the crate lives here. It maps the `store`'s node
-//! table and reads onto FUSE requests, answers every write with EROFS, and turns any
-//! store error into EIO (the store has already logged it once).
+//! table and reads onto FUSE requests, answers every write with EROFS, and turns a store
+//! error into its `Error::errno` (EIO for damage and I/O; the store has logged it once).
 
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
@@ -154,7 +154,7 @@ impl Filesystem for DcFs {
     ) {
         match self.store.read(ino.0, fh.0, offset, size) {
             Ok(data) => reply.data(&data),
-            Err(_) => reply.error(Errno::EIO),
+            Err(e) => reply.error(errno(e.errno())),
         }
     }
 

@@ -7,7 +7,8 @@
 //!
 //! Sizes: DCFS_CORRUPTION_FLIPS (default 500), DCFS_CORRUPTION_TRUNCS (50),
 //! DCFS_CORRUPTION_MOUNTS (20 payload flips also read through a fresh real mount, plus 10
-//! damages elsewhere that must make the mount refuse to start).
+//! damages elsewhere that must make the mount refuse to start; the store must refuse every
+//! damage outside the payloads).
 
 mod common;
 
@@ -319,6 +320,13 @@ fn every_single_byte_flip_and_truncation_is_caught_and_never_served() {
                 eprintln!("WRONG BYTES: {} {d:?} ({region}) at offset {off}", tg.rel.display());
             }
         }
+        // docs/RELIABILITY.md: damage to a header, index or footer (or a truncation)
+        // makes the store, and so the mount, refuse the pack rather than serve from it.
+        let structural = region != "payload";
+        assert!(
+            !structural || read.is_none(),
+            "{d:?} ({region}): the store opened a structurally damaged pack"
+        );
         if detected.is_none() {
             // Verify passed: then the damage must change nothing a reader can see.
             assert_eq!(
@@ -340,7 +348,6 @@ fn every_single_byte_flip_and_truncation_is_caught_and_never_served() {
         }
         // A fresh real mount for the first payload flips, and for the first damages
         // elsewhere (which must make it refuse to start, naming the file).
-        let structural = region != "payload";
         let want = if structural {
             c.mounts_structural < 10
         } else {
@@ -358,6 +365,7 @@ fn every_single_byte_flip_and_truncation_is_caught_and_never_served() {
                     );
                     c.mount_refused += 1;
                 }
+                Ok(r) if structural => panic!("{d:?} ({region}): mount started on structural damage and read {r:?}"),
                 Ok(ReadOutcome::Correct) => c.mount_ok += 1,
                 Ok(ReadOutcome::Error) => c.mount_eio += 1,
                 Ok(ReadOutcome::Wrong(off)) => {

@@ -51,12 +51,42 @@ fn emulated_equals_cpu(packed: &Path) -> (usize, usize, dcfs::gpu::emu::WarpStat
             for (&i, r) in group.iter().zip(got) {
                 assert_eq!(r.unwrap(), cont.decode_chunk(i).unwrap(), "{} chunk {i}", p.display());
             }
+            // An undamaged pack: every chunk the planner gives the GPU must come back from
+            // it; a silent CPU fallback would hide a broken kernel behind right bytes.
+            assert_eq!(
+                st.fallbacks,
+                0,
+                "{}: chunks fell back to the CPU: {:?}",
+                p.display(),
+                st.cpu_reasons
+            );
+            assert_eq!(
+                st.chunks_gpu,
+                dcfs::gpu::plan::planned_for_gpu(&cont, group),
+                "{}: chunks decoded on the GPU",
+                p.display()
+            );
+            assert_eq!(st.chunks_gpu + st.chunks_cpu, group.len());
             g += st.chunks_gpu;
             c += st.chunks_cpu;
             w.add(&st.warp);
         }
     }
     (g, c, w)
+}
+
+/// Chunks stored with the rANS codec (every plane rANS or raw) in the pack.
+fn count_rans_chunks(packed: &Path) -> usize {
+    containers(packed)
+        .iter()
+        .map(|p| {
+            let c = Container::open(p).unwrap();
+            c.chunks
+                .iter()
+                .filter(|e| e.codec == dcfs::chunk::ChunkCodec::Rans)
+                .count()
+        })
+        .sum()
 }
 
 fn report(name: &str, (g, c, w): (usize, usize, dcfs::gpu::emu::WarpStats)) {
@@ -85,8 +115,11 @@ fn synthetic_trees_decode_bit_exact_through_the_emulated_gpu() {
         let packed = t.path().join(format!("p{i}"));
         pack_with(&src, &packed, codec);
         let r = emulated_equals_cpu(&packed);
+        let rans_chunks = count_rans_chunks(&packed);
         if codec == CodecChoice::Rans {
             assert!(r.0 > 0, "rANS packs must use the GPU path");
+            // Every rANS chunk of this tree is plain rANS planes: all go to the GPU.
+            assert_eq!(r.0, rans_chunks, "rANS chunks decoded on the GPU");
         }
         if codec == CodecChoice::Zstd {
             assert_eq!(r.0, 0, "zstd chunks go to the CPU");
@@ -136,7 +169,7 @@ fn real_models_decode_bit_exact_through_the_emulated_gpu() {
     for name in ["minilm-bf16", "minilm-f32", "minilm-int8-channel", "smollm2-q4_1"] {
         let src = models.join(name);
         if !src.is_dir() {
-            println!("SKIP {name}: not fetched");
+            skip(&format!("{name}: not fetched"));
             continue;
         }
         let packed = t.path().join(name);

@@ -135,6 +135,11 @@ struct BenchReport {
     chunks: usize,
     chunks_gpu: usize,
     chunks_cpu: usize,
+    /// Chunks planned for the GPU that fell back to the CPU (flagged, bad checksum,
+    /// failed batch): on an undamaged pack each one is a GPU bug.
+    fallbacks: usize,
+    /// Chunks the planner gives to the GPU (rANS planes); all must come back from it.
+    chunks_planned: usize,
     mismatches: usize,
     bytes: u64,
     bytes_gpu: u64,
@@ -192,6 +197,8 @@ pub fn gpu_bench(a: GpuBenchArgs) -> Result<Outcome> {
             r.chunks += group.len();
             r.chunks_gpu += st.chunks_gpu;
             r.chunks_cpu += st.chunks_cpu;
+            r.fallbacks += st.fallbacks;
+            r.chunks_planned += dcfs::gpu::plan::planned_for_gpu(&c, group);
             r.bytes_gpu += st.bytes_gpu;
             r.bytes_uploaded += st.bytes_uploaded;
             r.kernel_s += st.kernel_s;
@@ -221,6 +228,10 @@ pub fn gpu_bench(a: GpuBenchArgs) -> Result<Outcome> {
             human(r.bytes),
             r.mismatches
         );
+        println!(
+            "{} chunks planned for the GPU, {} fell back to the CPU",
+            r.chunks_planned, r.fallbacks
+        );
         for (why, n) in &r.cpu_reasons {
             println!("  {n} chunks on the CPU: {why}");
         }
@@ -248,6 +259,16 @@ pub fn gpu_bench(a: GpuBenchArgs) -> Result<Outcome> {
     }
     if r.mismatches > 0 {
         bail!("{} chunks differ between the GPU path and the CPU", r.mismatches);
+    }
+    // The pack verified as undamaged (no mismatch, every CPU decode succeeded above), so
+    // every chunk planned for the GPU must have been decoded there.
+    if r.fallbacks > 0 || r.chunks_gpu != r.chunks_planned {
+        bail!(
+            "the GPU path failed: {} of {} chunks planned for it fell back to the CPU ({} decoded on the GPU)",
+            r.fallbacks,
+            r.chunks_planned,
+            r.chunks_gpu
+        );
     }
     Ok(Outcome::Ok)
 }

@@ -29,7 +29,7 @@ impl Container {
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(path)
             .map_err(|e| match e.raw_os_error() {
-                Some(libc::ELOOP) => Error::Invalid {
+                Some(libc::ELOOP) => Error::Refused {
                     path: path.to_path_buf(),
                     what: "is a symbolic link; containers are never opened through a link".into(),
                 },

@@ -31,8 +31,9 @@ struct CudaRt {
 
 enum Backend {
     Cuda(CudaRt),
-    /// The CPU model of the kernels: proves the pipeline without a GPU (slow).
-    Emulated,
+    /// The CPU model of the kernels: proves the pipeline without a GPU (slow). Its arena
+    /// is reused between batches like the device's.
+    Emulated(Mutex<Vec<u8>>),
 }
 
 /// Decodes batches of chunks on the GPU, falling back to the CPU per chunk.
@@ -54,6 +55,11 @@ pub struct BatchStats {
     /// Device time including the copies in and out.
     pub device_s: f64,
     pub warp: WarpStats,
+    /// Chunks given to the GPU that came back unusable (flagged by the kernel, failing
+    /// their checksum, or in a failed batch) and were decoded again on the CPU. Their
+    /// bytes are right, but on an undamaged pack any fallback means the GPU path is broken,
+    /// so `gpu-bench` and the tests fail on it rather than hide it.
+    pub fallbacks: usize,
     /// Why chunks went to the CPU, with counts.
     pub cpu_reasons: std::collections::BTreeMap<&'static str, usize>,
 }
@@ -119,7 +125,7 @@ impl Decoder {
     /// flags and fallbacks as the GPU, for tests and for measuring per-lane work.
     pub fn emulated() -> Decoder {
         Decoder {
-            backend: Backend::Emulated,
+            backend: Backend::Emulated(Mutex::new(Vec::new())),
         }
     }
 
@@ -134,7 +140,7 @@ impl Decoder {
                 rt.cuda.driver_version / 1000,
                 (rt.cuda.driver_version % 1000) / 10
             ),
-            Backend::Emulated => "CPU emulation of the GPU kernels".into(),
+            Backend::Emulated(_) => "CPU emulation of the GPU kernels".into(),
         }
     }
 
@@ -217,8 +223,9 @@ impl Decoder {
             return;
         }
         let executed = match &self.backend {
-            Backend::Emulated => {
-                let (arena, flags) = emu::run(plan, &mut stats.warp);
+            Backend::Emulated(arena) => {
+                let mut arena = arena.lock();
+                let flags = emu::run_in(&mut arena, plan, &mut stats.warp);
                 Ok((arena[plan.out.start as usize..plan.out.end as usize].to_vec(), flags))
             }
             Backend::Cuda(rt) => rt.execute(plan, stats).and_then(|(arena, flags)| {
@@ -232,6 +239,7 @@ impl Decoder {
             Err(e) => {
                 tracing::warn!("GPU batch failed, decoding it on the CPU: {e}");
                 *stats.cpu_reasons.entry("GPU batch failed").or_default() += plan.slots.len();
+                stats.fallbacks += plan.slots.len();
                 cpu.extend(plan.slots.iter().map(|s| s.chunk));
                 return;
             }
@@ -244,10 +252,12 @@ impl Decoder {
             if f != 0 {
                 tracing::debug!("chunk {}: GPU flags {f:#x}; decoding on the CPU", idx[k]);
                 *stats.cpu_reasons.entry("flagged by the GPU kernel").or_default() += 1;
+                stats.fallbacks += 1;
                 cpu.push(k);
             } else if chunk_hash(bytes) != c.chunks[idx[k]].xxh3 {
                 tracing::warn!("chunk {}: GPU output fails its checksum; decoding on the CPU", idx[k]);
                 *stats.cpu_reasons.entry("GPU output failed its checksum").or_default() += 1;
+                stats.fallbacks += 1;
                 cpu.push(k);
             } else {
                 stats.chunks_gpu += 1;
@@ -359,11 +369,15 @@ impl CudaRt {
         let d_subs = cuda.alloc(subs.len())?;
         let d_merges = cuda.alloc(merges.len())?;
         let d_flags = cuda.alloc(4 * plan.subs.len())?;
+        // Fresh device memory is undefined: zero the flags so no stale word reads as an
+        // error or as clean (the host checksum still checks every output).
+        let zeros = vec![0u8; 4 * plan.subs.len()];
         let mut kernel_s = 0.0;
         let device_s = cuda.timed(|| {
             arena.upload(0, &plan.upload)?;
             d_subs.upload(0, subs)?;
             d_merges.upload(0, merges)?;
+            d_flags.upload(0, &zeros)?;
             kernel_s = cuda.timed(|| self.launch(plan, &arena, &d_subs, &d_merges, &d_flags))?;
             Ok(())
         })?;

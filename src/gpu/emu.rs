@@ -174,13 +174,29 @@ pub fn merge(arena: &mut [u8], m: &MergeDesc) {
 /// Runs a whole batch as the device would: upload, decode kernel, merge kernel. Returns
 /// the arena and one flag word per sub-block.
 pub fn run(plan: &BatchPlan, stats: &mut WarpStats) -> (Vec<u8>, Vec<u32>) {
-    let mut arena = vec![0u8; plan.arena_len as usize];
-    arena[..plan.upload.len()].copy_from_slice(&plan.upload);
-    let flags = plan.subs.iter().map(|d| warp_decode(&mut arena, d, stats)).collect();
-    for m in &plan.merges {
-        merge(&mut arena, m);
-    }
+    let mut arena = Vec::new();
+    let flags = run_in(&mut arena, plan, stats);
     (arena, flags)
+}
+
+/// What fresh device memory holds, as far as the emulation is concerned: not zeros, so a
+/// kernel that leaves an output byte unwritten is caught by the host checksum.
+pub const POISON: u8 = 0xA5;
+
+/// [`run`] in an arena kept between batches, as the device keeps its own: it grows (to
+/// exactly the batch's length, poisoned) only when too small and is never cleared, so the
+/// kernels see the same bounds (the whole buffer, often longer than the batch) and the
+/// same stale bytes past the upload as on the device. Every flag is written.
+pub fn run_in(arena: &mut Vec<u8>, plan: &BatchPlan, stats: &mut WarpStats) -> Vec<u32> {
+    if (arena.len() as u64) < plan.arena_len {
+        *arena = vec![POISON; plan.arena_len as usize];
+    }
+    arena[..plan.upload.len()].copy_from_slice(&plan.upload);
+    let flags = plan.subs.iter().map(|d| warp_decode(arena, d, stats)).collect();
+    for m in &plan.merges {
+        merge(arena, m);
+    }
+    flags
 }
 
 /// Decodes one rANS stream (a whole plane) through the warp model. `Ok` only when every

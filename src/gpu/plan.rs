@@ -13,7 +13,7 @@ use std::ops::Range;
 
 use crate::chunk::{self, ChunkCodec};
 use crate::codec::{rans, Codec};
-use crate::format::ChunkEntry;
+use crate::format::{ChunkEntry, Container};
 use crate::transform::Transform;
 
 /// Kernel error flags (`DCFS_ERR_*` in `cuda/rans_decode.cu`).
@@ -246,5 +246,169 @@ impl Planner {
         self.plan.out = out_base..out_base + self.out_len;
         self.plan.arena_len = out_base + self.out_len;
         self.plan
+    }
+}
+
+/// How many of chunks `idx` of `c` the planner gives to the GPU (decoded to host memory):
+/// the exact count a working GPU path must decode, for `gpu-bench` and the tests.
+/// Chunks whose payload cannot be read count as not planned.
+pub fn planned_for_gpu(c: &Container, idx: &[usize]) -> usize {
+    let mut p = Planner::new();
+    for (k, &i) in idx.iter().enumerate() {
+        if let Ok(payload) = c.read_payload(i) {
+            p.add(k, &c.chunks[i], &payload, false);
+        }
+    }
+    p.finish().slots.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chunk::CodecChoice;
+    use crate::model::safetensors;
+    use crate::pack::{pack_tree, NoProgress, PackOptions};
+
+    /// A packed synthetic model (BF16 weights, F32, raw-ish bytes), each container opened.
+    fn packed(codec: CodecChoice) -> (tempfile::TempDir, Vec<Container>) {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        std::fs::create_dir(&src).unwrap();
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        // Small-magnitude weights: BF16/F32 whose exponents compress well under rANS.
+        let bf16: Vec<u8> = (0..400_000)
+            .flat_map(|_| {
+                let v = ((next() % 2001) as f32 - 1000.0) * 4e-5;
+                ((v.to_bits() >> 16) as u16).to_le_bytes()
+            })
+            .collect();
+        let f32b: Vec<u8> = (0..100_000)
+            .flat_map(|_| (((next() % 2001) as f32 - 1000.0) * 4e-5).to_le_bytes())
+            .collect();
+        let st = safetensors::build(&[
+            ("a.weight", "BF16", vec![400, 1000], bf16),
+            ("b.weight", "F32", vec![100_000], f32b),
+        ]);
+        std::fs::write(src.join("model.safetensors"), st).unwrap();
+        std::fs::write(src.join("notes.txt"), b"hello ".repeat(5000)).unwrap();
+        let mut o = PackOptions {
+            threads: 1,
+            ..Default::default()
+        };
+        o.encode.codec = codec;
+        let dst = t.path().join("dst");
+        pack_tree(&src, &dst, &o, &NoProgress).unwrap();
+        let mut v = Vec::new();
+        for e in std::fs::read_dir(&dst).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "dcz") {
+                v.push(Container::open(&p).unwrap());
+            }
+        }
+        assert!(!v.is_empty());
+        (t, v)
+    }
+
+    fn plan_all(c: &Container, raw_on_device: bool) -> BatchPlan {
+        let mut p = Planner::new();
+        for i in 0..c.chunks.len() {
+            p.add(i, &c.chunks[i], &c.read_payload(i).unwrap(), raw_on_device);
+        }
+        p.finish()
+    }
+
+    fn disjoint(mut v: Vec<Range<u64>>, what: &str) {
+        v.retain(|r| r.start < r.end);
+        v.sort_by_key(|r| r.start);
+        for w in v.windows(2) {
+            assert!(w[0].end <= w[1].start, "{what} overlap: {:?} and {:?}", w[0], w[1]);
+        }
+    }
+
+    #[test]
+    fn output_regions_never_overlap_and_stay_in_the_arena() {
+        for codec in [CodecChoice::Rans, CodecChoice::Auto] {
+            let (_t, cs) = packed(codec);
+            for c in &cs {
+                for raw in [false, true] {
+                    let plan = plan_all(c, raw);
+                    let upload = plan.upload.len() as u64;
+                    assert!(upload <= plan.out.start && plan.out.end <= plan.arena_len);
+                    // Every chunk is planned or skipped, exactly once.
+                    let mut seen: Vec<usize> = plan.slots.iter().map(|s| s.chunk).collect();
+                    seen.extend(plan.skipped.iter().map(|s| s.chunk));
+                    seen.sort();
+                    assert_eq!(seen, (0..c.chunks.len()).collect::<Vec<_>>());
+                    for s in &plan.slots {
+                        assert!(plan.out.start <= s.out.start && s.out.end <= plan.out.end);
+                        assert_eq!(s.out.end - s.out.start, c.chunks[s.chunk].orig_len as u64);
+                        assert_eq!(s.out.start % 16, 0, "outputs are 16-aligned");
+                    }
+                    disjoint(plan.slots.iter().map(|s| s.out.clone()).collect(), "chunk outputs");
+                    // What the rANS kernel writes: inside the arena, past the upload, and
+                    // never two sub-blocks on the same bytes.
+                    let mut writes = Vec::new();
+                    for d in &plan.subs {
+                        let w = d.dst..d.dst + d.n_sym as u64;
+                        assert!(w.start >= upload && w.end <= plan.arena_len, "{w:?}");
+                        assert!(d.src + d.src_len as u64 <= upload, "sub-block reads past the upload");
+                        assert!(d.table % 4 == 0 && d.table < upload);
+                        writes.push(w);
+                    }
+                    for m in &plan.merges {
+                        assert!(
+                            plan.out.start <= m.dst && m.dst <= plan.out.end,
+                            "merge writes outside the outputs"
+                        );
+                    }
+                    disjoint(writes, "sub-block outputs");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rans_chunks_are_planned_and_raw_and_zstd_are_skipped_with_a_reason() {
+        let (_t, cs) = packed(CodecChoice::Rans);
+        let mut planned = 0;
+        for c in &cs {
+            let plan = plan_all(c, false);
+            for s in &plan.skipped {
+                assert!(!s.reason.is_empty());
+                let e = &c.chunks[s.chunk];
+                assert!(e.codec != ChunkCodec::Rans || s.reason.contains("zstd"), "{}", s.reason);
+            }
+            for s in &plan.slots {
+                assert_ne!(c.chunks[s.chunk].codec, ChunkCodec::Raw);
+            }
+            let idx: Vec<usize> = (0..c.chunks.len()).collect();
+            assert_eq!(planned_for_gpu(c, &idx), plan.slots.len());
+            planned += plan.slots.len();
+            // With raw chunks on the device, every raw chunk gets a slot too.
+            let raw = c.chunks.iter().filter(|e| e.codec == ChunkCodec::Raw).count();
+            assert_eq!(plan_all(c, true).slots.len(), plan.slots.len() + raw);
+        }
+        assert!(planned > 0, "a rANS pack plans chunks for the GPU");
+
+        let (_t, cs) = packed(CodecChoice::Zstd);
+        for c in &cs {
+            let plan = plan_all(c, false);
+            assert!(plan.slots.is_empty(), "zstd chunks never go to the GPU");
+            assert_eq!(plan.skipped.len(), c.chunks.len());
+        }
+    }
+
+    #[test]
+    fn an_empty_plan_is_empty() {
+        let plan = Planner::new().finish();
+        assert!(plan.slots.is_empty() && plan.subs.is_empty() && plan.merges.is_empty());
+        assert_eq!(plan.out, 0..0);
+        assert_eq!(plan.arena_len, 0);
     }
 }

@@ -181,7 +181,7 @@ impl Dtype {
 }
 
 /// Why a header was rejected. Parsers never guess: anything they cannot prove is an error.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ModelError {
     /// Not an error: the parser needs the first `needed` bytes of the file.

@@ -460,9 +460,20 @@ impl Store {
     /// Corrupt chunks give `Err` (EIO at the mount), never wrong bytes.
     pub fn read(self: &Arc<Self>, ino: u64, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
         let Some((fidx, f)) = self.file_of(ino) else {
-            return Err(Error::Invalid {
-                path: self.root.clone(),
-                what: format!("inode {ino} is not a file"),
+            let path = self.root.clone();
+            return Err(match self.node(ino).map(|n| &n.kind) {
+                None => Error::NotFound {
+                    path,
+                    what: format!("no inode {ino}"),
+                },
+                Some(NodeKind::Dir { .. }) => Error::IsADirectory {
+                    path,
+                    what: format!("inode {ino} is a directory"),
+                },
+                Some(_) => Error::Invalid {
+                    path,
+                    what: format!("inode {ino} is not a file"),
+                },
             });
         };
         let c = f;
@@ -596,10 +607,19 @@ impl Store {
                 return;
             }
         };
-        let results = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| gpu.decode_chunks(&c, &idx)));
+        let results = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| gpu.decode_chunks_stats(&c, &idx)));
         let ns = t0.elapsed().as_nanos() as u64 / tickets.len().max(1) as u64;
         match results {
-            Ok(results) => {
+            Ok((results, st)) => {
+                if st.fallbacks > 0 {
+                    tracing::warn!(
+                        "{}: {} chunks fell back from the GPU to the CPU: {:?}",
+                        f.path.display(),
+                        st.fallbacks,
+                        st.cpu_reasons
+                    );
+                }
+                self.stats.gpu_batch(st.chunks_gpu as u64, st.fallbacks as u64);
                 for (t, r) in tickets.iter().zip(results) {
                     let out: Outcome = match r {
                         Ok(d) => {
@@ -722,7 +742,7 @@ impl Pending {
     fn get(self) -> Result<cache::Bytes> {
         match self {
             Pending::Ready(d) => Ok(d),
-            Pending::Waiting(t) => t.wait().map_err(|e| e.duplicate()),
+            Pending::Waiting(t) => t.wait().map_err(|e| (*e).clone()),
         }
     }
 }
@@ -827,5 +847,46 @@ mod tests {
         let s = store.stats();
         eprintln!("{} decodes for {chunks} chunks, {} reads", s.decodes, s.reads);
         assert!(s.decodes <= chunks + 2, "{} decodes for {chunks} chunks", s.decodes);
+    }
+
+    /// The mount's stats count what the GPU batch decoder did: chunks decoded there, and
+    /// chunks that fell back (none on an undamaged pack, with the emulated kernels).
+    #[test]
+    fn gpu_batches_are_counted_in_the_stats() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        fs::create_dir(&src).unwrap();
+        let data = text(16 * 65536 + 77);
+        fs::write(src.join("big.bin"), &data).unwrap();
+        let mut opts = PackOptions {
+            chunk_size: 65536,
+            ..Default::default()
+        };
+        opts.encode.codec = crate::chunk::CodecChoice::Rans;
+        let packed = t.path().join("packed");
+        pack_tree(&src, &packed, &opts, &NoProgress).unwrap();
+        let sopts = StoreOptions {
+            cache_bytes: 64 << 20,
+            threads: 2,
+            prefetch: 32,
+        };
+        let store = Store::open_with_gpu(&packed, sopts, Some(crate::gpu::Decoder::emulated())).unwrap();
+        let ino = store.lookup(ROOT_INO, OsStr::new("big.bin")).unwrap().ino;
+        let fh = store.open_handle();
+        let mut out = Vec::new();
+        loop {
+            let d = store.read(ino, fh, out.len() as u64, 65536).unwrap();
+            if d.is_empty() {
+                break;
+            }
+            out.extend_from_slice(&d);
+        }
+        assert!(out == data, "bytes differ");
+        let s = store.stats();
+        assert!(s.gpu_chunks > 0, "prefetch batches went through the GPU decoder: {s:?}");
+        assert_eq!(s.gpu_fallbacks, 0, "{s:?}");
+        // Reads of what is not a file answer with the errno the mount passes on.
+        assert_eq!(store.read(ROOT_INO, fh, 0, 1).unwrap_err().errno(), libc::EISDIR);
+        assert_eq!(store.read(1 << 40, fh, 0, 1).unwrap_err().errno(), libc::ENOENT);
     }
 }

@@ -18,6 +18,8 @@ pub struct Stats {
     prefetch_issued: AtomicU64,
     prefetch_hits: AtomicU64,
     errors: AtomicU64,
+    gpu_chunks: AtomicU64,
+    gpu_fallbacks: AtomicU64,
 }
 
 /// A point-in-time copy, as served to `dcfs stats`.
@@ -43,6 +45,13 @@ pub struct Snapshot {
     pub prefetch_issued: u64,
     pub prefetch_hits: u64,
     pub errors: u64,
+    /// Chunks decoded by the GPU batch decoder (verified on the host).
+    #[serde(default)]
+    pub gpu_chunks: u64,
+    /// Chunks given to the GPU that fell back to the CPU (flagged, bad checksum, failed
+    /// batch): on an undamaged pack, a sign the GPU path is broken.
+    #[serde(default)]
+    pub gpu_fallbacks: u64,
     pub files: u64,
     pub packed_bytes: u64,
     pub original_bytes: u64,
@@ -76,6 +85,10 @@ impl Stats {
     pub fn prefetch_hit(&self) {
         self.prefetch_hits.fetch_add(1, Relaxed);
     }
+    pub fn gpu_batch(&self, chunks: u64, fallbacks: u64) {
+        self.gpu_chunks.fetch_add(chunks, Relaxed);
+        self.gpu_fallbacks.fetch_add(fallbacks, Relaxed);
+    }
     pub fn error(&self) {
         self.errors.fetch_add(1, Relaxed);
     }
@@ -94,6 +107,8 @@ impl Stats {
             prefetch_issued: self.prefetch_issued.load(Relaxed),
             prefetch_hits: self.prefetch_hits.load(Relaxed),
             errors: self.errors.load(Relaxed),
+            gpu_chunks: self.gpu_chunks.load(Relaxed),
+            gpu_fallbacks: self.gpu_fallbacks.load(Relaxed),
             ..Default::default()
         }
     }

@@ -22,11 +22,23 @@ pub fn models() -> Option<PathBuf> {
     if m.join("MANIFEST.sha256").exists() && m.join("minilm-bf16").is_dir() {
         Some(m)
     } else {
-        eprintln!(
-            "SKIP real models: {} not fetched; run scripts/fetch-models.sh",
+        skip(&format!(
+            "real models: {} not fetched; run scripts/fetch-models.sh",
             m.display()
-        );
+        ));
         None
+    }
+}
+
+/// Says why a test (or part of one) is skipped. `cargo test` hides the output of passing
+/// tests, so under CI (`CI` set to `true` or `1`) a missing prerequisite fails the test
+/// instead of passing silently; set `DCFS_ALLOW_SKIP=1` to accept skips there.
+pub fn skip(reason: &str) {
+    eprintln!("SKIP {reason}");
+    let ci = std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
+    let allowed = std::env::var("DCFS_ALLOW_SKIP").is_ok_and(|v| v == "1");
+    if ci && !allowed {
+        panic!("SKIP under CI (set DCFS_ALLOW_SKIP=1 to allow): {reason}");
     }
 }
 
@@ -164,13 +176,14 @@ pub fn dcfs_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_dcfs"))
 }
 
-/// Mounting needs root and /dev/fuse; without them the test says why and passes.
+/// Mounting needs root and /dev/fuse; without them the test says why and passes (fails
+/// under CI, see [`skip`]).
 pub fn can_mount() -> bool {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     let ok = root && Path::new("/dev/fuse").exists();
     if !ok {
-        eprintln!("SKIP mount tests: need root and /dev/fuse (root={root})");
+        skip(&format!("mount tests: need root and /dev/fuse (root={root})"));
     }
     ok
 }
