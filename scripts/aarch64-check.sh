@@ -55,7 +55,8 @@ cargo build --release --target "$T" --bin dcfs
 cargo build --release --bin dcfs
 ARM="$ROOT/target/$T/release/dcfs"
 X86="$ROOT/target/release/dcfs"
-file "$ARM" | grep -q "ARM aarch64" || {
+# ELF e_machine (offset 18, little-endian) must be EM_AARCH64 = 0xb7.
+[[ $(od -An -tx1 -j18 -N2 "$ARM" | tr -d ' \n') == b700 ]] || {
   echo "not an aarch64 binary: $ARM" >&2
   exit 1
 }
