@@ -12,10 +12,22 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// The version line, with the rANS decode path this CPU gets (avx2, neon or scalar).
+fn version() -> &'static str {
+    static V: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    V.get_or_init(|| {
+        format!(
+            "{} (rANS decode: {})",
+            env!("CARGO_PKG_VERSION"),
+            dcfs::codec::rans::decode_path()
+        )
+    })
+}
+
 #[derive(Parser)]
 #[command(
     name = "dcfs",
-    version,
+    version = version(),
     about = "Lossless compression for model weights, served unchanged through a read-only FUSE mount",
     long_about = "dcfs packs model directories (safetensors, GGUF, configs, tokenizers) into smaller, \
                   checksummed containers and serves them back byte for byte.\n\n\

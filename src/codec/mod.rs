@@ -7,6 +7,8 @@ pub mod rans;
 #[cfg(target_arch = "x86_64")]
 mod rans_avx2;
 pub mod rans_layout;
+#[cfg(target_arch = "aarch64")]
+mod rans_neon;
 
 use std::fmt;
 

@@ -517,17 +517,45 @@ fn finish(
     Ok(())
 }
 
-/// Whether the AVX2 group loops run, in the decoder and the encoder (`DCFS_NO_SIMD=1`
-/// forces the scalar paths, for comparisons).
-#[cfg(target_arch = "x86_64")]
+/// Whether the SIMD group loops run: AVX2 in the decoder and the encoder on x86_64, NEON in
+/// the decoder on aarch64 (`DCFS_NO_SIMD=1` forces the scalar paths, for comparisons).
 fn use_simd() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| super::rans_avx2::available() && std::env::var_os("DCFS_NO_SIMD").is_none())
+    *ON.get_or_init(|| simd_available() && std::env::var_os("DCFS_NO_SIMD").is_none())
+}
+
+#[cfg(target_arch = "x86_64")]
+fn simd_available() -> bool {
+    super::rans_avx2::available()
+}
+
+#[cfg(target_arch = "aarch64")]
+fn simd_available() -> bool {
+    super::rans_neon::available()
+}
+
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+fn simd_available() -> bool {
+    false
+}
+
+/// The decode path this process uses: "avx2", "neon" or "scalar".
+pub fn decode_path() -> &'static str {
+    match (use_simd(), cfg!(target_arch = "aarch64")) {
+        (false, _) => "scalar",
+        (true, true) => "neon",
+        (true, false) => "avx2",
+    }
 }
 
 /// Decodes one sub-block, or two independent ones side by side (`b`), which lets the SIMD
 /// path overlap their latencies.
-fn decode_blocks(dtab: &[u32], a: (&[u8], &mut [u8]), b: Option<(&[u8], &mut [u8])>) -> Result<(), CodecError> {
+fn decode_blocks(
+    dtab: &[u32],
+    a: (&[u8], &mut [u8]),
+    b: Option<(&[u8], &mut [u8])>,
+    simd: bool,
+) -> Result<(), CodecError> {
     if dtab.len() != PROB_SCALE as usize {
         return Err(CodecError::corrupt("rANS decode table has the wrong size"));
     }
@@ -540,9 +568,12 @@ fn decode_blocks(dtab: &[u32], a: (&[u8], &mut [u8]), b: Option<(&[u8], &mut [u8
         None => None,
     };
     let (mut done_a, mut pos_a, mut done_b, mut pos_b) = (0, 0, 0, 0);
-    #[cfg(target_arch = "x86_64")]
-    if use_simd() {
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    if simd {
+        #[cfg(target_arch = "x86_64")]
         use super::rans_avx2::{decode_groups, Lane};
+        #[cfg(target_arch = "aarch64")]
+        use super::rans_neon::{decode_groups, Lane};
         let mut la = Lane {
             states: &mut sa,
             words: wa,
@@ -557,7 +588,8 @@ fn decode_blocks(dtab: &[u32], a: (&[u8], &mut [u8]), b: Option<(&[u8], &mut [u8
             done: 0,
             pos: 0,
         });
-        // SAFETY: AVX2 is present (checked by use_simd).
+        // SAFETY: `simd` is true only when `simd_available` found AVX2 and POPCNT (x86_64)
+        // or NEON (aarch64).
         unsafe { decode_groups(dtab, &mut la, lb.as_mut()) };
         (done_a, pos_a) = (la.done, la.pos);
         if let Some(lb) = lb {
@@ -573,11 +605,18 @@ fn decode_blocks(dtab: &[u32], a: (&[u8], &mut [u8]), b: Option<(&[u8], &mut [u8
 
 /// Decodes one sub-block: `out.len()` symbols from `block` (states then words).
 pub fn decode_sub_block(dtab: &[u32], block: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
-    decode_blocks(dtab, (block, out), None)
+    decode_blocks(dtab, (block, out), None, use_simd())
 }
 
 /// Decodes a whole stream into `out`, whose length is the expected symbol count.
 pub fn decode(stream: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
+    decode_impl(stream, out, use_simd())
+}
+
+/// The decoder, with the SIMD group loop (`simd`, which must only be true when
+/// `simd_available`) or the scalar one; both give the same bytes and the same verdicts.
+pub(super) fn decode_impl(stream: &[u8], out: &mut [u8], simd: bool) -> Result<(), CodecError> {
+    let simd = simd && simd_available();
     let p = parse(stream, out.len())?;
     if p.n_symbols == 0 {
         return Ok(());
@@ -586,9 +625,9 @@ pub fn decode(stream: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
     for (k, pair) in out.chunks_mut(2 * SUB_BLOCK).enumerate() {
         if pair.len() > SUB_BLOCK {
             let (a, b) = pair.split_at_mut(SUB_BLOCK);
-            decode_blocks(&dtab, (p.sub_block(2 * k), a), Some((p.sub_block(2 * k + 1), b)))?;
+            decode_blocks(&dtab, (p.sub_block(2 * k), a), Some((p.sub_block(2 * k + 1), b)), simd)?;
         } else {
-            decode_blocks(&dtab, (p.sub_block(2 * k), pair), None)?;
+            decode_blocks(&dtab, (p.sub_block(2 * k), pair), None, simd)?;
         }
     }
     Ok(())

@@ -80,6 +80,32 @@ unsafe impl Send for Cuda {}
 // SAFETY: as above; the driver API is thread-safe for these calls.
 unsafe impl Sync for Cuda {}
 
+/// Where the driver library is looked for, in order: the soname through the loader's path,
+/// then the L4T directory, where Jetson images keep `libcuda.so.1` and which containers do
+/// not always put on the loader's path. Absolute paths only name files of the driver
+/// install, never anything under the user's control.
+pub const DRIVER_CANDIDATES: &[&str] = &[
+    "libcuda.so.1",
+    #[cfg(target_arch = "aarch64")]
+    "/usr/lib/aarch64-linux-gnu/tegra/libcuda.so.1",
+    #[cfg(target_arch = "aarch64")]
+    "/usr/lib/aarch64-linux-gnu/nvidia/libcuda.so.1",
+];
+
+/// Opens the first of [`DRIVER_CANDIDATES`] that loads; `NoDriver` naming every failure.
+pub(crate) fn load_driver() -> Result<Library, GpuError> {
+    let mut errs = Vec::new();
+    for c in DRIVER_CANDIDATES {
+        // SAFETY: loading the NVIDIA driver library runs its initialisers, which is what
+        // every CUDA program does; we pass no callbacks.
+        match unsafe { Library::new(c) } {
+            Ok(lib) => return Ok(lib),
+            Err(e) => errs.push(e.to_string()),
+        }
+    }
+    Err(GpuError::NoDriver(errs.join("; ")))
+}
+
 macro_rules! sym {
     ($lib:expr, $name:literal) => {{
         // SAFETY: the symbol is a documented CUDA driver entry point and the field's type
@@ -97,7 +123,7 @@ impl Cuda {
     pub fn open(ordinal: i32) -> Result<Arc<Cuda>, GpuError> {
         // SAFETY: loading the NVIDIA driver library runs its initialisers, which is what
         // every CUDA program does; we pass no callbacks.
-        let lib = unsafe { Library::new("libcuda.so.1") }.map_err(|e| GpuError::NoDriver(e.to_string()))?;
+        let lib = load_driver()?;
         let api = Api {
             init: sym!(lib, b"cuInit\0"),
             driver_version: sym!(lib, b"cuDriverGetVersion\0"),

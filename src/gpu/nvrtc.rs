@@ -47,15 +47,26 @@ pub struct Nvrtc {
     _lib: Library,
 }
 
-/// Where to look for libnvrtc: `$DCFS_NVRTC`, the loader's path, then the pip wheel
-/// (`nvidia-cuda-nvrtc-cu12`) inside `$VIRTUAL_ENV` or `$DCFS_VENV`.
+/// The sonames NVRTC ships under, newest first: CUDA 12 (`.so.12`), CUDA 11.2 to 11.8
+/// (all `.so.11.2`: JetPack 5 on Jetson Orin/Xavier), then the unversioned developer link.
+/// CUDA 11.0/11.1 lack `nvrtcGetSupportedArchs`, so their libraries fail the symbol check.
+pub const SONAMES: &[&str] = &["libnvrtc.so.12", "libnvrtc.so.11.2", "libnvrtc.so"];
+
+/// Toolkit library directories tried after the loader's path: JetPack and the CUDA
+/// installers put NVRTC there without always registering it with the loader.
+const TOOLKIT_DIRS: &[&str] = &["/usr/local/cuda/lib64", "/usr/local/cuda/targets/aarch64-linux/lib"];
+
+/// Where to look for libnvrtc: `$DCFS_NVRTC`, each of [`SONAMES`] through the loader's
+/// path, then under `$CUDA_HOME/lib64` and the toolkit directories (existing files only),
+/// then the pip wheel (`nvidia-cuda-nvrtc-cu12`) inside `$VIRTUAL_ENV` or `$DCFS_VENV`.
 pub fn candidates() -> Vec<String> {
     let mut v = Vec::new();
     if let Ok(p) = std::env::var("DCFS_NVRTC") {
         v.push(p);
     }
-    v.push("libnvrtc.so.12".into());
-    v.push("libnvrtc.so".into());
+    v.extend(SONAMES.iter().map(|s| s.to_string()));
+    let home = std::env::var_os("CUDA_HOME").map(|h| PathBuf::from(h).join("lib64"));
+    v.extend(in_dirs(home.into_iter().chain(TOOLKIT_DIRS.iter().map(PathBuf::from))));
     for var in ["VIRTUAL_ENV", "DCFS_VENV"] {
         if let Ok(venv) = std::env::var(var) {
             v.extend(venv_nvrtc(Path::new(&venv)));
@@ -64,16 +75,24 @@ pub fn candidates() -> Vec<String> {
     v
 }
 
-/// `libnvrtc.so.12` files of the pip wheel inside a virtual environment.
+/// The existing files named by one of [`SONAMES`] inside `dirs`, in order.
+fn in_dirs(dirs: impl Iterator<Item = PathBuf>) -> Vec<String> {
+    dirs.flat_map(|d| SONAMES.iter().map(move |so| d.join(so)))
+        .filter(|p| p.is_file())
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect()
+}
+
+/// NVRTC libraries of the pip wheels (`nvidia-cuda-nvrtc-cu12` or `-cu11`) inside a
+/// virtual environment.
 pub fn venv_nvrtc(venv: &Path) -> Vec<String> {
     let Ok(rd) = std::fs::read_dir(venv.join("lib")) else {
         return Vec::new();
     };
-    rd.flatten()
-        .map(|e| e.path().join("site-packages/nvidia/cuda_nvrtc/lib/libnvrtc.so.12"))
-        .filter(|p| p.is_file())
-        .map(|p| p.to_string_lossy().into_owned())
-        .collect()
+    in_dirs(
+        rd.flatten()
+            .map(|e| e.path().join("site-packages/nvidia/cuda_nvrtc/lib")),
+    )
 }
 
 macro_rules! sym {
@@ -311,11 +330,29 @@ mod tests {
                 Err(e) => errs.push(e.to_string()),
             }
         }
-        println!(
-            "SKIP NVRTC compile test: no libnvrtc.so.12 loadable ({})",
-            errs.join("; ")
-        );
+        println!("SKIP NVRTC compile test: no libnvrtc loadable ({})", errs.join("; "));
         None
+    }
+
+    /// CUDA 11 and 12 sonames are both looked up, and a toolkit directory offers only the
+    /// files it really has, in soname order.
+    #[test]
+    fn lookup_covers_cuda_11_and_12_sonames() {
+        let c = candidates();
+        for so in ["libnvrtc.so.12", "libnvrtc.so.11.2"] {
+            assert!(c.iter().any(|p| p == so), "{so} missing from {c:?}");
+        }
+        let d = tempfile::tempdir().unwrap();
+        assert!(in_dirs([d.path().to_path_buf()].into_iter()).is_empty());
+        for so in ["libnvrtc.so.11.2", "libnvrtc.so.12"] {
+            std::fs::write(d.path().join(so), b"").unwrap();
+        }
+        let found = in_dirs([d.path().to_path_buf()].into_iter());
+        let want: Vec<String> = ["libnvrtc.so.12", "libnvrtc.so.11.2"]
+            .iter()
+            .map(|so| d.path().join(so).to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(found, want);
     }
 
     #[test]
