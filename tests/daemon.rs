@@ -1,0 +1,228 @@
+//! The mount as a production daemon: where it logs (syslog, a 0600 file, stderr), systemd
+//! readiness through $NOTIFY_SOCKET, option checking, and versioned JSON.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use dcfs::pack::{self, NoProgress, PackOptions};
+
+fn packed(t: &Path, seed: u64) -> PathBuf {
+    let src = t.join("src");
+    synth_tree(&src, seed);
+    let p = t.join("packed");
+    pack::pack_tree(&src, &p, &PackOptions::default(), &NoProgress).unwrap();
+    p
+}
+
+/// Datagrams received on `sock` until one contains `want` (or the time is up).
+fn recv_until(sock: &UnixDatagram, want: &str, secs: u64) -> Vec<String> {
+    sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let end = Instant::now() + Duration::from_secs(secs);
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 8192];
+    while Instant::now() < end {
+        if let Ok(n) = sock.recv(&mut buf) {
+            got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            if got.last().unwrap().contains(want) {
+                break;
+            }
+        }
+    }
+    got
+}
+
+fn wait_exit(child: &mut Child, secs: u64) -> Option<std::process::ExitStatus> {
+    let end = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < end {
+        if let Some(s) = child.try_wait().unwrap() {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+fn wait_unmounted(mnt: &Path) {
+    for _ in 0..250 {
+        if !is_mounted(mnt) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("{} still mounted", mnt.display());
+}
+
+#[test]
+fn a_detached_mount_logs_mount_and_unmount_to_syslog() {
+    if !can_mount() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let p = packed(t.path(), 21);
+    let sock_path = t.path().join("log.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    let mnt = t.path().join("mnt");
+    fs::create_dir_all(&mnt).unwrap();
+    let out = Command::new(dcfs_bin())
+        .env("DCFS_SYSLOG_SOCKET", &sock_path)
+        .env_remove("RUST_LOG")
+        .arg("mount")
+        .arg(&p)
+        .arg(&mnt)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mnt = mnt.canonicalize().unwrap();
+    let got = recv_until(&sock, "serving", 10);
+    let line = got
+        .iter()
+        .find(|l| l.contains("serving"))
+        .unwrap_or_else(|| panic!("{got:?}"));
+    // <30> = facility daemon (3) * 8 + info (6); then the time, then the tag with the pid.
+    assert!(line.starts_with("<30>"), "{line}");
+    assert!(line.contains(" dcfs["), "{line}");
+    assert!(line.contains(&mnt.display().to_string()), "{line}");
+    assert!(!line.contains('\n') && !line.contains('\x1b'), "{line:?}");
+    assert!(Command::new(dcfs_bin())
+        .arg("umount")
+        .arg(&mnt)
+        .status()
+        .unwrap()
+        .success());
+    wait_unmounted(&mnt);
+    let got = recv_until(&sock, "unmounted", 10);
+    assert!(got.iter().any(|l| l.contains("unmounted")), "{got:?}");
+}
+
+#[test]
+fn log_file_is_created_0600_and_a_planted_link_is_refused() {
+    if !can_mount() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let p = packed(t.path(), 22);
+    let mnt = t.path().join("mnt");
+    fs::create_dir_all(&mnt).unwrap();
+    let log = t.path().join("dcfs.log");
+    let opt = format!("log_file={}", log.display());
+    let m = Mounted::new(&p, &mnt, &["-o", &opt]);
+    let mode = fs::metadata(&log).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    drop(m);
+    wait_unmounted(&mnt.canonicalize().unwrap());
+    let end = Instant::now() + Duration::from_secs(10);
+    let mut text = String::new();
+    while Instant::now() < end && !text.contains("unmounted") {
+        text = fs::read_to_string(&log).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(text.contains("serving") && text.contains("unmounted"), "{text}");
+    assert!(!text.contains('\x1b'), "{text:?}");
+
+    // A symlink at the log path is not followed: the mount is refused, the target untouched.
+    let target = t.path().join("victim");
+    fs::write(&target, b"keep").unwrap();
+    let link = t.path().join("link.log");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let out = Command::new(dcfs_bin())
+        .arg("mount")
+        .arg(&p)
+        .arg(&mnt)
+        .arg("-o")
+        .arg(format!("log_file={}", link.display()))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("log file"));
+    assert_eq!(fs::read(&target).unwrap(), b"keep");
+    assert!(!is_mounted(&mnt.canonicalize().unwrap()));
+}
+
+#[test]
+fn a_foreground_mount_tells_systemd_ready_then_stopping() {
+    if !can_mount() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let p = packed(t.path(), 23);
+    let sock_path = t.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    let mnt = t.path().join("mnt");
+    fs::create_dir_all(&mnt).unwrap();
+    let mnt = mnt.canonicalize().unwrap();
+    let mut c = Command::new(dcfs_bin())
+        .env("NOTIFY_SOCKET", &sock_path)
+        .arg("mount")
+        .arg("-f")
+        .arg(&p)
+        .arg(&mnt)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let got = recv_until(&sock, "READY=1", 15);
+    let ready = got.iter().find(|m| m.contains("READY=1"));
+    // Ready means mounted: systemd starts dependants at this point.
+    let mounted = is_mounted(&mnt);
+    // SAFETY: sending a signal to our own child.
+    unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+    let st = wait_exit(&mut c, 10).expect("dcfs did not exit on SIGTERM");
+    let ready = ready.unwrap_or_else(|| panic!("no READY=1: {got:?}"));
+    assert!(mounted, "READY=1 before the mount existed");
+    assert!(ready.contains(&format!("MAINPID={}", c.id())), "{ready}");
+    assert!(st.success(), "{st}");
+    let got = recv_until(&sock, "STOPPING=1", 5);
+    assert!(got.iter().any(|m| m.contains("STOPPING=1")), "{got:?}");
+    // Foreground logs go to stderr.
+    let mut err = String::new();
+    std::io::Read::read_to_string(c.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(err.contains("serving"), "{err}");
+}
+
+#[test]
+fn bad_daemon_options_are_refused_before_mounting() {
+    let t = tempfile::tempdir().unwrap();
+    let mnt = t.path().join("mnt");
+    fs::create_dir_all(&mnt).unwrap();
+    for (opt, why) in [
+        ("gpu=sometimes", "gpu"),
+        ("log=journal", "log"),
+        ("log_file", "needs a value"),
+        ("allow_other,allow_root", "exclude"),
+    ] {
+        let out = Command::new(dcfs_bin())
+            .arg("mount")
+            .arg(t.path())
+            .arg(&mnt)
+            .args(["-o", opt])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{opt}: {err}");
+        assert!(err.contains(why), "{opt}: {err}");
+    }
+}
+
+#[test]
+fn unprivileged_options_mount_and_stats_json_has_a_schema_version() {
+    if !can_mount() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let p = packed(t.path(), 24);
+    let m = Mounted::new(
+        &p,
+        &t.path().join("mnt"),
+        &["-o", "allow_root,gpu=off,x-systemd.automount"],
+    );
+    assert!(fs::read(m.mnt.join("config.json")).is_ok());
+    let s = m.stats();
+    assert_eq!(s["schema_version"], 1, "{s}");
+    assert!(s["files"].as_u64().unwrap() > 0);
+}
