@@ -1,6 +1,9 @@
 //! Shared CLI helpers: logging, progress bars, sizes, thread counts.
 
 use std::io::IsTerminal;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
 
 use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 
@@ -207,14 +210,67 @@ pub fn human(n: u64) -> String {
     HumanBytes(n).to_string()
 }
 
-/// A byte progress bar on stderr, hidden when stderr is not a terminal or output is JSON.
+/// Progress on stderr: a bar on a terminal; elsewhere (CI logs, cron, redirected ssh) one
+/// plain line at most every [`PLAIN_EVERY`], so long work is not silent; nothing when
+/// `hidden` (JSON output).
 pub struct Bar {
     bar: ProgressBar,
+    plain: Option<Plain>,
+}
+
+/// Least time between two plain progress lines.
+pub const PLAIN_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+struct Plain {
+    total: AtomicU64,
+    done: AtomicU64,
+    state: Mutex<PlainState>,
+}
+
+struct PlainState {
+    last: Instant,
+    msg: String,
+}
+
+impl Plain {
+    /// The line to print now, if one is due.
+    fn due(&self, now: Instant) -> Option<String> {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if now.duration_since(st.last) < PLAIN_EVERY {
+            return None;
+        }
+        st.last = now;
+        let (done, total) = (self.done.load(Ordering::Relaxed), self.total.load(Ordering::Relaxed));
+        let pct = if total == 0 {
+            0.0
+        } else {
+            100.0 * done as f64 / total as f64
+        };
+        let msg = if st.msg.is_empty() {
+            String::new()
+        } else {
+            format!(" {}", st.msg)
+        };
+        Some(format!("dcfs: {} of {} ({pct:.0}%){msg}", human(done), human(total)))
+    }
 }
 
 impl Bar {
     pub fn new(hidden: bool) -> Bar {
-        let bar = if hidden || !std::io::stderr().is_terminal() {
+        Bar::with(hidden, std::io::stderr().is_terminal())
+    }
+
+    fn with(hidden: bool, terminal: bool) -> Bar {
+        let plain = (!hidden && !terminal).then(|| Plain {
+            total: AtomicU64::new(0),
+            done: AtomicU64::new(0),
+            // The first line comes after the first interval, not at once.
+            state: Mutex::new(PlainState {
+                last: Instant::now(),
+                msg: String::new(),
+            }),
+        });
+        let bar = if hidden || !terminal {
             ProgressBar::hidden()
         } else {
             let b = ProgressBar::new(0);
@@ -226,22 +282,37 @@ impl Bar {
             );
             b
         };
-        Bar { bar }
+        Bar { bar, plain }
     }
     pub fn finish(&self) {
         self.bar.finish_and_clear();
+    }
+    fn tick(&self) {
+        if let Some(line) = self.plain.as_ref().and_then(|p| p.due(Instant::now())) {
+            eprintln!("{line}");
+        }
     }
 }
 
 impl dcfs::pack::Progress for Bar {
     fn set_total(&self, bytes: u64) {
         self.bar.set_length(bytes);
+        if let Some(p) = &self.plain {
+            p.total.store(bytes, Ordering::Relaxed);
+        }
     }
     fn advance(&self, bytes: u64) {
         self.bar.inc(bytes);
+        if let Some(p) = &self.plain {
+            p.done.fetch_add(bytes, Ordering::Relaxed);
+            self.tick();
+        }
     }
     fn message(&self, msg: &str) {
         self.bar.set_message(msg.to_string());
+        if let Some(p) = &self.plain {
+            p.state.lock().unwrap_or_else(|e| e.into_inner()).msg = msg.to_string();
+        }
     }
     fn warn(&self, msg: &str) {
         self.bar.suspend(|| eprintln!("dcfs: warning: {msg}"));
@@ -260,5 +331,40 @@ mod tests {
         assert_eq!(parse_size("1.5G"), Ok(3 << 29));
         assert!(parse_size("12Q").is_err());
         assert!(parse_size("M").is_err());
+    }
+
+    #[test]
+    fn plain_progress_is_rate_limited_and_off_on_a_terminal_or_for_json() {
+        use dcfs::pack::Progress;
+        assert!(Bar::with(true, false).plain.is_none());
+        assert!(Bar::with(false, true).plain.is_none());
+        let b = Bar::with(false, false);
+        b.set_total(4 << 20);
+        b.message("model.safetensors");
+        b.advance(1 << 20);
+        let p = b.plain.as_ref().unwrap();
+        let t0 = p.state.lock().unwrap().last;
+        // Not before the interval, once after it, and not again straight away.
+        assert_eq!(p.due(t0 + PLAIN_EVERY / 2), None);
+        let line = p.due(t0 + PLAIN_EVERY).unwrap();
+        assert_eq!(line, "dcfs: 1.00 MiB of 4.00 MiB (25%) model.safetensors");
+        assert_eq!(p.due(t0 + PLAIN_EVERY + PLAIN_EVERY / 2), None);
+        assert!(p.due(t0 + PLAIN_EVERY * 2).is_some());
+    }
+
+    #[test]
+    fn syslog_lines_are_rfc3164_on_one_line() {
+        let w = SyslogWriter::new();
+        let l = String::from_utf8(w.line(3, "chunk 7 of a.bin: corrupt\nsecond line\n")).unwrap();
+        assert!(l.starts_with("<27>"), "{l}");
+        assert!(
+            l.ends_with(&format!(
+                " dcfs[{}]: chunk 7 of a.bin: corrupt second line",
+                std::process::id()
+            )),
+            "{l}"
+        );
+        // `<27>Mmm dd hh:mm:ss `: the timestamp is 15 characters.
+        assert_eq!(&l[4 + 15..4 + 16], " ", "{l}");
     }
 }
