@@ -226,3 +226,82 @@ fn unprivileged_options_mount_and_stats_json_has_a_schema_version() {
     assert_eq!(s["schema_version"], 1, "{s}");
     assert!(s["files"].as_u64().unwrap() > 0);
 }
+
+#[test]
+fn an_autofs_trigger_at_the_mount_point_is_mounted_over() {
+    if !can_mount() {
+        return;
+    }
+    let has_autofs = fs::read_to_string("/proc/filesystems").is_ok_and(|f| f.contains("autofs"));
+    if !has_autofs {
+        eprintln!("SKIP autofs test: the kernel has no autofs filesystem");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let p = packed(t.path(), 25);
+    let mnt = t.path().join("mnt");
+    fs::create_dir_all(&mnt).unwrap();
+    let mnt = mnt.canonicalize().unwrap();
+    // A direct autofs mount as systemd's automount makes it, driven by a pipe. Both ends
+    // are closed once mounted: anything that fires the trigger then fails at once (the
+    // mount turns catatonic) instead of waiting for a daemon that is not there.
+    let mut fds = [0i32; 2];
+    // SAFETY: `fds` is a valid two-element array for pipe(2) to fill.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: getpgrp has no preconditions.
+    let pgrp = unsafe { libc::getpgrp() };
+    let opts = format!("fd={},pgrp={pgrp},minproto=5,maxproto=5,direct", fds[1]);
+    let st = Command::new("mount")
+        .args(["-t", "autofs", "-o", &opts, "dcfs-test-autofs"])
+        .arg(&mnt)
+        .status();
+    // SAFETY: closing the two descriptors pipe(2) gave us, used nowhere else.
+    unsafe {
+        libc::close(fds[0]);
+        libc::close(fds[1]);
+    }
+    if !st.as_ref().is_ok_and(|s| s.success()) {
+        eprintln!("SKIP autofs test: mount -t autofs failed here ({st:?})");
+        return;
+    }
+    let autofs_top = || dcfs::fs::top_mount_at(&mnt).is_some_and(|m| m.fstype == "autofs");
+    assert!(autofs_top());
+    // In the foreground, so in the trigger's process group (its "daemon"): fuser 0.18 opens
+    // the mount point before mount(2), and from any other process group that open fires
+    // the trigger (see the NOTE in docs/MOUNT.md).
+    let mut c = Command::new(dcfs_bin())
+        .arg("mount")
+        .arg("-f")
+        .arg(&p)
+        .arg(&mnt)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let end = Instant::now() + Duration::from_secs(10);
+    while autofs_top() && Instant::now() < end && c.try_wait().unwrap().is_none() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mounted = dcfs::fs::top_mount_at(&mnt).map(|m| m.fstype);
+    let read = fs::read(mnt.join("config.json"));
+    let want = fs::read(t.path().join("src/config.json")).unwrap();
+    let _ = Command::new(dcfs_bin()).arg("umount").arg(&mnt).status();
+    for _ in 0..250 {
+        if autofs_top() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let autofs_left = autofs_top();
+    let st = wait_exit(&mut c, 10);
+    let _ = Command::new("umount").arg(&mnt).status();
+    let mut err = String::new();
+    if st.is_none() {
+        let _ = c.kill();
+    }
+    std::io::Read::read_to_string(c.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(st.is_some_and(|s| s.success()), "{st:?}: {err}");
+    assert!(mounted.as_deref().is_some_and(|f| f.starts_with("fuse")), "{mounted:?}");
+    assert_eq!(read.unwrap(), want);
+    // Unmounting dcfs leaves the trigger in place, as systemd expects.
+    assert!(autofs_left);
+}

@@ -184,7 +184,14 @@ fn preflight(packed: &Path, mnt: &Path, nonempty: bool) -> Result<()> {
         Ok(_) => {}
     }
     let canon = mnt.canonicalize()?;
-    if let Some(fstype) = mounted_at(&canon) {
+    let top = mounted_at(&canon);
+    // fstab's x-systemd.automount puts an autofs trigger here and runs us when it fires: we
+    // mount over it. Its directory is never listed, since opening it would fire it again.
+    if top.as_deref() == Some("autofs") {
+        dcfs::pack::read_marker(packed)?;
+        return Ok(());
+    }
+    if let Some(fstype) = top {
         bail!(
             "{} is already a mount point ({fstype}); unmount it first (dcfs umount {})",
             mnt.display(),
