@@ -195,6 +195,7 @@ fn bad_daemon_options_are_refused_before_mounting() {
         ("log=journal", "log"),
         ("log_file", "needs a value"),
         ("allow_other,allow_root", "exclude"),
+        ("auto_unmount", "needs allow_root"),
     ] {
         let out = Command::new(dcfs_bin())
             .arg("mount")
@@ -304,4 +305,128 @@ fn an_autofs_trigger_at_the_mount_point_is_mounted_over() {
     assert_eq!(read.unwrap(), want);
     // Unmounting dcfs leaves the trigger in place, as systemd expects.
     assert!(autofs_left);
+}
+
+/// Puts /dev/fuse's mode back when dropped (the test opens it to other users).
+struct FuseMode(u32);
+
+impl Drop for FuseMode {
+    fn drop(&mut self) {
+        let _ = fs::set_permissions("/dev/fuse", fs::Permissions::from_mode(self.0));
+    }
+}
+
+/// Puts a file back as it was (or removes it) when dropped.
+struct RestoreFile(PathBuf, Option<Vec<u8>>);
+
+impl Drop for RestoreFile {
+    fn drop(&mut self) {
+        let _ = match &self.1 {
+            Some(b) => fs::write(&self.0, b),
+            None => fs::remove_file(&self.0),
+        };
+    }
+}
+
+/// The uid and gid of a throwaway user, created when missing.
+fn test_user() -> Option<(u32, u32)> {
+    const NAME: &str = "dcfs-test-user";
+    let id = |flag: &str| -> Option<u32> {
+        let out = Command::new("id").arg(flag).arg(NAME).output().ok()?;
+        String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+    };
+    if id("-u").is_none() {
+        let st = Command::new("useradd")
+            .args(["--system", "--no-create-home", "--shell", "/usr/sbin/nologin", NAME])
+            .status();
+        if !st.as_ref().is_ok_and(|s| s.success()) {
+            eprintln!("SKIP unprivileged test: useradd failed ({st:?})");
+            return None;
+        }
+    }
+    Some((id("-u")?, id("-g")?))
+}
+
+/// `setpriv` running dcfs (or `prog`) as `uid:gid` with no supplementary groups.
+fn as_user(uid: u32, gid: u32, prog: &Path) -> Command {
+    let mut c = Command::new("setpriv");
+    c.arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={gid}"))
+        .arg("--clear-groups")
+        .arg("--")
+        .arg(prog);
+    c
+}
+
+fn find_fusermount() -> Option<PathBuf> {
+    ["/usr/bin/fusermount3", "/bin/fusermount3"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+}
+
+#[test]
+fn a_normal_user_mounts_reads_and_unmounts_through_fusermount3() {
+    if !can_mount() {
+        return;
+    }
+    if find_fusermount().is_none() {
+        eprintln!("SKIP unprivileged test: no fusermount3 (Debian: apt install fuse3)");
+        return;
+    }
+    let Some((uid, gid)) = test_user() else {
+        return;
+    };
+    let mode = fs::metadata("/dev/fuse").unwrap().permissions().mode() & 0o7777;
+    let _restore = FuseMode(mode);
+    fs::set_permissions("/dev/fuse", fs::Permissions::from_mode(0o666)).unwrap();
+    // A tree the user owns, under a directory they can reach.
+    let t = tempfile::tempdir().unwrap();
+    let p = packed(t.path(), 26);
+    let mnt = t.path().join("mnt");
+    fs::create_dir_all(&mnt).unwrap();
+    assert!(Command::new("chown")
+        .arg("-R")
+        .arg(format!("{uid}:{gid}"))
+        .arg(t.path())
+        .status()
+        .unwrap()
+        .success());
+    let mnt = mnt.canonicalize().unwrap();
+    // allow_root (which auto_unmount needs) is refused to users without user_allow_other.
+    let conf = Path::new("/etc/fuse.conf");
+    let old_conf = fs::read(conf).ok();
+    let _restore_conf = RestoreFile(conf.to_path_buf(), old_conf.clone());
+    let mut text = old_conf.unwrap_or_default();
+    text.extend_from_slice(b"\nuser_allow_other\n");
+    fs::write(conf, text).unwrap();
+    for opts in ["ro", "auto_unmount,allow_root"] {
+        let out = as_user(uid, gid, &dcfs_bin())
+            .arg("mount")
+            .arg(&p)
+            .arg(&mnt)
+            .args(["-o", opts])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{opts}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(is_mounted(&mnt), "{opts}");
+        let out = as_user(uid, gid, Path::new("cat"))
+            .arg(mnt.join("config.json"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{opts}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(
+            out.stdout,
+            fs::read(t.path().join("src/config.json")).unwrap(),
+            "{opts}"
+        );
+        // umount2(2) answers EPERM to a user; dcfs umount then goes through fusermount3.
+        let out = as_user(uid, gid, &dcfs_bin()).arg("umount").arg(&mnt).output().unwrap();
+        let ok = out.status.success();
+        if !ok {
+            let _ = Command::new(dcfs_bin()).args(["umount", "-l"]).arg(&mnt).status();
+        }
+        assert!(ok, "{opts}: {}", String::from_utf8_lossy(&out.stderr));
+        wait_unmounted(&mnt);
+    }
 }

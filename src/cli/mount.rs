@@ -157,6 +157,10 @@ fn settings(a: &MountArgs) -> Result<Settings> {
     if mount.allow_other && extras.allow_root {
         bail!("mount options allow_other and allow_root exclude each other");
     }
+    if extras.auto_unmount && !(mount.allow_other || extras.allow_root) {
+        // fusermount3 refuses it otherwise: say so before mounting.
+        bail!("mount option auto_unmount needs allow_root or allow_other as well");
+    }
     if let Some(f) = log_file {
         log = LogChoice::File(f);
     }
@@ -240,8 +244,10 @@ pub fn mount(a: MountArgs) -> Result<Outcome> {
         return serve(&packed, &mnt, &s, None);
     }
     let mut fds = [0i32; 2];
-    // SAFETY: `fds` is a valid two-element array for pipe(2) to fill.
-    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+    // Close-on-exec: a helper the daemon runs (fusermount3 -o auto_unmount stays alive
+    // for the mount's lifetime) must not hold the write end, or we never see its end.
+    // SAFETY: `fds` is a valid two-element array for pipe2(2) to fill.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
         return Err(std::io::Error::last_os_error()).context("pipe");
     }
     // SAFETY: pipe(2) just returned these two descriptors, owned by nobody else.
