@@ -430,3 +430,60 @@ fn a_normal_user_mounts_reads_and_unmounts_through_fusermount3() {
         wait_unmounted(&mnt);
     }
 }
+
+#[test]
+fn a_corrupt_chunk_is_logged_to_syslog_once_with_its_file_and_chunk() {
+    if !can_mount() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    synth_tree(&src, 27);
+    let p = t.path().join("packed");
+    let mut o = PackOptions {
+        chunk_size: 64 << 10,
+        ..Default::default()
+    };
+    o.encode.min_gain = 0.0;
+    pack::pack_tree(&src, &p, &o, &NoProgress).unwrap();
+    let cpath = p.join("model.safetensors.dcz");
+    let c = dcfs::format::Container::open(&cpath).unwrap();
+    let k = c.chunks.len() / 2;
+    let victim = c.chunks[k];
+    drop(c);
+    let mut bytes = fs::read(&cpath).unwrap();
+    bytes[(victim.payload_offset + victim.payload_len as u64 / 2) as usize] ^= 0x40;
+    fs::write(&cpath, &bytes).unwrap();
+    let sock_path = t.path().join("log.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    let mnt = t.path().join("mnt");
+    fs::create_dir_all(&mnt).unwrap();
+    let out = Command::new(dcfs_bin())
+        .env("DCFS_SYSLOG_SOCKET", &sock_path)
+        .env_remove("RUST_LOG")
+        .arg("mount")
+        .arg(&p)
+        .arg(&mnt)
+        .args(["--prefetch", "0"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let m = Mounted {
+        mnt: mnt.canonicalize().unwrap(),
+    };
+    // Twice: the second pass finds the same bad chunk, which is not logged again.
+    for _ in 0..2 {
+        assert!(fs::read(m.mnt.join("model.safetensors")).is_err());
+    }
+    drop(m);
+    let got = recv_until(&sock, "unmounted", 10);
+    let corrupt: Vec<_> = got.iter().filter(|l| l.contains("corrupt")).collect();
+    assert_eq!(corrupt.len(), 1, "{got:?}");
+    // <27> = daemon (3) * 8 + error (3).
+    let line = corrupt[0];
+    assert!(line.starts_with("<27>"), "{line}");
+    assert!(
+        line.contains("model.safetensors") && line.contains(&format!("chunk {k}")),
+        "{line}"
+    );
+}
