@@ -37,6 +37,16 @@ pub struct MountConfig {
     pub fuse_threads: usize,
 }
 
+/// Mount options for unprivileged (fusermount3) mounts, apart from [`MountConfig`] so
+/// existing callers keep their struct literals.
+#[derive(Clone, Debug, Default)]
+pub struct MountExtras {
+    /// Let root read the mount too (`allow_root`); excludes `allow_other`.
+    pub allow_root: bool,
+    /// Ask fusermount3 to unmount when the daemon dies (`auto_unmount`).
+    pub auto_unmount: bool,
+}
+
 struct DcFs {
     store: Arc<Store>,
 }
@@ -416,6 +426,16 @@ fn spawn_session(session: Session<DcFs>) -> io::Result<std::thread::JoinHandle<i
 impl Mount {
     /// Mounts `store` at `mountpoint` (the kernel mount exists when this returns).
     pub fn new(store: Arc<Store>, mountpoint: &Path, cfg: &MountConfig) -> io::Result<Mount> {
+        Mount::new_with(store, mountpoint, cfg, &MountExtras::default())
+    }
+
+    /// [`Mount::new`] with the options of [`MountExtras`].
+    pub fn new_with(
+        store: Arc<Store>,
+        mountpoint: &Path,
+        cfg: &MountConfig,
+        extras: &MountExtras,
+    ) -> io::Result<Mount> {
         let fsname = store.root().display().to_string().replace(',', "_");
         let mut config = Config::default();
         config.mount_options = vec![
@@ -426,8 +446,13 @@ impl Mount {
             MountOption::NoSuid,
             MountOption::DefaultPermissions,
         ];
+        if extras.auto_unmount {
+            config.mount_options.push(MountOption::AutoUnmount);
+        }
         config.acl = if cfg.allow_other {
             SessionACL::All
+        } else if extras.allow_root {
+            SessionACL::RootAndOwner
         } else {
             SessionACL::Owner
         };

@@ -76,7 +76,7 @@ pub fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let invoked_as = args.first().and_then(|a| a.rsplit('/').next()).unwrap_or("dcfs");
     let r = if invoked_as == "mount.dcfs" {
-        util::init_logging();
+        // The mount sets up its own logging once it knows where (stderr, syslog, a file).
         raise_open_file_limit();
         mount::mount_helper(args)
     } else {
@@ -97,7 +97,9 @@ pub fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<Outcome> {
-    util::init_logging();
+    if !matches!(cli.cmd, Cmd::Mount(_)) {
+        util::init_logging();
+    }
     raise_open_file_limit();
     match cli.cmd {
         Cmd::Pack(a) => pack::pack(a),

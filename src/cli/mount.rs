@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 
-use super::util::{default_threads, human, parse_size};
+use super::util::{default_threads, human, init_logging_to, one_line, open_log_file, parse_size, LogTarget};
 use super::Outcome;
-use dcfs::fs::{Mount, MountConfig, STATS_XATTR};
+use dcfs::fs::{Mount, MountConfig, MountExtras, STATS_XATTR};
 use dcfs::store::{default_cache_bytes, Snapshot, Store, StoreOptions};
 
 /// Serve a pack read-only at MNT: the original files, byte for byte.
@@ -29,8 +29,10 @@ pub struct MountArgs {
     #[arg(short, long)]
     foreground: bool,
     /// Comma-separated options: cache_size=SIZE, threads=N, prefetch=N, readahead=SIZE,
-    /// fuse_threads=N, allow_other, nonempty (mount over a directory that has entries), ro. fstab-only options (defaults, noauto, nofail, _netdev,
-    /// user, x-*) are accepted and ignored.
+    /// fuse_threads=N, allow_other, allow_root, auto_unmount, nonempty (mount over a
+    /// directory that has entries), gpu=auto|on|off, log=syslog|stderr, log_file=PATH, ro.
+    /// fstab-only options (defaults, noauto, nofail, _netdev, user, x-*) are accepted and
+    /// ignored.
     #[arg(short = 'o', value_name = "OPTS")]
     options: Vec<String>,
     /// Bound on decoded chunk bytes kept in memory (default: RAM/8, 64 MiB..512 MiB).
@@ -49,16 +51,31 @@ pub struct MountArgs {
     #[arg(long)]
     allow_other: bool,
     /// Decode prefetch windows on an NVIDIA GPU: auto (when present and faster than the CPU
-    /// on a calibration with this pack's chunks), on (required), off.
-    #[arg(long, value_enum, default_value = "auto")]
-    gpu: super::gpu::GpuArg,
+    /// on a calibration with this pack's chunks), on (required), off. Off by default until
+    /// the GPU path has been measured on real hardware.
+    #[arg(long, value_enum)]
+    gpu: Option<super::gpu::GpuArg>,
 }
 
 struct Settings {
     store: StoreOptions,
     mount: MountConfig,
+    extras: MountExtras,
     /// Mount over a directory that is not empty (its entries are hidden while mounted).
     nonempty: bool,
+    gpu: super::gpu::GpuArg,
+    log: LogChoice,
+}
+
+/// Where the mount logs: `-o log_file=PATH` wins, then `-o log=`; unset means stderr in
+/// the foreground and syslog when detached.
+#[derive(Clone, Debug, Default, PartialEq)]
+enum LogChoice {
+    #[default]
+    Auto,
+    Syslog,
+    Stderr,
+    File(PathBuf),
 }
 
 fn settings(a: &MountArgs) -> Result<Settings> {
@@ -74,6 +91,10 @@ fn settings(a: &MountArgs) -> Result<Settings> {
     };
     let mut readahead = None;
     let mut nonempty = false;
+    let mut extras = MountExtras::default();
+    let mut gpu = None;
+    let mut log = LogChoice::Auto;
+    let mut log_file = None;
     for opt in a.options.iter().flat_map(|o| o.split(',')).filter(|o| !o.is_empty()) {
         let (k, v) = opt.split_once('=').map_or((opt, None), |(k, v)| (k, Some(v)));
         let need = || v.ok_or_else(|| anyhow!("mount option {k} needs a value ({k}=...)"));
@@ -89,6 +110,23 @@ fn settings(a: &MountArgs) -> Result<Settings> {
             "fuse_threads" => mount.fuse_threads = num(need()?)?,
             "allow_other" => mount.allow_other = true,
             "nonempty" => nonempty = true,
+            "allow_root" => extras.allow_root = true,
+            "auto_unmount" => extras.auto_unmount = true,
+            "gpu" => {
+                let v = need()?;
+                gpu = Some(
+                    <super::gpu::GpuArg as clap::ValueEnum>::from_str(v, true)
+                        .map_err(|_| anyhow!("mount option gpu: {v:?} is not auto, on or off"))?,
+                )
+            }
+            "log" => {
+                log = match need()? {
+                    "syslog" => LogChoice::Syslog,
+                    "stderr" => LogChoice::Stderr,
+                    v => bail!("mount option log: {v:?} is not syslog or stderr (use log_file=PATH for a file)"),
+                }
+            }
+            "log_file" => log_file = Some(PathBuf::from(need()?)),
             "ro" | "defaults" | "auto" | "noauto" | "user" | "nouser" | "users" | "nofail" | "_netdev" | "nodev"
             | "nosuid" | "exec" | "noexec" | "async" | "noatime" | "relatime" => {}
             "rw" => tracing::info!("dcfs mounts are always read-only; ignoring rw"),
@@ -116,7 +154,24 @@ fn settings(a: &MountArgs) -> Result<Settings> {
         // Request threads mostly wait on decodes; more of them keep readahead flowing.
         mount.fuse_threads = (store.threads * 2).clamp(2, 16);
     }
-    Ok(Settings { store, mount, nonempty })
+    if mount.allow_other && extras.allow_root {
+        bail!("mount options allow_other and allow_root exclude each other");
+    }
+    if extras.auto_unmount && !(mount.allow_other || extras.allow_root) {
+        // fusermount3 refuses it otherwise: say so before mounting.
+        bail!("mount option auto_unmount needs allow_root or allow_other as well");
+    }
+    if let Some(f) = log_file {
+        log = LogChoice::File(f);
+    }
+    Ok(Settings {
+        store,
+        mount,
+        extras,
+        nonempty,
+        gpu: a.gpu.or(gpu).unwrap_or(super::gpu::GpuArg::Off),
+        log,
+    })
 }
 
 /// Refuses a mount point that is missing, a stale FUSE mount, already mounted, or (unless
@@ -133,7 +188,14 @@ fn preflight(packed: &Path, mnt: &Path, nonempty: bool) -> Result<()> {
         Ok(_) => {}
     }
     let canon = mnt.canonicalize()?;
-    if let Some(fstype) = mounted_at(&canon) {
+    let top = mounted_at(&canon);
+    // fstab's x-systemd.automount puts an autofs trigger here and runs us when it fires: we
+    // mount over it. Its directory is never listed, since opening it would fire it again.
+    if top.as_deref() == Some("autofs") {
+        dcfs::pack::read_marker(packed)?;
+        return Ok(());
+    }
+    if let Some(fstype) = top {
         bail!(
             "{} is already a mount point ({fstype}); unmount it first (dcfs umount {})",
             mnt.display(),
@@ -165,12 +227,27 @@ pub fn mount(a: MountArgs) -> Result<Outcome> {
     // Absolute paths: the daemon changes its directory to /.
     let packed = a.packed.canonicalize()?;
     let mnt = a.mountpoint.canonicalize()?;
+    // Opened here, before detaching, so a bad path is reported to the caller.
+    let file = match &s.log {
+        LogChoice::File(p) => Some(open_log_file(p).with_context(|| format!("opening the log file {}", p.display()))?),
+        _ => None,
+    };
+    let target = |detached: bool| match (file, &s.log) {
+        (Some(f), _) => LogTarget::File(f),
+        (None, LogChoice::Syslog) => LogTarget::Syslog,
+        (None, LogChoice::Stderr) => LogTarget::Stderr,
+        (None, _) if detached => LogTarget::Syslog,
+        (None, _) => LogTarget::Stderr,
+    };
     if a.foreground {
-        return serve(&packed, &mnt, &s, a.gpu, None);
+        init_logging_to(target(false), "info");
+        return serve(&packed, &mnt, &s, None);
     }
     let mut fds = [0i32; 2];
-    // SAFETY: `fds` is a valid two-element array for pipe(2) to fill.
-    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+    // Close-on-exec: a helper the daemon runs (fusermount3 -o auto_unmount stays alive
+    // for the mount's lifetime) must not hold the write end, or we never see its end.
+    // SAFETY: `fds` is a valid two-element array for pipe2(2) to fill.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
         return Err(std::io::Error::last_os_error()).context("pipe");
     }
     // SAFETY: pipe(2) just returned these two descriptors, owned by nobody else.
@@ -182,7 +259,8 @@ pub fn mount(a: MountArgs) -> Result<Outcome> {
         0 => {
             drop(rd);
             detach();
-            let code = match serve(&packed, &mnt, &s, a.gpu, Some(wr)) {
+            init_logging_to(target(true), "info");
+            let code = match serve(&packed, &mnt, &s, Some(wr)) {
                 Ok(_) => 0,
                 Err(_) => 1,
             };
@@ -221,7 +299,7 @@ fn detach() {
 
 /// Opens the store, mounts, reports readiness through `ready`, then serves until unmounted
 /// (by `dcfs umount`, umount(8), or SIGINT/SIGTERM/SIGHUP).
-fn serve(packed: &Path, mnt: &Path, s: &Settings, gpu: super::gpu::GpuArg, ready: Option<OwnedFd>) -> Result<Outcome> {
+fn serve(packed: &Path, mnt: &Path, s: &Settings, ready: Option<OwnedFd>) -> Result<Outcome> {
     let tell = |ready: Option<OwnedFd>, msg: &str| {
         if let Some(fd) = ready {
             let _ = std::fs::File::from(fd).write_all(msg.as_bytes());
@@ -231,16 +309,25 @@ fn serve(packed: &Path, mnt: &Path, s: &Settings, gpu: super::gpu::GpuArg, ready
     let set = stop_signals();
     // SAFETY: `set` is an initialised sigset_t; a null old-set pointer is allowed.
     unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-    let r = gpu
+    let r = s
+        .gpu
         .decoder(packed)
         .and_then(|g| {
             Store::open_with_gpu(packed, s.store.clone(), g).with_context(|| format!("opening {}", packed.display()))
         })
-        .and_then(|store| Mount::new(store, mnt, &s.mount).with_context(|| format!("mounting at {}", mnt.display())));
+        .and_then(|store| {
+            Mount::new_with(store, mnt, &s.mount, &s.extras).with_context(|| format!("mounting at {}", mnt.display()))
+        });
     let mut m = match r {
         Ok(m) => m,
         Err(e) => {
-            tell(ready, &format!("ERR {}", super::util::one_line(&e)));
+            tracing::error!(
+                "mount of {} at {} failed: {}",
+                packed.display(),
+                mnt.display(),
+                one_line(&e)
+            );
+            tell(ready, &format!("ERR {}", one_line(&e)));
             return Err(e);
         }
     };
@@ -264,8 +351,39 @@ fn serve(packed: &Path, mnt: &Path, s: &Settings, gpu: super::gpu::GpuArg, ready
         s.store.prefetch
     );
     tell(ready, "OK");
-    m.run().context("serving the mount")?;
-    Ok(Outcome::Ok)
+    sd_notify("READY=1");
+    let r = m.run().context("serving the mount");
+    sd_notify("STOPPING=1");
+    match &r {
+        Ok(()) => tracing::info!("unmounted {} from {}", packed.display(), mnt.display()),
+        Err(e) => tracing::error!("{} at {}: {}", packed.display(), mnt.display(), one_line(e)),
+    }
+    r.map(|()| Outcome::Ok)
+}
+
+/// Tells systemd (`Type=notify`) our state on $NOTIFY_SOCKET, when set; a path or an
+/// abstract name (`@...`). Failure only logs: the mount itself works either way.
+fn sd_notify(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let r = (|| -> std::io::Result<()> {
+        use std::os::unix::net::{SocketAddr, UnixDatagram};
+        let bytes = path.as_bytes();
+        let addr = match bytes.strip_prefix(b"@") {
+            Some(name) => {
+                use std::os::linux::net::SocketAddrExt;
+                SocketAddr::from_abstract_name(name)?
+            }
+            None => SocketAddr::from_pathname(Path::new(&path))?,
+        };
+        let msg = format!("{state}\nMAINPID={}", std::process::id());
+        UnixDatagram::unbound()?.send_to_addr(msg.as_bytes(), &addr)?;
+        Ok(())
+    })();
+    if let Err(e) = r {
+        tracing::warn!("sd_notify {state} on {}: {e}", path.to_string_lossy());
+    }
 }
 
 fn stop_signals() -> libc::sigset_t {
@@ -297,15 +415,37 @@ pub fn umount(a: UmountArgs) -> Result<Outcome> {
     // SAFETY: `p` is a valid NUL-terminated path.
     if unsafe { libc::umount2(p.as_ptr(), flags) } != 0 {
         let e = std::io::Error::last_os_error();
+        // A user's own FUSE mount: the setuid fusermount3 may unmount it for them.
+        if e.raw_os_error() == Some(libc::EPERM) && fusermount_unmount(&a.mountpoint, a.lazy)? {
+            return Ok(Outcome::Ok);
+        }
         let hint = match e.raw_os_error() {
             Some(libc::EBUSY) => "; files are open there: close them or use `dcfs umount -l`",
             Some(libc::EINVAL) => "; it is not a mount point",
-            Some(libc::EPERM) => "; unmounting needs root (or fusermount -u)",
+            Some(libc::EPERM) => "; unmounting needs root or fusermount3 (Debian: fuse3), which was not found",
             _ => "",
         };
         bail!("cannot unmount {}: {e}{hint}", a.mountpoint.display());
     }
     Ok(Outcome::Ok)
+}
+
+/// Runs `fusermount3 -u [-z] MNT` (or `fusermount`); Ok(false) when neither is installed.
+fn fusermount_unmount(mnt: &Path, lazy: bool) -> Result<bool> {
+    for prog in ["fusermount3", "fusermount"] {
+        let mut cmd = std::process::Command::new(prog);
+        cmd.arg("-u");
+        if lazy {
+            cmd.arg("-z");
+        }
+        match cmd.arg("--").arg(mnt).status() {
+            Ok(st) if st.success() => return Ok(true),
+            Ok(st) => bail!("cannot unmount {}: {prog} -u failed ({st})", mnt.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).with_context(|| format!("running {prog}")),
+        }
+    }
+    Ok(false)
 }
 
 /// Live statistics of a running mount.
@@ -333,10 +473,17 @@ pub fn read_stats(mnt: &Path) -> Result<Snapshot> {
     Ok(serde_json::from_slice(&buf)?)
 }
 
+/// Version of `dcfs stats --json`'s layout; raised when a field changes meaning or goes.
+const STATS_SCHEMA_VERSION: u32 = 1;
+
 pub fn stats(a: StatsArgs) -> Result<Outcome> {
     let s = read_stats(&a.mountpoint)?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&s)?);
+        let mut v = serde_json::to_value(&s)?;
+        if let Some(o) = v.as_object_mut() {
+            o.insert("schema_version".into(), STATS_SCHEMA_VERSION.into());
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(Outcome::Ok);
     }
     let pct = |a: u64, b: u64| if b == 0 { 0.0 } else { 100.0 * a as f64 / b as f64 };
@@ -408,6 +555,6 @@ pub fn mount_helper(args: Vec<String>) -> Result<Outcome> {
         prefetch: None,
         readahead: None,
         allow_other: false,
-        gpu: super::gpu::GpuArg::Auto,
+        gpu: None,
     })
 }
