@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's test command (README and .ci/run call exactly this):
 # fetch the real models, check formatting and lints, run every test, then the real loaders
-# (safetensors, sentence-transformers, llama.cpp) on a dcfs mount (scripts/loader-tests.sh;
+# (safetensors, sentence-transformers, llama.cpp, transformers on a hub cache, DC-quantized
+# models through compressed-tensors, the dcfs Python wheel) on a dcfs mount (scripts/loader-tests.sh;
 # the first run installs their venv, ~3 GB of torch from PyPI), a bench smoke run, and every
 # fuzz target for 30 s (DCFS_FUZZ_SECS; DCFS_SKIP_FUZZ=1 skips it on a developer machine).
 set -euo pipefail
@@ -21,6 +22,10 @@ cargo test --all-targets 2>&1 | tee target/test.log
 grep -q "test result: ok" target/test.log
 echo "== C ABI unit tests (capi/)"
 cargo test --release -p dcfs-capi 2>&1 | tail -n 3
+echo "== aarch64: cross-build, NEON/format tests under qemu, packs compared across architectures (scripts/aarch64-check.sh)"
+t0=$SECONDS
+scripts/aarch64-check.sh
+echo "== aarch64 check took $((SECONDS - t0))s"
 echo "== loader tests (scripts/loader-tests.sh)"
 t0=$SECONDS
 scripts/loader-tests.sh
