@@ -4,7 +4,6 @@ use std::ops::Range;
 use std::path::Path;
 use std::time::Instant;
 
-use rayon::prelude::*;
 use serde::Serialize;
 
 use std::os::unix::ffi::OsStrExt;
@@ -92,10 +91,9 @@ pub fn stream_chunks(
     let lens = c.chunks.iter().map(|e| e.orig_len as u64);
     for w in plan_windows(lens, window, WINDOW_BYTES) {
         let group = &idx[w];
-        let decoded: Vec<Result<Vec<u8>>> = pool.install(|| match gpu {
-            Some(g) => g.decode_chunks(c, group),
-            None => group.par_iter().map(|&i| c.decode_chunk(i)).collect(),
-        });
+        // The one decode path of the mount too: a GPU batch, or the chunks in parallel on
+        // the pool's CPUs.
+        let decoded = pool.install(|| crate::store::decode::decode_chunks_vec(c, group, gpu));
         for (&i, d) in group.iter().zip(decoded) {
             let d = d?;
             hasher.update(&d);
