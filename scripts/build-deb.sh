@@ -16,8 +16,9 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
 OUT="${DCFS_DEB_OUT:-$ROOT/target/deb}"
-ARM_BIN="$ROOT/target/aarch64-unknown-linux-gnu/release/dcfs"
-X86_BIN="$ROOT/target/release/dcfs"
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+ARM_BIN="$TARGET_DIR/aarch64-unknown-linux-gnu/release/dcfs"
+X86_BIN="$TARGET_DIR/release/dcfs"
 # The oldest glibc the binaries may need; docs/INSTALL.md explains it and tests/package.rs
 # checks the binary against it. Raising it drops distributions: say so in the docs.
 GLIBC_FLOOR=2.34

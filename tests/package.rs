@@ -276,3 +276,73 @@ echo OK
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+/// The glibc of a root filesystem, from running its libc.so.6 (which prints its version).
+fn root_glibc(root: &Path) -> Option<(u32, u32)> {
+    let out = Command::new("chroot")
+        .arg(root)
+        .arg("/lib/x86_64-linux-gnu/libc.so.6")
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v = text.split("release version ").nth(1)?;
+    parse_ver(
+        v.trim_end_matches(|c: char| !c.is_ascii_digit())
+            .split_whitespace()
+            .next()?,
+    )
+}
+
+/// Opt-in (it needs a Debian root made by debootstrap, ~220 MB): `DCFS_OLD_ROOT=DIR` runs the
+/// packaged binary chrooted into DIR. At or above the floor it must run and pack+verify; below
+/// it the loader must refuse it by naming a GLIBC_ version (not crash later).
+///   debootstrap --variant=minbase bullseye DIR http://deb.debian.org/debian   (glibc 2.31)
+#[test]
+fn the_packaged_binary_in_an_older_root() {
+    let Some(old) = std::env::var_os("DCFS_OLD_ROOT").map(PathBuf::from) else {
+        eprintln!("SKIP older-root run: opt-in, set DCFS_OLD_ROOT to a debootstrapped root");
+        return;
+    };
+    let Some(deb) = deb() else { return };
+    let glibc = root_glibc(&old).expect("glibc version of DCFS_OLD_ROOT");
+    let inst = old.join("opt/dcfs-test");
+    let _ = fs::remove_dir_all(&inst);
+    fs::create_dir_all(&inst).unwrap();
+    assert!(Command::new("dpkg")
+        .arg("-x")
+        .arg(deb)
+        .arg(&inst)
+        .status()
+        .unwrap()
+        .success());
+    let work = old.join("tmp/dcfs-test");
+    let _ = fs::remove_dir_all(&work);
+    synth_tree(&work.join("src"), 71);
+    let run = |args: &[&str]| {
+        Command::new("chroot")
+            .arg(&old)
+            .arg("/opt/dcfs-test/usr/bin/dcfs")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let v = run(&["--version"]);
+    let err = String::from_utf8_lossy(&v.stderr).into_owned();
+    eprintln!(
+        "root glibc {}.{}: {}{err}",
+        glibc.0,
+        glibc.1,
+        String::from_utf8_lossy(&v.stdout)
+    );
+    if glibc < glibc_floor() {
+        assert!(!v.status.success() && err.contains("GLIBC_"), "{err}");
+    } else {
+        assert!(v.status.success(), "{err}");
+        let p = run(&["pack", "/tmp/dcfs-test/src", "/tmp/dcfs-test/packed"]);
+        assert!(p.status.success(), "{}", String::from_utf8_lossy(&p.stderr));
+        let p = run(&["verify", "/tmp/dcfs-test/packed"]);
+        assert!(p.status.success(), "{}", String::from_utf8_lossy(&p.stderr));
+    }
+    let _ = fs::remove_dir_all(&inst);
+    let _ = fs::remove_dir_all(&work);
+}
