@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command (README and .ci/run call exactly this):
-# fetch the real models, check formatting and lints, run every test, then the real loaders
+# fetch the real models, check formatting and lints, run every test, the aarch64 check and the
+# .deb packages (amd64, arm64), then the real loaders
 # (safetensors, sentence-transformers, llama.cpp, transformers on a hub cache, DC-quantized
 # models through compressed-tensors, the dcfs Python wheel) on a dcfs mount (scripts/loader-tests.sh;
 # the first run installs their venv, ~3 GB of torch from PyPI), a bench smoke run, and every
