@@ -29,9 +29,12 @@ fn exit_status_roff() -> String {
 }
 
 /// The clap tree as the pages show it: the plain package version, not the run-time decode
-/// path, so the same pages serve every architecture.
-fn command() -> clap::Command {
-    let mut cmd = Cli::command().version(env!("CARGO_PKG_VERSION"));
+/// path, so the same pages serve every architecture. Without clap's `help` subcommand for
+/// the pages (dcfs(1) is that help; it would list a page that does not exist).
+fn command(help_subcommand: bool) -> clap::Command {
+    let mut cmd = Cli::command()
+        .version(env!("CARGO_PKG_VERSION"))
+        .disable_help_subcommand(!help_subcommand);
     // `--threads` defaults to this machine's core count: a page built on the CI host must not
     // state that number (the help text says "all cores").
     let subs: Vec<String> = cmd.get_subcommands().map(|s| s.get_name().to_string()).collect();
@@ -66,13 +69,8 @@ pub fn gen_docs(a: GenDocsArgs) -> anyhow::Result<Outcome> {
     for d in [&man_dir, &comp_dir] {
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
-    let cmd = command();
-    // clap's own `help` subcommand gets no page: dcfs(1) is that page.
-    let subs: Vec<clap::Command> = cmd
-        .get_subcommands()
-        .filter(|s| !s.is_hide_set() && s.get_name() != "help")
-        .cloned()
-        .collect();
+    let cmd = command(false);
+    let subs: Vec<clap::Command> = cmd.get_subcommands().filter(|s| !s.is_hide_set()).cloned().collect();
     let mut see = String::from(".SH \"SEE ALSO\"\n");
     let list: Vec<String> = subs
         .iter()
@@ -91,7 +89,7 @@ pub fn gen_docs(a: GenDocsArgs) -> anyhow::Result<Outcome> {
     ] {
         let path = comp_dir.join(file);
         let mut f = std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
-        clap_complete::generate(shell, &mut cmd.clone(), "dcfs", &mut f);
+        clap_complete::generate(shell, &mut command(true), "dcfs", &mut f);
         f.flush()?;
         written.push(path);
     }
@@ -121,10 +119,7 @@ mod tests {
             verify.contains("threads") && !verify.contains(&host_default),
             "{verify}"
         );
-        for s in command()
-            .get_subcommands()
-            .filter(|s| !s.is_hide_set() && s.get_name() != "help")
-        {
+        for s in command(false).get_subcommands().filter(|s| !s.is_hide_set()) {
             let p = d.path().join(format!("man/dcfs-{}.1", s.get_name()));
             let page = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
             assert!(page.contains("EXIT STATUS") && page.contains(".TH"), "{}", p.display());
@@ -133,6 +128,7 @@ mod tests {
         assert!(!d.path().join("man/dcfs-gen-docs.1").exists());
         assert!(!d.path().join("man/dcfs-gpu-defines.1").exists());
         assert!(!d.path().join("man/dcfs-help.1").exists());
+        assert!(!top.contains("dcfs\\-help(1)"), "{top}");
         let bash = std::fs::read_to_string(d.path().join("completions/dcfs.bash")).unwrap();
         assert!(bash.contains("verify") && bash.contains("complete"), "{bash}");
         assert!(std::fs::read_to_string(d.path().join("completions/_dcfs"))
