@@ -4,6 +4,8 @@
 //! /etc stay untouched: the mount test runs in a private mount namespace where the package's
 //! usr/ is laid over /usr with overlayfs and a test fstab is bound over /etc/fstab.
 //! Also: the glibc floor the package declares holds for the binary it ships.
+//! The package needs the release binary: the first run makes a release build (in CI the
+//! aarch64 check would make it anyway).
 
 mod common;
 
