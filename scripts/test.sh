@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command (README and .ci/run call exactly this):
-# fetch the real models, check formatting and lints, run every test, then the real loaders
+# fetch the real models, check formatting and lints, run every test, the aarch64 check and the
+# .deb packages (amd64, arm64), then the real loaders
 # (safetensors, sentence-transformers, llama.cpp, transformers on a hub cache, DC-quantized
 # models through compressed-tensors, the dcfs Python wheel) on a dcfs mount (scripts/loader-tests.sh;
 # the first run installs their venv, ~3 GB of torch from PyPI), a bench smoke run, and every
@@ -26,6 +27,17 @@ echo "== aarch64: cross-build, NEON/format tests under qemu, packs compared acro
 t0=$SECONDS
 scripts/aarch64-check.sh
 echo "== aarch64 check took $((SECONDS - t0))s"
+echo "== .deb packages for amd64 and arm64 (scripts/build-deb.sh; reuses both release builds; tests/package.rs installs the amd64 one)"
+t0=$SECONDS
+debs="$(mktemp -d)"
+DCFS_DEB_OUT="$debs" scripts/build-deb.sh amd64 arm64
+[[ $(dpkg-deb --field "$debs"/dcfs_*_arm64.deb Architecture) == arm64 ]]
+mkdir "$debs/arm64" && dpkg -x "$debs"/dcfs_*_arm64.deb "$debs/arm64"
+# ELF e_machine EM_AARCH64 (0xb7), and the helper link as packaged.
+[[ $(od -An -tx1 -j18 -N2 "$debs/arm64/usr/bin/dcfs" | tr -d ' \n') == b700 ]]
+[[ $(readlink "$debs/arm64/usr/sbin/mount.dcfs") == ../bin/dcfs ]]
+rm -rf "$debs"
+echo "== packages took $((SECONDS - t0))s"
 echo "== loader tests (scripts/loader-tests.sh)"
 t0=$SECONDS
 scripts/loader-tests.sh

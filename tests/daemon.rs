@@ -410,16 +410,39 @@ fn a_normal_user_mounts_reads_and_unmounts_through_fusermount3() {
             .unwrap();
         assert!(out.status.success(), "{opts}: {}", String::from_utf8_lossy(&out.stderr));
         assert!(is_mounted(&mnt), "{opts}");
-        let out = as_user(uid, gid, Path::new("cat"))
-            .arg(mnt.join("config.json"))
+        // The user reads every file of the mount; each must be byte-identical to its source.
+        let out = as_user(uid, gid, Path::new("sh"))
+            .arg("-c")
+            .arg("cd \"$1\" && find . -type f -print0 | sort -z | xargs -0 sha256sum")
+            .arg("sh")
+            .arg(&mnt)
             .output()
             .unwrap();
         assert!(out.status.success(), "{opts}: {}", String::from_utf8_lossy(&out.stderr));
-        assert_eq!(
-            out.stdout,
-            fs::read(t.path().join("src/config.json")).unwrap(),
-            "{opts}"
+        let want = Command::new("sh")
+            .arg("-c")
+            .arg("cd \"$1\" && find . -type f -print0 | sort -z | xargs -0 sha256sum")
+            .arg("sh")
+            .arg(t.path().join("src"))
+            .output()
+            .unwrap();
+        assert!(want.status.success());
+        let got = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(got, String::from_utf8_lossy(&want.stdout), "{opts}");
+        assert!(
+            got.contains("./model.safetensors") && got.contains("./sub/model.gguf"),
+            "{got}"
         );
+        // stats works for the user who mounted.
+        let out = as_user(uid, gid, &dcfs_bin())
+            .args(["stats", "--json"])
+            .arg(&mnt)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{opts}: {}", String::from_utf8_lossy(&out.stderr));
+        let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(st["schema_version"], 1, "{st}");
+        assert!(st["bytes_served"].as_u64().unwrap_or(0) > 0, "{st}");
         // umount2(2) answers EPERM to a user; dcfs umount then goes through fusermount3.
         let out = as_user(uid, gid, &dcfs_bin()).arg("umount").arg(&mnt).output().unwrap();
         let ok = out.status.success();

@@ -128,8 +128,11 @@ fn read(a: ReadArgs) -> Result<Outcome> {
     if a.json {
         println!(
             "{}",
-            json!({"mode": if a.mmap {"mmap"} else {"read"}, "files": files.len(), "bytes": runs[0].bytes,
-                   "cold": a.drop_caches, "runs": runs, "mb_per_s": m, "seconds": s})
+            super::util::json_text(
+                &json!({"mode": if a.mmap {"mmap"} else {"read"}, "files": files.len(), "bytes": runs[0].bytes,
+                        "cold": a.drop_caches, "runs": runs, "mb_per_s": m, "seconds": s}),
+                false
+            )?
         );
     } else {
         println!(
@@ -158,8 +161,11 @@ fn random(a: RandomArgs) -> Result<Outcome> {
     if a.json {
         println!(
             "{}",
-            json!({"mode": if a.mmap {"mmap"} else {"pread"}, "size": a.size, "count": a.count,
-                   "cold": a.drop_caches, "p50_us": p50, "p99_us": p99, "mean_us": mean})
+            super::util::json_text(
+                &json!({"mode": if a.mmap {"mmap"} else {"pread"}, "size": a.size, "count": a.count,
+                        "cold": a.drop_caches, "p50_us": p50, "p99_us": p99, "mean_us": mean}),
+                false
+            )?
         );
     } else {
         println!(
@@ -207,7 +213,7 @@ fn codecs(a: CodecsArgs) -> Result<Outcome> {
         all.threads.extend(r.threads);
     }
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&all)?);
+        println!("{}", super::util::json_text(&all, true)?);
     }
     Ok(Outcome::Ok)
 }
@@ -259,7 +265,10 @@ fn storage(a: StorageArgs) -> Result<Outcome> {
     let bps: Vec<f64> = runs.iter().map(|r| r.bytes as f64 / r.seconds.max(1e-9)).collect();
     let s = bench::summarize(&bps);
     if a.json {
-        println!("{}", json!({"bytes": runs[0].bytes, "bytes_per_s": s}));
+        println!(
+            "{}",
+            super::util::json_text(&json!({"bytes": runs[0].bytes, "bytes_per_s": s}), false)?
+        );
     } else {
         println!(
             "storage read {}/s median (min {}/s, max {}/s) over {} cold runs of {}; use --storage-bw {}",

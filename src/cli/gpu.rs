@@ -67,7 +67,8 @@ pub fn gpu_info(a: GpuInfoArgs) -> Result<Outcome> {
         Ok(i) => i,
         Err(e @ GpuError::NoDriver(_)) => {
             if a.json {
-                println!("{}", serde_json::json!({ "error": e.to_string(), "devices": [] }));
+                let v = serde_json::json!({ "error": e.to_string(), "devices": [] });
+                println!("{}", super::util::json_text(&v, false)?);
             }
             eprintln!("dcfs: {e}");
             return Ok(Outcome::Failed);
@@ -75,7 +76,7 @@ pub fn gpu_info(a: GpuInfoArgs) -> Result<Outcome> {
         Err(e) => return Err(e.into()),
     };
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&info)?);
+        println!("{}", super::util::json_text(&info, true)?);
     } else {
         println!(
             "NVIDIA driver {} (CUDA {}), {} GPU(s)",
@@ -215,7 +216,7 @@ pub fn gpu_bench(a: GpuBenchArgs) -> Result<Outcome> {
         }
     }
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        println!("{}", super::util::json_text(&r, true)?);
     } else {
         let gbs = |b: u64, s: f64| if s > 0.0 { b as f64 / 1e9 / s } else { 0.0 };
         println!("device: {}", r.device);

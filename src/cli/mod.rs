@@ -2,6 +2,7 @@
 //! `anyhow::Error` and are printed once, here.
 
 mod bench;
+mod gen;
 mod gpu;
 mod mount;
 mod pack;
@@ -57,6 +58,9 @@ enum Cmd {
     #[command(hide = true)]
     GpuBench(gpu::GpuBenchArgs),
     Bench(bench::BenchArgs),
+    /// Writes man pages and shell completions (used by the package build).
+    #[command(hide = true)]
+    GenDocs(gen::GenDocsArgs),
 }
 
 /// Exit status when data damage was found (verify, unpack, a corrupt pack).
@@ -115,6 +119,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Cmd::GpuDefines(a) => gpu::gpu_defines(a),
         Cmd::GpuBench(a) => gpu::gpu_bench(a),
         Cmd::Bench(a) => bench::bench(a),
+        Cmd::GenDocs(a) => gen::gen_docs(a),
     }
 }
 

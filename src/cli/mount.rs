@@ -473,17 +473,10 @@ pub fn read_stats(mnt: &Path) -> Result<Snapshot> {
     Ok(serde_json::from_slice(&buf)?)
 }
 
-/// Version of `dcfs stats --json`'s layout; raised when a field changes meaning or goes.
-const STATS_SCHEMA_VERSION: u32 = 1;
-
 pub fn stats(a: StatsArgs) -> Result<Outcome> {
     let s = read_stats(&a.mountpoint)?;
     if a.json {
-        let mut v = serde_json::to_value(&s)?;
-        if let Some(o) = v.as_object_mut() {
-            o.insert("schema_version".into(), STATS_SCHEMA_VERSION.into());
-        }
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        println!("{}", super::util::json_text(&s, true)?);
         return Ok(Outcome::Ok);
     }
     let pct = |a: u64, b: u64| if b == 0 { 0.0 } else { 100.0 * a as f64 / b as f64 };

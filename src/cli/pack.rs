@@ -208,7 +208,7 @@ pub fn pack(a: PackArgs) -> Result<Outcome> {
     bar.finish();
     let r = r.with_context(|| format!("packing {} into {}", a.src.display(), a.dst.display()))?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        println!("{}", super::util::json_text(&r, true)?);
         return Ok(Outcome::Ok);
     }
     println!(
@@ -282,7 +282,7 @@ pub fn unpack(a: UnpackArgs) -> Result<Outcome> {
     bar.finish();
     let r = r.with_context(|| format!("unpacking {}", a.packed.display()))?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        println!("{}", super::util::json_text(&r, true)?);
     } else {
         println!(
             "unpacked {} files ({} dirs, {} symlinks), {} in {:.1}s; every chunk and file digest verified",
@@ -320,7 +320,7 @@ pub fn verify(a: VerifyArgs) -> Result<Outcome> {
     bar.finish();
     let r = r.with_context(|| format!("verifying {}", a.packed.display()))?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        println!("{}", super::util::json_text(&r, true)?);
     } else {
         for f in &r.files {
             match &f.error {
@@ -371,7 +371,7 @@ pub fn inspect(a: InspectArgs) -> Result<Outcome> {
     let bar = Bar::new(true);
     let r = pack::inspect_path(&a.path, &opts, &bar).with_context(|| format!("inspecting {}", a.path.display()))?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        println!("{}", super::util::json_text(&r, true)?);
         return Ok(Outcome::Ok);
     }
     if !r.packed_input {

@@ -89,7 +89,7 @@ pub fn quantize(a: QuantizeArgs) -> Result<Outcome> {
     bar.finish();
     let r = r.with_context(|| format!("quantizing {} into {}", a.src.display(), a.dst.display()))?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        println!("{}", super::util::json_text(&r, true)?);
         return Ok(Outcome::Ok);
     }
     let pruned: usize = r.tensors.iter().map(|t| t.pruned).sum();
@@ -145,7 +145,7 @@ pub fn analyze(a: AnalyzeArgs) -> Result<Outcome> {
     bar.finish();
     let r = r.with_context(|| format!("analyzing {}", a.model.display()))?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        println!("{}", super::util::json_text(&r, true)?);
         return Ok(Outcome::Ok);
     }
     println!(

@@ -170,6 +170,23 @@ impl SyslogWriter {
     }
 }
 
+/// Layout version stamped on every `--json` output as `schema_version`; raised when a field
+/// changes meaning or goes (adding one does not), so scripts can refuse what they don't know.
+pub const JSON_SCHEMA_VERSION: u32 = 1;
+
+/// `v` as JSON with `schema_version` added (every command's `--json` output is an object).
+pub fn json_text<T: serde::Serialize>(v: &T, pretty: bool) -> anyhow::Result<String> {
+    let mut v = serde_json::to_value(v)?;
+    if let Some(o) = v.as_object_mut() {
+        o.insert("schema_version".into(), JSON_SCHEMA_VERSION.into());
+    }
+    Ok(if pretty {
+        serde_json::to_string_pretty(&v)?
+    } else {
+        v.to_string()
+    })
+}
+
 /// The error and its causes on one line, without repeating a cause the message already has.
 pub fn one_line(e: &anyhow::Error) -> String {
     let mut out = e.to_string();
