@@ -56,7 +56,10 @@ fn library_dir() -> Option<PathBuf> {
 
 /// Skips with a reason; under CI a missing prerequisite is a failure, not a skip.
 fn skip(why: &str) {
-    assert!(std::env::var("CI").as_deref() != Ok("true"), "prerequisite missing under CI: {why}");
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "prerequisite missing under CI: {why}"
+    );
     eprintln!("SKIP c_program: {why}");
 }
 
@@ -74,7 +77,11 @@ fn a_c_program_decodes_every_tensor_of_a_real_model() {
         return skip("no C compiler (cc)");
     }
     let dir = tempfile::tempdir().unwrap();
-    let (src, packed, out) = (dir.path().join("src"), dir.path().join("packed"), dir.path().join("out"));
+    let (src, packed, out) = (
+        dir.path().join("src"),
+        dir.path().join("packed"),
+        dir.path().join("out"),
+    );
     std::fs::create_dir(&src).unwrap();
     std::fs::create_dir(&out).unwrap();
     std::fs::copy(&model, src.join("model.safetensors")).unwrap();
@@ -95,13 +102,21 @@ fn a_c_program_decodes_every_tensor_of_a_real_model() {
         .arg("-ldcfs_capi")
         .output()
         .unwrap();
-    assert!(cc.status.success(), "cc failed:\n{}", String::from_utf8_lossy(&cc.stderr));
+    assert!(
+        cc.status.success(),
+        "cc failed:\n{}",
+        String::from_utf8_lossy(&cc.stderr)
+    );
     let run = Command::new(&prog)
         .arg(packed.join("model.safetensors.dcz"))
         .arg(&out)
         .output()
         .unwrap();
-    assert!(run.status.success(), "the C program failed:\n{}", String::from_utf8_lossy(&run.stderr));
+    assert!(
+        run.status.success(),
+        "the C program failed:\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
 
     // The original bytes of each tensor, from the safetensors header.
     let file = std::fs::read(&model).unwrap();
@@ -116,9 +131,17 @@ fn a_c_program_decodes_every_tensor_of_a_real_model() {
         let offs = &header[name]["data_offsets"];
         let (a, b) = (offs[0].as_u64().unwrap() as usize, offs[1].as_u64().unwrap() as usize);
         let got = std::fs::read(out.join(format!("{i}.bin"))).unwrap();
-        assert!(got == data[a..b], "tensor {name}: the C program's bytes differ from the original");
+        assert!(
+            got == data[a..b],
+            "tensor {name}: the C program's bytes differ from the original"
+        );
         seen += 1;
     }
-    let tensors = header.as_object().unwrap().keys().filter(|k| *k != "__metadata__").count();
+    let tensors = header
+        .as_object()
+        .unwrap()
+        .keys()
+        .filter(|k| *k != "__metadata__")
+        .count();
     assert_eq!(seen, tensors, "the C program listed {seen} of {tensors} tensors");
 }
