@@ -5,7 +5,8 @@
 #            dcfs mount vs `--codec raw` mount vs the unpacked files (page cache)
 #   load     cold load at equal storage speed: ext4 image on a loop device, reads throttled
 #            with cgroup v1 blkio (50, 200, 1000 MB/s, unthrottled): unpacked vs dcfs vs
-#            dcfs raw vs squashfuse; cat, mmap touch, safetensors load_file, llama.cpp load
+#            dcfs raw vs squashfuse; cat, mmap touch, safetensors load_file, llama.cpp load;
+#            and for safetensors, dcfs.torch.load_file straight from the pack (no mount)
 #   fraction load time vs --compress-fraction, and the pick of --compress-fraction auto
 #   scale    synthetic BF16 models of 0.1-4 GB: pack/verify/mounted cat time, peak RSS
 # Results: docs/bench/*.csv|json and docs/img/*.png (or --out DIR, DIR/img), tables in
@@ -16,7 +17,9 @@
 # default /var/tmp/dcfs-bench), DCFS_VENV (default <repo>/.venv), DCFS_BENCH_NOBUILD=1 (use
 # the existing target/release/dcfs), DCFS_BENCH_WORKLOADS (load workloads, default
 # "read mmap safetensors llama llama-mmap"; --quick runs read only), DCFS_BENCH_LOOP_RA_KB
-# (readahead of the loop device under the load section; default: the kernel's).
+# (readahead of the loop device under the load section; default: the kernel's),
+# DCFS_BENCH_CONTENDERS (load contenders, default "unpacked auto raw squashfs pylib"; pylib
+# is the dcfs Python package reading the pack, and runs the safetensors workload only).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -216,6 +219,7 @@ if want load || want fraction; then
     local c="$1" w="$2" target
     case "$c" in
       unpacked) target="$LO/unpacked" ;;
+      pylib) target="$LO/auto" ;;
       squashfs) incg squashfuse "$LO/sq.img" "$MNT"; target="$MNT"
                 # same kernel readahead as the dcfs mount, for a like-for-like read pattern
                 echo 4096 > "/sys/class/bdi/$(mountpoint -d "$MNT")/read_ahead_kb" ;;
@@ -229,10 +233,14 @@ if want load || want fraction; then
 import sys, time, glob
 from safetensors.torch import load_file
 fs = sorted(glob.glob(sys.argv[1] + "/*/*.safetensors"))
+if sys.argv[2] == "pylib":
+    # the same files read from the pack by the dcfs package: X.safetensors -> X.safetensors.dcz
+    from dcfs.torch import load_file
+    fs = sorted(f[: -len(".dcz")] for f in glob.glob(sys.argv[1] + "/*/*.safetensors.dcz"))
 t = time.perf_counter()
 # clone(): materialise every tensor (load_file may hand out lazily mapped storage)
 n = sum(a.clone().nbytes for f in fs for a in load_file(f).values())
-print(time.perf_counter() - t)' "$target")
+print(time.perf_counter() - t)' "$target" "$c")
     elif [[ $w == llama || $w == llama-mmap ]]; then
       sync; echo 3 > /proc/sys/vm/drop_caches
       # llama.cpp (xllamacpp) loading the GGUF in a fresh process. "llama": no-mmap load,
@@ -247,7 +255,7 @@ print(time.perf_counter() - t)' "$target")
       local flag=""; [[ $w == mmap ]] && flag="--mmap"
       s=$(incg "$DCFS" bench read "$target" $flag --drop-caches --runs 1 --json | j 'd["runs"][0]["seconds"]')
     fi
-    [[ $c != unpacked ]] && umnt
+    [[ $c != unpacked && $c != pylib ]] && umnt
     echo "$s"
   }
   CSV="$OUT/load.csv"
@@ -279,12 +287,18 @@ print(time.perf_counter() - t)' "$target")
     "$PY" -c 'import xllamacpp' 2>/dev/null \
       || "$PY" -m pip install -q "$(grep -E '^xllamacpp==' "$ROOT/tests/loaders/requirements.txt")"
   fi
+  read -r -a CONTENDERS <<< "${DCFS_BENCH_CONTENDERS:-unpacked auto raw squashfs pylib}"
+  if want load && [[ " ${WLS[*]} " == *" safetensors "* && " ${CONTENDERS[*]} " == *" pylib "* ]]; then
+    # the dcfs package, built as a wheel and installed into the bench venv
+    "$ROOT/python/build-wheel.sh" "$PY" >&2
+  fi
   for bw in "${BWS[@]}"; do
     setbw "$bw"
     if want load; then
       for w in "${WLS[@]}"; do
         for r in $(seq 1 "$RUNS"); do
-          for c in unpacked auto raw squashfs; do
+          for c in "${CONTENDERS[@]}"; do
+            [[ $c == pylib && $w != safetensors ]] && continue
             log "load: ${bw}MB/s $w $c run $r"
             echo "$bw,$c,$w,$r,$(load_once "$c" "$w")" >> "$CSV"
           done

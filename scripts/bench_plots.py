@@ -176,8 +176,9 @@ if lr:
         g[(int(r["bw_mb_s"]), r["contender"], r["workload"])].append(float(r["seconds"]))
     bws = sorted({int(r["bw_mb_s"]) for r in lr}, key=lambda b: b if b else 10 ** 9)
     wls = list(dict.fromkeys(r["workload"] for r in lr))
-    conts = ["unpacked", "auto", "raw", "squashfs"]
-    names = {"unpacked": "unpacked", "auto": "dcfs", "raw": "dcfs raw", "squashfs": "squashfuse"}
+    names = {"unpacked": "unpacked", "auto": "dcfs", "raw": "dcfs raw", "squashfs": "squashfuse",
+             "pylib": "dcfs.torch (no mount)"}
+    conts = [c for c in names if any(k[1] == c for k in g)]
     sizes = {r["what"]: int(r["bytes"]) for r in rows("load-sizes.csv")}
     if sizes:
         md.append("Stored bytes: " + ", ".join(f"{k} {v / 1e6:.1f} MB" for k, v in sizes.items()) + "\n")
@@ -196,6 +197,8 @@ if lr:
     for ax, w in zip(axs[0], wls):
         xs = list(range(len(bws)))
         for c in conts[1:]:
+            if not any(k[1] == c and k[2] == w for k in g):
+                continue
             ys = []
             for bw in bws:
                 v, b = g.get((bw, c, w)), g.get((bw, "unpacked", w))
