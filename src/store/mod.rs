@@ -124,8 +124,9 @@ impl Chunks for FileChunks<'_> {
     fn entry(&self, i: usize) -> &ChunkEntry {
         &self.store.files[self.fidx as usize].chunks[i]
     }
-    fn read_payload(&self, i: usize) -> Result<Vec<u8>> {
-        self.store.read_payload(self.fidx, i)
+    fn read_payload_into(&self, i: usize, buf: &mut [u8]) -> Result<()> {
+        let e = &self.store.files[self.fidx as usize].chunks[i];
+        self.store.source.read_exact_at(self.fidx, buf, e.payload_offset)
     }
     fn container(&self) -> Result<Option<ContainerRef<'_>>> {
         let src = &self.store.source;
