@@ -12,7 +12,7 @@ mod stats;
 mod tree;
 
 pub use cache::ChunkCache;
-pub use prefetch::{PrefetchConfig, DEFAULT_PREFETCH};
+pub use prefetch::{default_prefetch, PrefetchConfig, DEFAULT_PREFETCH};
 pub use source::DEFAULT_OPEN_FILES;
 pub use stats::{Snapshot, Stats};
 pub use tree::{Node, NodeKind, ROOT_INO};
@@ -53,10 +53,11 @@ pub struct StoreOptions {
 
 impl Default for StoreOptions {
     fn default() -> Self {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         StoreOptions {
             cache_bytes: default_cache_bytes(),
-            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            prefetch: DEFAULT_PREFETCH,
+            threads,
+            prefetch: default_prefetch(threads),
         }
     }
 }
