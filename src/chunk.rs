@@ -288,15 +288,46 @@ pub fn decode(codec: ChunkCodec, transform: Transform, payload: &[u8], out: &mut
         let (c, body, _) = framed.planes[0];
         return codec::decode(c, body, out);
     }
-    let mut bufs: Vec<Vec<u8>> = Vec::with_capacity(framed.planes.len());
-    for &(c, body, plen) in &framed.planes {
-        let mut b = vec![0u8; plen];
-        codec::decode(c, body, &mut b)?;
-        bufs.push(b);
+    // The planes go into this thread's scratch buffers, reused from chunk to chunk: a
+    // fresh buffer per plane cost a page fault and a page clear per 4 KiB in the mount.
+    // A reused buffer holds stale bytes until the codec overwrites every byte of its
+    // plane (or fails, and the chunk is refused); the checksum checks the result anyway.
+    // Taken out of the cell while in use, so a nested call could never find it borrowed.
+    let mut bufs = PLANES.with(|c| c.take());
+    if bufs.len() < framed.planes.len() {
+        bufs.resize_with(framed.planes.len(), Vec::new);
     }
-    let refs: Vec<&[u8]> = bufs.iter().map(|b| b.as_slice()).collect();
-    transform.merge(&refs, out);
-    Ok(())
+    let mut r = Ok(());
+    for (b, &(c, body, plen)) in bufs.iter_mut().zip(&framed.planes) {
+        if b.len() < plen {
+            b.resize(plen, 0);
+        }
+        r = codec::decode(c, body, &mut b[..plen]);
+        if r.is_err() {
+            break;
+        }
+    }
+    if r.is_ok() {
+        let refs: Vec<&[u8]> = bufs
+            .iter()
+            .zip(&framed.planes)
+            .map(|(b, &(_, _, plen))| &b[..plen])
+            .collect();
+        transform.merge(&refs, out);
+    }
+    // A rare huge chunk must not pin its planes' memory in every thread for good.
+    bufs.retain(|b| b.capacity() <= MAX_KEPT_PLANE);
+    PLANES.with(|c| c.replace(bufs));
+    r
+}
+
+/// Largest plane buffer a thread keeps between chunks (planes of 1 MiB chunks are at
+/// most 1 MiB; larger chunks allocate afresh).
+const MAX_KEPT_PLANE: usize = 4 << 20;
+
+thread_local! {
+    /// Per-thread plane buffers for [`decode`].
+    static PLANES: std::cell::Cell<Vec<Vec<u8>>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 #[cfg(test)]

@@ -162,9 +162,15 @@ impl Filesystem for DcFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.store.read(ino.0, fh.0, offset, size) {
-            Ok(data) => reply.data(&data),
-            Err(e) => reply.error(errno(e.errno())),
+        // The reply is written from the cached chunk itself when the request lies in one.
+        let mut reply = Some(reply);
+        let r = self.store.read_with(ino.0, fh.0, offset, size, |data| {
+            if let Some(reply) = reply.take() {
+                reply.data(data);
+            }
+        });
+        if let (Err(e), Some(reply)) = (r, reply) {
+            reply.error(errno(e.errno()));
         }
     }
 

@@ -2,7 +2,8 @@
 //! `pread`s and mmap page reads, compared against the source; the daemon's RSS sampled
 //! throughout and bounded by the cache plus a stated overhead; a watchdog fails the test
 //! when no read completes for 30 s. Then a lazy unmount under active readers: they get
-//! errors, nothing hangs, and the daemon exits.
+//! errors, nothing hangs, and the daemon exits. And, without FUSE, many sequential
+//! readers of the store under the smallest cache while prefetch runs ahead of them.
 //!
 //! DCFS_STRESS_SECS sets the duration (default 60; use 120+ locally).
 
@@ -21,8 +22,13 @@ use common::*;
 use dcfs::pack::{self, NoProgress, PackOptions};
 
 /// Daemon overhead allowed above the cache: decode buffers in flight (16 readers x a few
-/// 1 MiB chunks, coded and decoded), FUSE request buffers, thread stacks, the node table.
-const OVERHEAD: u64 = 128 << 20;
+/// 1 MiB chunks, coded and decoded), per-thread decode scratch, FUSE request buffers,
+/// thread stacks, the node table. Measured: about 32 MiB.
+const OVERHEAD: u64 = 64 << 20;
+
+/// How much the daemon's peak RSS may rise from the first half of the run to the second:
+/// past warm-up, a steady workload must not keep growing it.
+const GROWTH: u64 = 16 << 20;
 
 fn vm_rss(pid: u32) -> Option<u64> {
     let s = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -186,10 +192,16 @@ fn sixteen_threads_of_reads_and_mmaps_under_a_tenth_cache() {
         let (progress, done) = (progress.clone(), done.clone());
         std::thread::spawn(move || {
             let (mut max_rss, mut last, mut last_change) = (0u64, 0u64, Instant::now());
+            // Peak RSS of the first and of the second half of the run.
+            let mut halves = [0u64; 2];
+            let half = deadline - Duration::from_secs(secs / 2);
             let mut stalled = false;
             while !done.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(250));
-                max_rss = max_rss.max(vm_rss(pid).unwrap_or(0));
+                let rss = vm_rss(pid).unwrap_or(0);
+                max_rss = max_rss.max(rss);
+                let h = &mut halves[(Instant::now() >= half) as usize];
+                *h = (*h).max(rss);
                 let p = progress.load(Ordering::Relaxed);
                 if p != last {
                     (last, last_change) = (p, Instant::now());
@@ -200,7 +212,7 @@ fn sixteen_threads_of_reads_and_mmaps_under_a_tenth_cache() {
                     break;
                 }
             }
-            (max_rss, stalled)
+            (max_rss, halves, stalled)
         })
     };
     let mut panicked = 0;
@@ -208,7 +220,7 @@ fn sixteen_threads_of_reads_and_mmaps_under_a_tenth_cache() {
         panicked += th.join().is_err() as usize;
     }
     done.store(true, Ordering::Relaxed);
-    let (max_rss, stalled) = watchdog.join().unwrap();
+    let (max_rss, halves, stalled) = watchdog.join().unwrap();
     let m = mismatches.lock().unwrap();
     let s = Command::new(dcfs_bin())
         .arg("stats")
@@ -218,7 +230,7 @@ fn sixteen_threads_of_reads_and_mmaps_under_a_tenth_cache() {
         .unwrap();
     eprintln!(
         "stress {secs}s: {} reads, {} MiB checked, {} mismatches; cache {} MiB; daemon RSS {} MiB at start, \
-         {} MiB max (bound: cache + {} MiB); stats {}",
+         {} MiB max (bound: cache + {} MiB), peaks {} / {} MiB in the two halves; stats {}",
         progress.load(Ordering::Relaxed),
         bytes.load(Ordering::Relaxed) >> 20,
         m.len(),
@@ -226,6 +238,8 @@ fn sixteen_threads_of_reads_and_mmaps_under_a_tenth_cache() {
         base_rss >> 20,
         max_rss >> 20,
         OVERHEAD >> 20,
+        halves[0] >> 20,
+        halves[1] >> 20,
         String::from_utf8_lossy(&s.stdout)
             .split_whitespace()
             .collect::<String>()
@@ -240,6 +254,86 @@ fn sixteen_threads_of_reads_and_mmaps_under_a_tenth_cache() {
         cache >> 20,
         OVERHEAD >> 20
     );
+    assert!(
+        halves[1] <= halves[0] + GROWTH,
+        "daemon RSS kept growing: peak {} MiB in the first half, {} MiB in the second",
+        halves[0] >> 20,
+        halves[1] >> 20
+    );
+}
+
+/// Twelve sequential readers (three per file, with request sizes from 1 byte to 1 MiB)
+/// through the store under the smallest cache a mount accepts, with a prefetch window
+/// larger than the cache can hold: prefetched chunks are evicted before they are read,
+/// decodes of one chunk race between readers and prefetch, and every stream must still
+/// be byte-identical to its source (checked by digest).
+#[test]
+fn many_sequential_readers_under_a_small_cache_during_prefetch() {
+    use dcfs::store::{Store, StoreOptions, ROOT_INO};
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    fs::create_dir(&src).unwrap();
+    let mut rng = Rng::new(77);
+    let mut want = Vec::new();
+    for k in 0..4 {
+        let data = bf16_bytes(&weights(&mut rng, (3 << 20) + 4099 * k));
+        let name = format!("w{k}.bin");
+        fs::write(src.join(&name), &data).unwrap();
+        want.push((name, data.len() as u64, blake3::hash(&data)));
+    }
+    let opts = PackOptions {
+        chunk_size: 64 << 10,
+        ..Default::default()
+    };
+    let packed = t.path().join("p");
+    pack::pack_tree(&src, &packed, &opts, &NoProgress).unwrap();
+    let store = Store::open(
+        &packed,
+        StoreOptions {
+            cache_bytes: 4 << 20,
+            threads: 4,
+            prefetch: 64,
+        },
+    )
+    .unwrap();
+    let want = Arc::new(want);
+    let readers: Vec<_> = (0..12u64)
+        .map(|i| {
+            let (store, want) = (store.clone(), want.clone());
+            std::thread::spawn(move || {
+                let (name, len, digest) = &want[(i % 4) as usize];
+                let ino = store.lookup(ROOT_INO, name.as_ref()).expect("served").ino;
+                let mut r = Rng::new(500 + i);
+                for pass in 0..2 {
+                    let fh = store.open_handle();
+                    let mut h = blake3::Hasher::new();
+                    let mut off = 0u64;
+                    while off < *len {
+                        let size = 1 + (r.next() % (1 << 20)) as u32;
+                        let d = store.read(ino, fh, off, size).unwrap();
+                        assert!(!d.is_empty(), "{name}: short read at {off}");
+                        h.update(&d);
+                        off += d.len() as u64;
+                    }
+                    store.release(fh);
+                    assert_eq!(
+                        h.finalize(),
+                        *digest,
+                        "{name}: reader {i} pass {pass} served other bytes"
+                    );
+                }
+            })
+        })
+        .collect();
+    for th in readers {
+        th.join().unwrap();
+    }
+    let s = store.stats();
+    eprintln!("{s:?}");
+    assert!(s.prefetch_issued > 0, "prefetch never ran: {s:?}");
+    assert!(s.evictions > 0, "the cache never filled: {s:?}");
+    assert!(s.cache_bytes <= s.cache_capacity.max(64 << 10), "{s:?}");
+    assert_eq!(s.errors, 0, "{s:?}");
 }
 
 #[test]

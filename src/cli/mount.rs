@@ -41,7 +41,8 @@ pub struct MountArgs {
     /// Decode worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
-    /// Chunks decoded ahead of a sequential reader (0 disables prefetch).
+    /// Chunks decoded ahead of a sequential reader (0 disables prefetch; default: 2 x
+    /// threads, at least 8).
     #[arg(long)]
     prefetch: Option<usize>,
     /// The mount's kernel readahead (bdi read_ahead_kb); 0 keeps the kernel default of 128K.
@@ -82,8 +83,10 @@ fn settings(a: &MountArgs) -> Result<Settings> {
     let mut store = StoreOptions {
         cache_bytes: default_cache_bytes(),
         threads: default_threads(),
-        prefetch: dcfs::store::DEFAULT_PREFETCH,
+        // Set below from the thread count unless given.
+        prefetch: 0,
     };
+    let mut prefetch = None;
     let mut mount = MountConfig {
         allow_other: a.allow_other,
         readahead_kb: Some(4096),
@@ -105,7 +108,7 @@ fn settings(a: &MountArgs) -> Result<Settings> {
         match k {
             "cache_size" => store.cache_bytes = parse_size(need()?).map_err(|e| anyhow!(e))?,
             "threads" => store.threads = num(need()?)?,
-            "prefetch" => store.prefetch = num(need()?)?,
+            "prefetch" => prefetch = Some(num(need()?)?),
             "readahead" => readahead = Some(parse_size(need()?).map_err(|e| anyhow!(e))?),
             "fuse_threads" => mount.fuse_threads = num(need()?)?,
             "allow_other" => mount.allow_other = true,
@@ -141,12 +144,13 @@ fn settings(a: &MountArgs) -> Result<Settings> {
         store.threads = t;
     }
     if let Some(p) = a.prefetch {
-        store.prefetch = p;
+        prefetch = Some(p);
     }
     if let Some(r) = a.readahead.or(readahead) {
         mount.readahead_kb = (r > 0).then_some((r / 1024) as u32);
     }
     store.threads = store.threads.max(1);
+    store.prefetch = prefetch.unwrap_or_else(|| dcfs::store::default_prefetch(store.threads));
     if store.cache_bytes < (4 << 20) {
         bail!("cache size {} is too small (at least 4M)", human(store.cache_bytes));
     }

@@ -19,8 +19,8 @@ pub(crate) trait Chunks: Sync {
     /// The container, for messages.
     fn path(&self) -> &Path;
     fn entry(&self, i: usize) -> &ChunkEntry;
-    /// Reads chunk `i`'s stored payload.
-    fn read_payload(&self, i: usize) -> Result<Vec<u8>>;
+    /// Reads chunk `i`'s stored payload into `buf` (of its payload length).
+    fn read_payload_into(&self, i: usize, buf: &mut [u8]) -> Result<()>;
     /// The container as the GPU decoder takes it; `None` where its bytes are not local.
     fn container(&self) -> Result<Option<ContainerRef<'_>>>;
 }
@@ -48,8 +48,8 @@ impl Chunks for Container {
     fn entry(&self, i: usize) -> &ChunkEntry {
         &self.chunks[i]
     }
-    fn read_payload(&self, i: usize) -> Result<Vec<u8>> {
-        Container::read_payload(self, i)
+    fn read_payload_into(&self, i: usize, buf: &mut [u8]) -> Result<()> {
+        self.read_exact_at(buf, self.chunks[i].payload_offset)
     }
     fn container(&self) -> Result<Option<ContainerRef<'_>>> {
         Ok(Some(ContainerRef::Borrowed(self)))
@@ -156,15 +156,38 @@ pub(crate) fn decode_chunks_vec(src: &dyn Chunks, idx: &[usize], gpu: Option<&gp
         .collect()
 }
 
-/// Reads, decodes and verifies one chunk on this thread.
+/// Reads, decodes and verifies one chunk on this thread. The payload goes into a buffer
+/// this thread reuses; only the decoded bytes (which the caller keeps) are new memory.
 fn decode_one(src: &dyn Chunks, i: usize) -> Result<Vec<u8>> {
     let e = src.entry(i);
-    let payload = src.read_payload(i)?;
+    let plen = e.payload_len as usize;
+    // Taken out of the cell while in use, so a nested call could never find it borrowed.
+    let mut payload = PAYLOAD.with(|c| c.take());
+    if payload.len() < plen {
+        payload.resize(plen, 0);
+    }
+    let r = decode_payload(src, i, e, &mut payload[..plen]);
+    if payload.capacity() <= MAX_KEPT_PAYLOAD {
+        PAYLOAD.with(|c| c.replace(payload));
+    }
+    r
+}
+
+fn decode_payload(src: &dyn Chunks, i: usize, e: &ChunkEntry, payload: &mut [u8]) -> Result<Vec<u8>> {
+    src.read_payload_into(i, payload)?;
     let mut out = vec![0u8; e.orig_len as usize];
-    crate::chunk::decode(e.codec, e.transform, &payload, &mut out)
+    crate::chunk::decode(e.codec, e.transform, payload, &mut out)
         .map_err(|err| Error::codec(src.path(), i as u32, err))?;
     if chunk_hash(&out) != e.xxh3 {
         return Err(Error::corrupt(src.path(), Some(i as u32), "checksum mismatch"));
     }
     Ok(out)
+}
+
+/// Largest payload buffer a thread keeps between chunks.
+const MAX_KEPT_PAYLOAD: usize = 4 << 20;
+
+thread_local! {
+    /// Per-thread payload buffer for [`decode_one`].
+    static PAYLOAD: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
 }

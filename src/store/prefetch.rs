@@ -9,9 +9,16 @@ use parking_lot::Mutex;
 use super::cache::ENTRY_OVERHEAD;
 use crate::format::ChunkEntry;
 
-/// Chunks decoded ahead of a sequential reader unless told otherwise: the one default of
-/// the store and the mount (`-o prefetch=N`).
+/// Chunks decoded ahead of a sequential reader unless told otherwise, on up to four
+/// decode threads: the floor of [`default_prefetch`].
 pub const DEFAULT_PREFETCH: usize = 8;
+
+/// The prefetch window of the store and the mount (`-o prefetch=N` overrides it): at
+/// least two chunks in flight per decode thread, so one sequential reader keeps every
+/// core busy, and never below [`DEFAULT_PREFETCH`]. The cache share still caps it.
+pub fn default_prefetch(threads: usize) -> usize {
+    DEFAULT_PREFETCH.max(threads.saturating_mul(2))
+}
 
 /// How the store reads ahead of sequential readers.
 #[derive(Clone, Debug)]
@@ -140,6 +147,15 @@ mod tests {
         assert!(!h.observe(&cfg, fh, 0, 4096), "a backward seek resets the run");
         let off = PrefetchConfig::with_window(0);
         assert!(!h.observe(&off, fh, 4096, 8192), "window 0 never prefetches");
+    }
+
+    #[test]
+    fn the_default_window_grows_with_the_threads() {
+        assert_eq!(default_prefetch(1), DEFAULT_PREFETCH);
+        assert_eq!(default_prefetch(4), DEFAULT_PREFETCH);
+        assert_eq!(default_prefetch(16), 32);
+        assert_eq!(default_prefetch(64), 128);
+        assert_eq!(default_prefetch(usize::MAX), usize::MAX);
     }
 
     #[test]
