@@ -18,35 +18,15 @@ pub enum CodecChoice {
     Raw,
 }
 
-/// Chunk-level codec as recorded in the index.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[repr(u8)]
-pub enum ChunkCodec {
-    /// Stored verbatim: served without decoding.
-    Raw = 0,
-    Rans = 1,
-    Zstd = 2,
-    /// Planes use different codecs.
-    Mixed = 3,
-}
-
-impl ChunkCodec {
-    pub fn from_id(id: u8) -> Option<ChunkCodec> {
-        Some(match id {
-            0 => ChunkCodec::Raw,
-            1 => ChunkCodec::Rans,
-            2 => ChunkCodec::Zstd,
-            3 => ChunkCodec::Mixed,
-            _ => return None,
-        })
-    }
-    pub fn name(self) -> &'static str {
-        match self {
-            ChunkCodec::Raw => "raw",
-            ChunkCodec::Rans => "rans",
-            ChunkCodec::Zstd => "zstd",
-            ChunkCodec::Mixed => "mixed",
-        }
+id_enum! {
+    /// Chunk-level codec as recorded in the index.
+    pub enum ChunkCodec {
+        /// Stored verbatim: served without decoding.
+        Raw = 0 => "raw",
+        Rans = 1 => "rans",
+        Zstd = 2 => "zstd",
+        /// Planes use different codecs.
+        Mixed = 3 => "mixed",
     }
 }
 
@@ -260,7 +240,7 @@ pub fn parse(transform: Transform, payload: &[u8], len: usize) -> Result<Framed<
     let mut planes = Vec::with_capacity(n);
     for (i, &plen) in lens.iter().enumerate() {
         let e = &payload[1 + 5 * i..6 + 5 * i];
-        let c = Codec::from_id(e[0])?;
+        let c = Codec::from_id(e[0]).ok_or(CodecError::UnknownCodec(e[0]))?;
         let sl = u32::from_le_bytes(e[1..5].try_into().unwrap()) as usize;
         let body = payload
             .get(pos..pos.saturating_add(sl))

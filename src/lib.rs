@@ -12,6 +12,59 @@
 // Symbol tables are indexed by symbol value; index loops say that more plainly.
 #![allow(clippy::needless_range_loop)]
 
+/// Declares a one-byte id enum as stored on disk: the variants with their ids and names,
+/// `ALL` (every value, in declaration order), `from_id`, `name`, `Display` and
+/// `TryFrom<u8>`. One list per enum, so an id, its name and its parse cannot drift apart.
+macro_rules! id_enum {
+    (
+        $(#[$meta:meta])*
+        $vis:vis enum $name:ident {
+            $( $(#[$vmeta:meta])* $var:ident = $id:literal => $label:literal, )+
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        #[repr(u8)]
+        $vis enum $name {
+            $( $(#[$vmeta])* $var = $id, )+
+        }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$var),+];
+
+            /// The value stored as `id`, if there is one.
+            pub fn from_id(id: u8) -> ::core::option::Option<$name> {
+                match id {
+                    $( $id => ::core::option::Option::Some($name::$var), )+
+                    _ => ::core::option::Option::None,
+                }
+            }
+
+            /// The name shown by `inspect` and in messages.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $( $name::$var => $label, )+
+                }
+            }
+        }
+
+        impl ::core::fmt::Display for $name {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                f.write_str(self.name())
+            }
+        }
+
+        impl ::core::convert::TryFrom<u8> for $name {
+            /// The unknown id.
+            type Error = u8;
+            fn try_from(id: u8) -> ::core::result::Result<$name, u8> {
+                $name::from_id(id).ok_or(id)
+            }
+        }
+    };
+}
+
 pub mod bench;
 pub mod chunk;
 pub mod codec;

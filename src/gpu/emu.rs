@@ -331,7 +331,7 @@ mod tests {
     #[test]
     fn merge_inverts_every_transform() {
         let mut r = rng(5);
-        for t in crate::gpu::TRANSFORMS {
+        for &t in crate::gpu::TRANSFORMS {
             let len = t.unit() * 517;
             let data: Vec<u8> = (0..len).map(|_| r() as u8).collect();
             let planes = t.split(&data);
