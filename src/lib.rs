@@ -11,6 +11,8 @@
 
 // Symbol tables are indexed by symbol value; index loops say that more plainly.
 #![allow(clippy::needless_range_loop)]
+// Every unsafe block says why it is sound; clippy -D warnings makes a missing line an error.
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 /// Declares a one-byte id enum as stored on disk: the variants with their ids and names,
 /// `ALL` (every value, in declaration order), `from_id`, `name`, `Display` and
@@ -65,7 +67,6 @@ macro_rules! id_enum {
     };
 }
 
-pub mod bench;
 pub mod chunk;
 pub mod codec;
 pub mod error;

@@ -200,7 +200,7 @@ unsafe fn store(st: &[uint32x4_t; VECS], s: &mut [u32; LANES]) {
 #[target_feature(enable = "neon")]
 pub unsafe fn decode_groups(dtab: &[u32], a: &mut Lane<'_>, b: Option<&mut Lane<'_>>) {
     assert_eq!(dtab.len(), PROB_SCALE as usize);
-    // SAFETY (whole block): every `advance` is preceded by `can_step`; `dtab` holds
+    // SAFETY: (whole block) every `advance` is preceded by `can_step`; `dtab` holds
     // PROB_SCALE entries and `lookup` masks indices below that.
     unsafe {
         let bits = [1u32, 2, 4, 8];
