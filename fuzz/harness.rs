@@ -200,9 +200,8 @@ pub fn chunk(data: &[u8]) {
     let Some((&[c, t], rest)) = data.split_first_chunk::<2>() else {
         return;
     };
-    let (Some(c), Some(t)) = (ChunkCodec::from_id(c % 4), Transform::from_id(t % 8)) else {
-        return;
-    };
+    let c = ChunkCodec::ALL[c as usize % ChunkCodec::ALL.len()];
+    let t = Transform::ALL[t as usize % Transform::ALL.len()];
     let Some((n, payload)) = split_len(rest) else { return };
     let mut out = vec![0u8; n];
     let _ = chunk::decode(c, t, payload, &mut out);

@@ -8,6 +8,11 @@
 //! (the FUSE adaptor). `gpu` offloads rANS decoding; it uses `codec`, `chunk` and
 //! `format`, and `pack` uses it. `quantize` (DC's lossy INT8 stage and `analyze`) uses
 //! `model`/`chunk`/`codec`/`pack`; nothing depends on it.
+//!
+//! "DC" is "double compression", the method dcfs is named for: a lossy, compression-aware
+//! INT8 stage (`quantize`) followed by the lossless, dtype-aware stage of every other
+//! module. docs/ARCHITECTURE.md maps the layers, the read and pack paths, and how to add a
+//! codec, a model format, a dtype or transform, or a CLI command.
 
 // Symbol tables are indexed by symbol value; index loops say that more plainly.
 #![allow(clippy::needless_range_loop)]

@@ -196,6 +196,7 @@ pub(crate) fn encode_header() -> [u8; HEADER_LEN as usize] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::Codec;
 
     const FORMAT_MD: &str = include_str!("../../docs/FORMAT.md");
 
@@ -255,6 +256,11 @@ mod tests {
         assert_eq!(ce[5].2, format!("codec: {}", codecs.join(", ")));
         let kinds: Vec<String> = FileKind::ALL.iter().map(|&k| format!("{} {k}", k as u8)).collect();
         assert_eq!(ix[5].2, format!("file kind: {}", kinds.join(", ")));
+        let plane: Vec<String> = Codec::ALL.iter().map(|&c| format!("{} {c}", c as u8)).collect();
+        assert!(
+            FORMAT_MD.contains(&format!("(u8 codec: {} |", plane.join(", "))),
+            "plane codec ids"
+        );
         // Every transform has its row: `| id | name | planes |`.
         for &t in Transform::ALL {
             assert!(

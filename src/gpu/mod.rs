@@ -1,4 +1,4 @@
-//! GPU offload of rANS decoding (issue 8), built so it runs on machines without CUDA.
+//! GPU offload of rANS decoding (docs/GPU.md), built so it runs on machines without CUDA.
 //!
 //! * `cuda/rans_decode.cu` decodes one rANS sub-block per warp and merges the byte planes
 //!   back into the original bytes; NVRTC compiles it at first use ([`nvrtc`]) with the
