@@ -284,12 +284,10 @@ mod tests {
     use super::*;
 
     fn bf16ish(n: usize) -> Vec<u8> {
-        let mut s = 0x9E3779B97F4A7C15u64;
+        let mut r = crate::test_rng(0x9E3779B97F4A7C15);
         let mut v = Vec::with_capacity(2 * n);
         for _ in 0..n {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
+            let s = r();
             // Exponents cluster around 120..124 like trained weights; mantissas are noise.
             let e = 118 + (s % 7) as u16 + ((s >> 8) % 3) as u16;
             let bits = ((s >> 20) as u16 & 0x8000) | (e << 7) | ((s >> 32) as u16 & 0x7f);

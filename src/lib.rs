@@ -85,3 +85,16 @@ pub mod store;
 pub mod transform;
 
 pub use error::{Error, Result};
+
+/// The unit tests' one deterministic RNG (xorshift64; no RNG crate). A zero seed is
+/// taken as 1.
+#[cfg(test)]
+pub(crate) fn test_rng(seed: u64) -> impl FnMut() -> u64 {
+    let mut s = seed.max(1);
+    move || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        s
+    }
+}

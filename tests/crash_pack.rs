@@ -31,24 +31,8 @@ fn source(dir: &Path) {
     fs::write(dir.join("config.json"), b"{\"hidden_size\": 384}").unwrap();
 }
 
-fn entries(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = fs::read_dir(&d) else { continue };
-        for e in rd.flatten() {
-            if e.file_type().unwrap().is_dir() {
-                stack.push(e.path());
-            } else {
-                out.push(e.path());
-            }
-        }
-    }
-    out
-}
-
 fn tmp_files(dir: &Path) -> Vec<PathBuf> {
-    entries(dir)
+    walk_files(dir)
         .into_iter()
         .filter(|p| p.file_name().unwrap().to_string_lossy().contains(".tmp-"))
         .collect()
@@ -57,7 +41,7 @@ fn tmp_files(dir: &Path) -> Vec<PathBuf> {
 /// Every container visible under its final name is complete and verifies.
 fn visible_containers_verify(dst: &Path) -> usize {
     let mut n = 0;
-    for p in entries(dst) {
+    for p in walk_files(dst) {
         let name = p.file_name().unwrap().to_string_lossy().into_owned();
         if name.ends_with(".dcz") && !name.starts_with('.') {
             let r = pack::verify_tree(&p, 1, &NoProgress).unwrap();
@@ -211,7 +195,7 @@ fn kill_9_at_every_rename_and_sync_never_leaves_a_broken_container() {
                 // dcfs pack". Asserted so the day it is fixed this branch is seen unused.
                 let err = String::from_utf8_lossy(&again.stderr).into_owned();
                 assert!(err.contains("not a dcfs pack"), "{step}:{n}: {err}");
-                assert_eq!(entries(&dst), tmp_files(&dst), "{step}:{n}: only temporary files");
+                assert_eq!(walk_files(&dst), tmp_files(&dst), "{step}:{n}: only temporary files");
                 known_refusals += 1;
                 fs::remove_dir_all(&dst).unwrap();
                 again = rerun();

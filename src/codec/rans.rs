@@ -635,16 +635,7 @@ mod tests {
         enc.len()
     }
 
-    /// Deterministic xorshift so tests need no RNG crate.
-    fn rng(seed: u64) -> impl FnMut() -> u64 {
-        let mut s = seed.max(1);
-        move || {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            s
-        }
-    }
+    use crate::test_rng as rng;
 
     #[test]
     fn empty_and_single_symbols() {

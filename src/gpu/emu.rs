@@ -256,15 +256,7 @@ mod tests {
     use super::*;
     use crate::codec::rans;
 
-    fn rng(seed: u64) -> impl FnMut() -> u64 {
-        let mut s = seed.max(1);
-        move || {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            s
-        }
-    }
+    use crate::test_rng as rng;
 
     /// Encodes with the CPU coder, decodes with both, and demands identical bytes.
     fn same_as_cpu(data: &[u8]) -> WarpStats {
