@@ -38,7 +38,10 @@ int dcfs_decode_tensor_host(const char *path, const char *name, void *dst, uint6
 
 /* Decodes tensor NAME into a new buffer on CUDA device 0 (primary context, the one the CUDA
  * runtime and PyTorch use). VERIFY != 0 also checks the xxh3 of GPU-decoded chunks (one
- * extra device-to-host copy). Free with dcfs_device_tensor_free. */
+ * extra device-to-host copy) and decodes a failing chunk again on the CPU. Pass 1: with 0
+ * only the kernel's structural flags guard the output, and they miss some damage (about one
+ * bit flip in six in the project's emulator test), so wrong bytes can reach DST. The Python
+ * package always passes 1. Free with dcfs_device_tensor_free. */
 int dcfs_decode_tensor_cuda(const char *path, const char *name, int verify, dcfs_device_tensor **out);
 uint64_t dcfs_device_tensor_ptr(const dcfs_device_tensor *t);
 uint64_t dcfs_device_tensor_len(const dcfs_device_tensor *t);
