@@ -166,13 +166,53 @@ extern "C" __global__ void dcfs_rans_decode(unsigned char* __restrict__ arena,
 // Transform::split in src/transform.rs. blockIdx.y selects the chunk; threads stride over
 // its units. Destinations are 16-byte aligned by the planner, so 2- and 4-byte units are
 // written with one store each.
+//
+// Bounds: a merge whose output or any plane it reads would leave [0, arena_len), or whose
+// transform is unknown, is skipped whole (block-uniform: blockIdx.y selects the merge).
+// Its output stays unwritten and the host checksum sends the chunk to the CPU. The same
+// rule is `merge_in_bounds` in src/gpu/emu.rs.
+__device__ static bool dcfs_span_ok(unsigned long long at, unsigned long long len,
+                                    unsigned long long arena_len) {
+    return at <= arena_len && len <= arena_len - at;
+}
+
+__device__ static bool dcfs_merge_in_bounds(const DcfsMerge& m, unsigned long long arena_len) {
+    const unsigned long long n = m.n_units;
+    unsigned long long unit, planes, head;  // head: planes of n bytes before a body plane
+    switch (m.transform) {
+        case DCFS_T_NONE: unit = 1; planes = 1; head = 1; break;
+        case DCFS_T_SPLIT2:
+        case DCFS_T_BF16_EXP: unit = 2; planes = 2; head = 2; break;
+        case DCFS_T_SPLIT4:
+        case DCFS_T_F32_EXP: unit = 4; planes = 4; head = 4; break;
+        case DCFS_T_Q8_0: unit = 34; planes = 3; head = 2; break;
+        case DCFS_T_Q4_0: unit = 18; planes = 3; head = 2; break;
+        case DCFS_T_Q4_1: unit = 20; planes = 5; head = 4; break;
+        default: return false;
+    }
+    if (!dcfs_span_ok(m.dst, n * unit, arena_len)) {
+        return false;
+    }
+    for (unsigned long long k = 0; k < planes; ++k) {
+        const unsigned long long len = k < head ? n : n * (unit - head);
+        if (!dcfs_span_ok(m.plane[k], len, arena_len)) {
+            return false;
+        }
+    }
+    return true;
+}
+
 extern "C" __global__ void dcfs_merge(unsigned char* __restrict__ arena,
+                                      unsigned long long arena_len,
                                       const DcfsMerge* __restrict__ merges,
                                       unsigned int n_merges) {
     if (blockIdx.y >= n_merges) {
         return;
     }
     const DcfsMerge m = merges[blockIdx.y];
+    if (!dcfs_merge_in_bounds(m, arena_len)) {
+        return;
+    }
     unsigned char* __restrict__ dst = arena + m.dst;
     const unsigned char* __restrict__ p0 = arena + m.plane[0];
     const unsigned char* __restrict__ p1 = arena + m.plane[1];

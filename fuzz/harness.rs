@@ -34,11 +34,12 @@ pub fn run(target: &str, data: &[u8]) {
         "chunk" => chunk(data),
         "safetensors" => safetensors(data),
         "gguf" => gguf(data),
+        "gpu_emu" => gpu_emu(data),
         t => panic!("unknown fuzz target {t}"),
     }
 }
 
-pub const TARGETS: [&str; 7] = [
+pub const TARGETS: [&str; 8] = [
     "container",
     "rans",
     "rans_roundtrip",
@@ -46,6 +47,7 @@ pub const TARGETS: [&str; 7] = [
     "chunk",
     "safetensors",
     "gguf",
+    "gpu_emu",
 ];
 
 /// A length from the first 3 bytes, capped: (len, rest).
@@ -170,11 +172,41 @@ pub fn container(data: &[u8]) {
     let _ = c.chunk_at(u64::MAX);
 }
 
-/// rANS: a capped expected length, then the stream.
+/// A decoder that accepted `input` once must accept it again and write every output byte:
+/// decoded into a buffer of other old contents, the output is the same.
+fn decodes_the_same_twice(first: &[u8], decode: impl Fn(&mut [u8]) -> bool, what: &str) {
+    let mut again = vec![0xA5u8; first.len()];
+    assert!(decode(&mut again), "{what}: accepted once, refused the second time");
+    assert!(
+        again == first,
+        "{what}: the output depends on the buffer's old contents"
+    );
+}
+
+/// rANS: a capped expected length, then the stream. A stream that decodes decodes the
+/// same again, every output byte written.
 pub fn rans(data: &[u8]) {
     let Some((n, stream)) = split_len(data) else { return };
     let mut out = vec![0u8; n];
-    let _ = rans::decode(stream, &mut out);
+    if rans::decode(stream, &mut out).is_ok() {
+        decodes_the_same_twice(&out, |o| rans::decode(stream, o).is_ok(), "rans");
+    }
+}
+
+/// Differential: the GPU kernels' warp model (`gpu::emu`) against the CPU decoder on the
+/// same stream (input as for `rans`). Both accept or both refuse, and what they accept
+/// decodes to the same bytes; a kernel that trusted a stream the CPU refuses would serve
+/// wrong bytes whenever its checksum check was skipped.
+pub fn gpu_emu(data: &[u8]) {
+    let Some((n, stream)) = split_len(data) else { return };
+    let mut cpu = vec![0u8; n];
+    let mut gpu = vec![0xA5u8; n];
+    let c = rans::decode(stream, &mut cpu);
+    let g = dcfs::gpu::emu::decode_stream(stream, &mut gpu, &mut Default::default());
+    assert_eq!(c.is_ok(), g.is_ok(), "CPU {c:?}, emulated GPU flags {g:?}");
+    if c.is_ok() {
+        assert!(cpu == gpu, "the emulated GPU decoded other bytes than the CPU");
+    }
 }
 
 /// The encoder (the AVX2 group loop where the CPU has it) against the decoder: any bytes,
@@ -192,7 +224,9 @@ pub fn rans_roundtrip(data: &[u8]) {
 pub fn zstd(data: &[u8]) {
     let Some((n, stream)) = split_len(data) else { return };
     let mut out = vec![0u8; n];
-    let _ = codec::decode(Codec::Zstd, stream, &mut out);
+    if codec::decode(Codec::Zstd, stream, &mut out).is_ok() {
+        decodes_the_same_twice(&out, |o| codec::decode(Codec::Zstd, stream, o).is_ok(), "zstd");
+    }
 }
 
 /// One chunk payload: codec id, transform id, capped length, then the payload.
@@ -200,12 +234,15 @@ pub fn chunk(data: &[u8]) {
     let Some((&[c, t], rest)) = data.split_first_chunk::<2>() else {
         return;
     };
-    let (Some(c), Some(t)) = (ChunkCodec::from_id(c % 4), Transform::from_id(t % 8)) else {
-        return;
-    };
+    let c = ChunkCodec::ALL[c as usize % ChunkCodec::ALL.len()];
+    let t = Transform::ALL[t as usize % Transform::ALL.len()];
     let Some((n, payload)) = split_len(rest) else { return };
     let mut out = vec![0u8; n];
-    let _ = chunk::decode(c, t, payload, &mut out);
+    if chunk::decode(c, t, payload, &mut out).is_ok() {
+        // A raw chunk is its payload; any chunk decodes the same again, every byte written.
+        assert!(c != ChunkCodec::Raw || out == payload, "a raw chunk is not its payload");
+        decodes_the_same_twice(&out, |o| chunk::decode(c, t, payload, o).is_ok(), "chunk");
+    }
 }
 
 /// Drives a header parser the way `pack` does: a prefix of the file, growing while the

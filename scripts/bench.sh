@@ -46,6 +46,8 @@ log() { echo "[bench $(date +%T)] $*" >&2; }
 [[ $EUID -eq 0 ]] || { echo "bench: needs root (drop_caches, loop devices, cgroups)" >&2; exit 1; }
 
 mkdir -p "$OUT" "$WORK"
+# Tables newer than this were written by this run (dated a second back: timestamps are coarse).
+STARTED="$WORK/.started"; touch -d "@$(( $(date +%s) - 1 ))" "$STARTED"
 DCFS="$ROOT/target/release/dcfs"
 PY="$VENV/bin/python"
 MNT="$WORK/mnt"
@@ -365,6 +367,19 @@ if want scale; then
     rm -rf "$SD/p$s"
   done
 fi
+
+# Every table this run wrote must hold a data row, not only its header: a section whose
+# loop measured nothing (a mount that never came up, a filter that matched no model) fails
+# here instead of passing as an empty CSV.
+empty=0
+for f in "$OUT"/*.csv; do
+  [[ -e "$f" ]] || continue
+  if [[ "$f" -nt "$STARTED" ]] && [[ $(grep -c . "$f") -lt 2 ]]; then
+    log "no data rows in $f"
+    empty=1
+  fi
+done
+[[ $empty -eq 0 ]] || { log "FAILED: a table has no rows"; exit 1; }
 
 log "plots"
 "$PY" "$ROOT/scripts/bench_plots.py" "$OUT" "$IMG" || log "plotting failed (results are in $OUT)"

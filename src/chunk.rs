@@ -18,35 +18,15 @@ pub enum CodecChoice {
     Raw,
 }
 
-/// Chunk-level codec as recorded in the index.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[repr(u8)]
-pub enum ChunkCodec {
-    /// Stored verbatim: served without decoding.
-    Raw = 0,
-    Rans = 1,
-    Zstd = 2,
-    /// Planes use different codecs.
-    Mixed = 3,
-}
-
-impl ChunkCodec {
-    pub fn from_id(id: u8) -> Option<ChunkCodec> {
-        Some(match id {
-            0 => ChunkCodec::Raw,
-            1 => ChunkCodec::Rans,
-            2 => ChunkCodec::Zstd,
-            3 => ChunkCodec::Mixed,
-            _ => return None,
-        })
-    }
-    pub fn name(self) -> &'static str {
-        match self {
-            ChunkCodec::Raw => "raw",
-            ChunkCodec::Rans => "rans",
-            ChunkCodec::Zstd => "zstd",
-            ChunkCodec::Mixed => "mixed",
-        }
+id_enum! {
+    /// Chunk-level codec as recorded in the index.
+    pub enum ChunkCodec {
+        /// Stored verbatim: served without decoding.
+        Raw = 0 => "raw",
+        Rans = 1 => "rans",
+        Zstd = 2 => "zstd",
+        /// Planes use different codecs.
+        Mixed = 3 => "mixed",
     }
 }
 
@@ -260,7 +240,7 @@ pub fn parse(transform: Transform, payload: &[u8], len: usize) -> Result<Framed<
     let mut planes = Vec::with_capacity(n);
     for (i, &plen) in lens.iter().enumerate() {
         let e = &payload[1 + 5 * i..6 + 5 * i];
-        let c = Codec::from_id(e[0])?;
+        let c = Codec::from_id(e[0]).ok_or(CodecError::UnknownCodec(e[0]))?;
         let sl = u32::from_le_bytes(e[1..5].try_into().unwrap()) as usize;
         let body = payload
             .get(pos..pos.saturating_add(sl))
@@ -335,12 +315,10 @@ mod tests {
     use super::*;
 
     fn bf16ish(n: usize) -> Vec<u8> {
-        let mut s = 0x9E3779B97F4A7C15u64;
+        let mut r = crate::test_rng(0x9E3779B97F4A7C15);
         let mut v = Vec::with_capacity(2 * n);
         for _ in 0..n {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
+            let s = r();
             // Exponents cluster around 120..124 like trained weights; mantissas are noise.
             let e = 118 + (s % 7) as u16 + ((s >> 8) % 3) as u16;
             let bits = ((s >> 20) as u16 & 0x8000) | (e << 7) | ((s >> 32) as u16 & 0x7f);

@@ -50,6 +50,21 @@ pub enum Error {
     /// A write was asked of something read-only (EROFS).
     #[error("{}: {what}", path.display())]
     ReadOnly { path: PathBuf, what: String },
+    /// The directory given as a pack is none: no marker, or a pack interrupted before it
+    /// finished (EINVAL). Callers may offer to run `pack` again.
+    #[error("{}: {what}", path.display())]
+    NotAPack { path: PathBuf, what: String },
+    /// Source and destination contain each other (EINVAL); nothing was read or written.
+    #[error("{}: {what}", path.display())]
+    Overlap { path: PathBuf, what: String },
+    /// The destination holds something we will not write over (EEXIST): a non-empty
+    /// directory that is not a pack, or a directory where a file or link goes.
+    #[error("{}: {what}", path.display())]
+    Occupied { path: PathBuf, what: String },
+    /// A resource of our own could not be had, e.g. decode threads (EAGAIN); retrying may
+    /// help, the data is not to blame.
+    #[error("{}: {what}", path.display())]
+    Resources { path: PathBuf, what: String },
     /// A request or argument that makes no sense (EINVAL); not for any case above.
     #[error("{}: {what}", path.display())]
     Invalid { path: PathBuf, what: String },
@@ -90,7 +105,9 @@ impl Error {
             Error::IsADirectory { .. } => libc::EISDIR,
             Error::Refused { .. } => libc::EACCES,
             Error::ReadOnly { .. } => libc::EROFS,
-            Error::Invalid { .. } => libc::EINVAL,
+            Error::NotAPack { .. } | Error::Overlap { .. } | Error::Invalid { .. } => libc::EINVAL,
+            Error::Occupied { .. } => libc::EEXIST,
+            Error::Resources { .. } => libc::EAGAIN,
         }
     }
 
@@ -131,6 +148,10 @@ mod tests {
             (Error::IsADirectory { path: p(), what: w() }, libc::EISDIR),
             (Error::Refused { path: p(), what: w() }, libc::EACCES),
             (Error::ReadOnly { path: p(), what: w() }, libc::EROFS),
+            (Error::NotAPack { path: p(), what: w() }, libc::EINVAL),
+            (Error::Overlap { path: p(), what: w() }, libc::EINVAL),
+            (Error::Occupied { path: p(), what: w() }, libc::EEXIST),
+            (Error::Resources { path: p(), what: w() }, libc::EAGAIN),
             (Error::Invalid { path: p(), what: w() }, libc::EINVAL),
         ];
         for (e, want) in cases {

@@ -1,5 +1,7 @@
 //! The `dcfs` binary: parse arguments, run one command, print any error once.
 
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 mod cli;
 
 use std::process::ExitCode;

@@ -2,60 +2,30 @@
 //! role (exponent, mantissa, block scale, quant) sit together and an order-0 coder sees
 //! their real distribution. Pure functions on slices; the discriminants are on-disk values.
 
-use std::fmt;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[repr(u8)]
-pub enum Transform {
-    /// One plane, the bytes as they are (INT8, FP8, opaque data).
-    None = 0,
-    /// 16-bit elements as two planes: low bytes, high bytes.
-    Split2 = 1,
-    /// BF16 as exponent byte + (sign | 7 mantissa bits): the exponent's bits straddle the
-    /// two bytes in memory, so this split gives the coder the whole exponent at once.
-    Bf16Exp = 2,
-    /// 32-bit elements as four byte planes.
-    Split4 = 3,
-    /// F32 as exponent byte, sign | top 7 mantissa bits, then the two low mantissa bytes.
-    F32Exp = 4,
-    /// GGUF Q8_0 blocks (f16 scale + 32 int8): scale low bytes, scale high bytes, quants.
-    Q8_0 = 5,
-    /// GGUF Q4_0 blocks (f16 scale + 16 nibble bytes).
-    Q4_0 = 6,
-    /// GGUF Q4_1 blocks (f16 scale, f16 min + 16 nibble bytes).
-    Q4_1 = 7,
+id_enum! {
+    /// How a chunk's bytes are regrouped into planes. The ids are on-disk values.
+    pub enum Transform {
+        /// One plane, the bytes as they are (INT8, FP8, opaque data).
+        None = 0 => "none",
+        /// 16-bit elements as two planes: low bytes, high bytes.
+        Split2 = 1 => "split2",
+        /// BF16 as exponent byte + (sign | 7 mantissa bits): the exponent's bits straddle
+        /// the two bytes in memory, so this split gives the coder the whole exponent at once.
+        Bf16Exp = 2 => "bf16-exp",
+        /// 32-bit elements as four byte planes.
+        Split4 = 3 => "split4",
+        /// F32 as exponent byte, sign | top 7 mantissa bits, then the two low mantissa bytes.
+        F32Exp = 4 => "f32-exp",
+        /// GGUF Q8_0 blocks (f16 scale + 32 int8): scale low bytes, scale high bytes, quants.
+        Q8_0 = 5 => "q8_0-split",
+        /// GGUF Q4_0 blocks (f16 scale + 16 nibble bytes).
+        Q4_0 = 6 => "q4_0-split",
+        /// GGUF Q4_1 blocks (f16 scale, f16 min + 16 nibble bytes).
+        Q4_1 = 7 => "q4_1-split",
+    }
 }
 
 impl Transform {
-    pub fn from_id(id: u8) -> Option<Transform> {
-        use Transform::*;
-        Some(match id {
-            0 => None,
-            1 => Split2,
-            2 => Bf16Exp,
-            3 => Split4,
-            4 => F32Exp,
-            5 => Q8_0,
-            6 => Q4_0,
-            7 => Q4_1,
-            _ => return Option::None,
-        })
-    }
-
-    pub fn name(self) -> &'static str {
-        use Transform::*;
-        match self {
-            None => "none",
-            Split2 => "split2",
-            Bf16Exp => "bf16-exp",
-            Split4 => "split4",
-            F32Exp => "f32-exp",
-            Q8_0 => "q8_0-split",
-            Q4_0 => "q4_0-split",
-            Q4_1 => "q4_1-split",
-        }
-    }
-
     /// Bytes per unit the transform works on; chunk lengths must be a multiple of it.
     pub fn unit(self) -> usize {
         use Transform::*;
@@ -211,21 +181,16 @@ impl Transform {
     }
 }
 
-impl fmt::Display for Transform {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn every_transform_roundtrips() {
-        for id in 0..=7 {
-            let t = Transform::from_id(id).unwrap();
-            assert_eq!(t as u8, id);
+        for (i, &t) in Transform::ALL.iter().enumerate() {
+            // Ids are dense from 0: the fuzz harness and the proptests draw them by index.
+            assert_eq!(t as usize, i);
+            assert_eq!(Transform::from_id(t as u8), Some(t));
             let len = t.unit() * 103;
             let data: Vec<u8> = (0..len).map(|i| (i * 31 + i / 7) as u8).collect();
             let planes = t.split(&data);
@@ -236,7 +201,7 @@ mod tests {
             t.merge(&refs, &mut out);
             assert_eq!(out, data, "{t}");
         }
-        assert!(Transform::from_id(8).is_none());
+        assert!(Transform::from_id(Transform::ALL.len() as u8).is_none());
         assert!(Transform::Split4.plane_lens(6).is_none());
     }
 

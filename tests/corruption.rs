@@ -179,22 +179,6 @@ fn check_unpack(packed: &Path, dst: &Path, t: &Target) -> bool {
     failed
 }
 
-fn walk_files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = fs::read_dir(&d) else { continue };
-        for e in rd.flatten() {
-            if e.file_type().unwrap().is_dir() {
-                stack.push(e.path());
-            } else {
-                out.push(e.path());
-            }
-        }
-    }
-    out
-}
-
 fn apply(path: &Path, d: Damage, packed: &[u8]) {
     let f = OpenOptions::new().write(true).open(path).unwrap();
     match d {

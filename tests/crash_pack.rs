@@ -31,24 +31,8 @@ fn source(dir: &Path) {
     fs::write(dir.join("config.json"), b"{\"hidden_size\": 384}").unwrap();
 }
 
-fn entries(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = fs::read_dir(&d) else { continue };
-        for e in rd.flatten() {
-            if e.file_type().unwrap().is_dir() {
-                stack.push(e.path());
-            } else {
-                out.push(e.path());
-            }
-        }
-    }
-    out
-}
-
 fn tmp_files(dir: &Path) -> Vec<PathBuf> {
-    entries(dir)
+    walk_files(dir)
         .into_iter()
         .filter(|p| p.file_name().unwrap().to_string_lossy().contains(".tmp-"))
         .collect()
@@ -57,7 +41,7 @@ fn tmp_files(dir: &Path) -> Vec<PathBuf> {
 /// Every container visible under its final name is complete and verifies.
 fn visible_containers_verify(dst: &Path) -> usize {
     let mut n = 0;
-    for p in entries(dst) {
+    for p in walk_files(dst) {
         let name = p.file_name().unwrap().to_string_lossy().into_owned();
         if name.ends_with(".dcz") && !name.starts_with('.') {
             let r = pack::verify_tree(&p, 1, &NoProgress).unwrap();
@@ -142,6 +126,99 @@ fn kill_9_at_random_points_never_leaves_a_broken_container() {
     assert_eq!(pack::verify_tree(&dst, 2, &NoProgress).unwrap().failures(), 0);
     pack::unpack_tree(&dst, &t.path().join("u"), 2, &NoProgress).unwrap();
     assert_eq!(tree_state(&t.path().join("u")), before);
+}
+
+/// The same checks at each named durability step (the `DCFS_CRASH_AT=STEP:N` hook of debug
+/// builds, src/pack/dest.rs): the N-th rename (before and after it) and the N-th directory
+/// sync, for every N the pack reaches, the marker's renames included. A random kill rarely
+/// lands in these windows.
+#[test]
+fn kill_9_at_every_rename_and_sync_never_leaves_a_broken_container() {
+    if !cfg!(debug_assertions) {
+        skip("the DCFS_CRASH_AT hook exists only in debug builds");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    source(&src);
+    let before = tree_state(&src);
+    for step in ["before-rename", "after-rename", "after-dir-sync"] {
+        let (mut crashes, mut known_refusals) = (0, 0);
+        for n in 1.. {
+            let dst = t.path().join(format!("{step}-{n}"));
+            let out = Command::new(dcfs_bin())
+                .args(["pack", "-j", "1"])
+                .arg(&src)
+                .arg(&dst)
+                .env("DCFS_CRASH_AT", format!("{step}:{n}"))
+                .output()
+                .unwrap();
+            assert_eq!(tree_state(&src), before, "{step}:{n}: the source changed");
+            if out.status.success() {
+                break; // the pack never reached the N-th step: every one was crashed at
+            }
+            use std::os::unix::process::ExitStatusExt;
+            assert_eq!(
+                out.status.signal(),
+                Some(9),
+                "{step}:{n}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            crashes += 1;
+            visible_containers_verify(&dst);
+            match pack::read_marker(&dst) {
+                Ok(m) => {
+                    assert_eq!(m.files, 7, "{step}:{n}");
+                    let r = pack::verify_tree(&dst, 2, &NoProgress).unwrap();
+                    assert_eq!(r.failures(), 0, "{step}:{n}: complete marker, broken tree");
+                }
+                Err(e) => {
+                    if dst.join(pack::MARKER).exists() {
+                        assert!(e.to_string().contains("interrupted"), "{step}:{n}: {e}");
+                    }
+                }
+            }
+            // A re-run completes and cleans up.
+            let rerun = || {
+                Command::new(dcfs_bin())
+                    .args(["pack", "-j", "1"])
+                    .arg(&src)
+                    .arg(&dst)
+                    .stdout(Stdio::null())
+                    .output()
+                    .unwrap()
+            };
+            let mut again = rerun();
+            if !again.status.success() && !dst.join(pack::MARKER).exists() {
+                // Known gap (pack/mod.rs): killed before the first marker's rename, DST holds
+                // only that marker's temporary file, and the re-run refuses DST as "not a
+                // dcfs pack". Asserted so the day it is fixed this branch is seen unused.
+                let err = String::from_utf8_lossy(&again.stderr).into_owned();
+                assert!(err.contains("not a dcfs pack"), "{step}:{n}: {err}");
+                assert_eq!(walk_files(&dst), tmp_files(&dst), "{step}:{n}: only temporary files");
+                known_refusals += 1;
+                fs::remove_dir_all(&dst).unwrap();
+                again = rerun();
+            }
+            assert!(
+                again.status.success(),
+                "{step}:{n}: re-run: {}",
+                String::from_utf8_lossy(&again.stderr)
+            );
+            assert!(tmp_files(&dst).is_empty(), "{step}:{n}: {:?}", tmp_files(&dst));
+            assert_eq!(
+                pack::verify_tree(&dst, 2, &NoProgress).unwrap().failures(),
+                0,
+                "{step}:{n}"
+            );
+            fs::remove_dir_all(&dst).unwrap();
+        }
+        eprintln!("{step}: crashed at {crashes} points ({known_refusals} re-runs refused a DST of temporary files)");
+        assert!(known_refusals <= 1, "{step}: {known_refusals} refused re-runs");
+        // Seven containers and the marker twice (incomplete, then complete) are renamed.
+        let least = if step == "after-dir-sync" { 2 } else { 9 };
+        assert!(crashes >= least, "{step}: only {crashes} crash points reached");
+    }
 }
 
 /// Unmounts the tmpfs even when the test fails.

@@ -24,17 +24,8 @@ fn pack_with(src: &Path, dst: &Path, codec: CodecChoice) {
 }
 
 fn containers(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut v = Vec::new();
-    for e in fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            v.extend(containers(&p));
-        } else if p.extension().is_some_and(|x| x == "dcz") {
-            v.push(p);
-        }
-    }
-    v.sort();
-    v
+    let dcz = |p: &std::path::PathBuf| p.extension().is_some_and(|x| x == "dcz");
+    walk_files(dir).into_iter().filter(dcz).collect()
 }
 
 /// Decodes every chunk through the emulated GPU path and compares with the CPU decoder.

@@ -24,19 +24,11 @@ fn hub_repo(hub: &Path, name: &str, model: &Path) -> PathBuf {
     fs::create_dir_all(repo.join("blobs")).unwrap();
     fs::create_dir_all(repo.join("refs")).unwrap();
     fs::write(repo.join("refs/main"), REV2).unwrap();
-    let mut files = Vec::new();
-    let mut stack = vec![PathBuf::new()];
-    while let Some(rel) = stack.pop() {
-        for e in fs::read_dir(model.join(&rel)).unwrap() {
-            let e = e.unwrap();
-            let r = rel.join(e.file_name());
-            if e.file_type().unwrap().is_dir() {
-                stack.push(r);
-            } else {
-                files.push(r);
-            }
-        }
-    }
+    let files: Vec<PathBuf> = walk(model)
+        .into_iter()
+        .filter(|(_, md)| !md.is_dir())
+        .map(|(r, _)| r)
+        .collect();
     for rev in [REV1, REV2] {
         for rel in &files {
             let mut data = fs::read(model.join(rel)).unwrap();

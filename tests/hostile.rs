@@ -11,7 +11,7 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -25,25 +25,18 @@ use dcfs::Error;
 /// Every entry under `dir` by its raw path bytes: digest + mode for files, target for links.
 fn state(dir: &Path) -> BTreeMap<OsString, String> {
     let mut out = BTreeMap::new();
-    let mut stack = vec![PathBuf::new()];
-    while let Some(rel) = stack.pop() {
-        for e in fs::read_dir(dir.join(&rel)).unwrap() {
-            let e = e.unwrap();
-            let r = rel.join(e.file_name());
-            let md = fs::symlink_metadata(dir.join(&r)).unwrap();
-            let v = if md.file_type().is_symlink() {
-                format!("-> {:?}", fs::read_link(dir.join(&r)).unwrap())
-            } else if md.is_dir() {
-                stack.push(r.clone());
-                "dir".into()
-            } else if md.is_file() {
-                let h = blake3::hash(&fs::read(dir.join(&r)).unwrap());
-                format!("{} {:o}", h.to_hex(), md.mode() & 0o7777)
-            } else {
-                continue;
-            };
-            out.insert(r.into_os_string(), v);
-        }
+    for (r, md) in walk(dir) {
+        let v = if md.file_type().is_symlink() {
+            format!("-> {:?}", fs::read_link(dir.join(&r)).unwrap())
+        } else if md.is_dir() {
+            "dir".into()
+        } else if md.is_file() {
+            let h = blake3::hash(&fs::read(dir.join(&r)).unwrap());
+            format!("{} {:o}", h.to_hex(), md.mode() & 0o7777)
+        } else {
+            continue;
+        };
+        out.insert(r.into_os_string(), v);
     }
     out
 }

@@ -14,7 +14,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use common::*;
-use dcfs::chunk::{self, CodecChoice, EncodeOptions};
+use dcfs::chunk::{self, ChunkCodec, CodecChoice, EncodeOptions};
 use dcfs::codec::{self, rans, Codec};
 use dcfs::model::{gguf, safetensors};
 use dcfs::pack::{self, NoProgress, PackOptions};
@@ -83,19 +83,15 @@ fn write_fuzz_seeds() {
         let mut s = Vec::new();
         rans::encode(plane, &mut s);
         put("rans", name, &with_len(plane.len(), &s));
+        put("gpu_emu", name, &with_len(plane.len(), &s));
         let mut z = Vec::new();
         codec::encode(Codec::Zstd, plane, 3, &mut z);
         put("zstd", name, &with_len(plane.len(), &z));
     }
-    put(
-        "rans",
-        "empty",
-        &with_len(0, &{
-            let mut s = Vec::new();
-            rans::encode(&[], &mut s);
-            s
-        }),
-    );
+    let mut empty = Vec::new();
+    rans::encode(&[], &mut empty);
+    put("rans", "empty", &with_len(0, &empty));
+    put("gpu_emu", "empty", &with_len(0, &empty));
 
     // Chunk payloads under several transforms and policies.
     for (name, data, ts) in [
@@ -115,6 +111,16 @@ fn write_fuzz_seeds() {
             put("chunk", &format!("{name}-{pname}"), &v);
         }
     }
+    // A raw chunk (served as its payload) and a raw plane inside a coded frame.
+    let mut raw = vec![ChunkCodec::Raw as u8, Transform::None as u8];
+    raw.extend_from_slice(&with_len(i8b.len(), &i8b));
+    put("chunk", "i8-raw", &raw);
+    let mut plane = vec![ChunkCodec::Mixed as u8, Transform::None as u8];
+    let mut framed = vec![1u8, Codec::Raw as u8];
+    framed.extend_from_slice(&(i8b.len() as u32).to_le_bytes());
+    framed.extend_from_slice(&i8b);
+    plane.extend_from_slice(&with_len(i8b.len(), &framed));
+    put("chunk", "i8-raw-plane", &plane);
 
     // Model headers.
     let st = safetensors::build(&[

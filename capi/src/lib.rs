@@ -5,6 +5,9 @@
 //! Nothing unwinds across the boundary: every entry point catches panics and returns -1
 //! with the reason in `dcfs_last_error()`, like any other failure.
 
+// Every unsafe block says why it is sound; clippy -D warnings makes a missing line an error.
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 use std::cell::RefCell;
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -289,10 +292,8 @@ mod tests {
         assert_eq!(unsafe { CStr::from_ptr(names.as_ptr()) }.to_str().unwrap(), "w");
         let mut info = std::mem::MaybeUninit::<DcfsTensorInfo>::uninit();
         // SAFETY: valid strings; `info` is writable.
-        assert_eq!(
-            unsafe { dcfs_tensor_info_get(path.as_ptr(), c"w".as_ptr(), info.as_mut_ptr()) },
-            0
-        );
+        let rc = unsafe { dcfs_tensor_info_get(path.as_ptr(), c"w".as_ptr(), info.as_mut_ptr()) };
+        assert_eq!(rc, 0);
         // SAFETY: the call returned 0, so it wrote `info`.
         let info = unsafe { info.assume_init() };
         assert_eq!(
@@ -327,10 +328,8 @@ mod tests {
         assert_eq!(rc, -1);
         assert!(last_error().contains("buffer holds 7 bytes"), "{}", last_error());
         // SAFETY: a null path is refused before it is read.
-        assert_eq!(
-            unsafe { dcfs_tensor_names(std::ptr::null(), std::ptr::null_mut(), 0) },
-            -1
-        );
+        let rc = unsafe { dcfs_tensor_names(std::ptr::null(), std::ptr::null_mut(), 0) };
+        assert_eq!(rc, -1);
         assert!(last_error().contains("path is NULL"), "{}", last_error());
     }
 }

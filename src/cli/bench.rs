@@ -9,7 +9,9 @@ use serde_json::json;
 
 use super::util::{human, parse_size};
 use super::Outcome;
-use dcfs::bench::{self, CodecBenchOptions};
+use harness::{self as bench, CodecBenchOptions};
+
+mod harness;
 
 /// Measure read throughput, random-read latency, codecs and storage bandwidth.
 #[derive(Args)]

@@ -10,8 +10,6 @@ pub mod rans_layout;
 #[cfg(target_arch = "aarch64")]
 mod rans_neon;
 
-use std::fmt;
-
 /// Errors of a plane decoder. Always means "these bytes are not a valid stream".
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -36,37 +34,12 @@ impl CodecError {
     }
 }
 
-/// How one plane (or a whole raw chunk) is stored. The discriminants are on-disk values.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[repr(u8)]
-pub enum Codec {
-    Raw = 0,
-    Rans = 1,
-    Zstd = 2,
-}
-
-impl Codec {
-    pub fn from_id(id: u8) -> Result<Codec, CodecError> {
-        match id {
-            0 => Ok(Codec::Raw),
-            1 => Ok(Codec::Rans),
-            2 => Ok(Codec::Zstd),
-            x => Err(CodecError::UnknownCodec(x)),
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Codec::Raw => "raw",
-            Codec::Rans => "rans",
-            Codec::Zstd => "zstd",
-        }
-    }
-}
-
-impl fmt::Display for Codec {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+id_enum! {
+    /// How one plane (or a whole raw chunk) is stored. The ids are on-disk values.
+    pub enum Codec {
+        Raw = 0 => "raw",
+        Rans = 1 => "rans",
+        Zstd = 2 => "zstd",
     }
 }
 
@@ -119,7 +92,7 @@ mod tests {
     #[test]
     fn every_codec_roundtrips_and_rejects_wrong_lengths() {
         let plane: Vec<u8> = (0..50_000u32).map(|i| (i % 17 + i / 5000) as u8).collect();
-        for c in [Codec::Raw, Codec::Rans, Codec::Zstd] {
+        for &c in Codec::ALL {
             let mut enc = Vec::new();
             encode(c, &plane, 3, &mut enc);
             let mut out = vec![0; plane.len()];
@@ -127,8 +100,10 @@ mod tests {
             assert_eq!(out, plane, "{c}");
             let mut short = vec![0; plane.len() - 1];
             assert!(decode(c, &enc, &mut short).is_err(), "{c}");
-            assert_eq!(Codec::from_id(c as u8).unwrap(), c);
+            assert_eq!(Codec::from_id(c as u8), Some(c));
         }
-        assert!(Codec::from_id(9).is_err());
+        assert_eq!(Codec::ALL, [Codec::Raw, Codec::Rans, Codec::Zstd]);
+        assert_eq!(Codec::from_id(9), None);
+        assert_eq!(Codec::try_from(9), Err(9));
     }
 }

@@ -99,17 +99,6 @@ impl FreqTable {
         FreqTable { freq, cum }
     }
 
-    /// Exact cost in bytes of coding `counts` with this table, excluding stream overheads.
-    pub fn coded_bits(&self, counts: &[u64; 256]) -> f64 {
-        let mut bits = 0.0;
-        for s in 0..256 {
-            if counts[s] > 0 {
-                bits += counts[s] as f64 * (PROB_BITS as f64 - (self.freq[s] as f64).log2());
-            }
-        }
-        bits
-    }
-
     fn write(&self, out: &mut Vec<u8>) {
         let mut bitmap = [0u8; BITMAP_BYTES];
         for s in 0..256 {
@@ -646,16 +635,7 @@ mod tests {
         enc.len()
     }
 
-    /// Deterministic xorshift so tests need no RNG crate.
-    fn rng(seed: u64) -> impl FnMut() -> u64 {
-        let mut s = seed.max(1);
-        move || {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            s
-        }
-    }
+    use crate::test_rng as rng;
 
     #[test]
     fn empty_and_single_symbols() {

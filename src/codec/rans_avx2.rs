@@ -123,7 +123,7 @@ impl Lane<'_> {
 #[target_feature(enable = "avx2,popcnt")]
 pub unsafe fn decode_groups(dtab: &[u32], a: &mut Lane<'_>, b: Option<&mut Lane<'_>>) {
     assert_eq!(dtab.len(), PROB_SCALE as usize);
-    // SAFETY (whole block): every `group` call is preceded by `can_step`, which keeps its
+    // SAFETY: (whole block) every `group` call is preceded by `can_step`, which keeps its
     // 32 output bytes inside `out` and its at most 32 words inside `words`; `dtab` holds
     // PROB_SCALE entries and indices are masked below that.
     unsafe {
@@ -272,7 +272,7 @@ pub unsafe fn encode_groups(
     assert_eq!(groups.len() % LANES, 0);
     // Each symbol emits at most one word, and the store writes 8 at a time.
     assert!(*n_words + groups.len() + 8 <= words.len());
-    // SAFETY (whole block): loads and stores stay inside `st`, `groups` (8 bytes at 8v of a
+    // SAFETY: (whole block) loads and stores stay inside `st`, `groups` (8 bytes at 8v of a
     // 32-byte group) and `words` (8 entries at `n_words`, bounded by the assert above since
     // `n_words` grows by at most one per symbol); gather indices are bytes, below 256.
     unsafe {

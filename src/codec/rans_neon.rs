@@ -200,7 +200,7 @@ unsafe fn store(st: &[uint32x4_t; VECS], s: &mut [u32; LANES]) {
 #[target_feature(enable = "neon")]
 pub unsafe fn decode_groups(dtab: &[u32], a: &mut Lane<'_>, b: Option<&mut Lane<'_>>) {
     assert_eq!(dtab.len(), PROB_SCALE as usize);
-    // SAFETY (whole block): every `advance` is preceded by `can_step`; `dtab` holds
+    // SAFETY: (whole block) every `advance` is preceded by `can_step`; `dtab` holds
     // PROB_SCALE entries and `lookup` masks indices below that.
     unsafe {
         let bits = [1u32, 2, 4, 8];
@@ -242,15 +242,7 @@ mod tests {
         assert!(t[..4].iter().chain(&t[6..12]).chain(&t[14..]).all(|&b| b == 0xff));
     }
 
-    fn rng(seed: u64) -> impl FnMut() -> u64 {
-        let mut s = seed.max(1);
-        move || {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            s
-        }
-    }
+    use crate::test_rng as rng;
 
     /// Planes of every shape the format sees: empty, one symbol, uniform, geometric and
     /// small-alphabet skew, the max-skew table (255 symbols at frequency 1), and lengths

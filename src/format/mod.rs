@@ -1,39 +1,9 @@
 //! The `.dcz` container: one original file, chunked, coded, indexed and checksummed.
 //!
-//! ```text
-//! offset            size   field
-//! 0                 8      MAGIC "DCFSPAK\0"
-//! 8                 2      major version (readers refuse a newer major)
-//! 10                2      minor version (newer minors only add fields readers may ignore)
-//! 12                4      reserved, zero
-//! 16                ...    chunk payloads, in chunk order, back to back
-//! index_offset      ...    INDEX (below)
-//! len - 48          48     FOOTER (below)
 //!
-//! INDEX
-//! 0    8   original size        8    4   mode (st_mode permission + type bits)
-//! 12   8   mtime seconds (i64)  20   4   mtime nanoseconds
-//! 24   32  BLAKE3 of the original file
-//! 56   1   file kind (0 opaque, 1 safetensors, 2 gguf)
-//! 57   1   flags (bit 0: model header rejected, packed as opaque under --lenient)
-//! 58   2   reserved              60   4   compress fraction, parts per million
-//! 64   4   chunk size            68   4   chunk count        72   4   tensor count
-//! 76   4   reserved
-//! 80   chunk count x CHUNK_ENTRY_LEN entries:
-//!        0  8  offset in the original file    8  4  original length
-//!        12 4  payload length                 16 8  payload offset in the container
-//!        24 8  xxh3-64 of the original bytes
-//!        32 1  chunk codec (0 raw, 1 rans, 2 zstd, 3 mixed)   33 1  transform
-//!        34 1  dtype code (informational)     35 1  reserved
-//!        36 4  tensor number or u32::MAX      40 8  reserved
-//!      tensor count x (u16 name len | name | u8 dtype len | dtype | u8 ndim | u64 dims.. |
-//!                      u64 start | u64 len)
-//!
-//! FOOTER
-//! 0  8  index offset   8  8  index length   16  8  xxh3-64 of the index
-//! 24 2  major          26 2  minor          28  4  reserved
-//! 32 8  xxh3-64 of footer bytes [0, 32)     40  8  END_MAGIC "DCFSEND\0"
-//! ```
+//! The byte layout (header, chunk payloads, index, footer) is written down once, in
+//! docs/FORMAT.md; the `FT_*`, `IX_*` and `CE_*` constants below are its code form, and
+//! `tests::format_md_matches_the_constants` fails when the two disagree.
 //! A reader needs only the footer and the index to serve any byte range.
 
 mod reader;
@@ -221,4 +191,103 @@ pub(crate) fn encode_header() -> [u8; HEADER_LEN as usize] {
     h[HDR_MAJOR..HDR_MAJOR + 2].copy_from_slice(&VERSION_MAJOR.to_le_bytes());
     h[HDR_MINOR..HDR_MINOR + 2].copy_from_slice(&VERSION_MINOR.to_le_bytes());
     h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::Codec;
+
+    const FORMAT_MD: &str = include_str!("../../docs/FORMAT.md");
+
+    /// `(offset, size)` rows of the markdown table that follows `heading` in FORMAT.md.
+    fn table_after(heading: &str) -> Vec<(usize, usize, String)> {
+        let at = FORMAT_MD
+            .find(heading)
+            .unwrap_or_else(|| panic!("FORMAT.md lost {heading:?}"));
+        FORMAT_MD[at..]
+            .lines()
+            .skip_while(|l| !l.starts_with("| 0 |"))
+            .take_while(|l| l.starts_with('|'))
+            .map(|l| {
+                let f: Vec<&str> = l.split('|').map(str::trim).collect();
+                (f[1].parse().unwrap(), f[2].parse().unwrap(), f[3].to_string())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn format_md_matches_the_constants() {
+        let ix = table_after("Index (80 fixed bytes");
+        let want_ix = [
+            (IX_SIZE, 8),
+            (IX_MODE, 4),
+            (IX_MTIME_S, 8),
+            (IX_MTIME_NS, 4),
+            (IX_DIGEST, 32),
+            (IX_KIND, 1),
+            (IX_FLAGS, 1),
+            (58, 2),
+            (IX_FRACTION, 4),
+            (IX_CHUNK_SIZE, 4),
+            (IX_N_CHUNKS, 4),
+            (IX_N_TENSORS, 4),
+            (76, 4),
+        ];
+        assert_eq!(ix.iter().map(|r| (r.0, r.1)).collect::<Vec<_>>(), want_ix);
+        assert_eq!(ix.last().map(|r| r.0 + r.1), Some(IX_FIXED_LEN));
+        let ce = table_after("Chunk entry:");
+        let want_ce = [
+            (CE_ORIG_OFFSET, 8),
+            (CE_ORIG_LEN, 4),
+            (CE_PAYLOAD_LEN, 4),
+            (CE_PAYLOAD_OFFSET, 8),
+            (CE_HASH, 8),
+            (CE_CODEC, 1),
+            (CE_TRANSFORM, 1),
+            (CE_DTYPE, 1),
+            (35, 1),
+            (CE_TENSOR, 4),
+            (40, 8),
+        ];
+        assert_eq!(ce.iter().map(|r| (r.0, r.1)).collect::<Vec<_>>(), want_ce);
+        assert_eq!(ce.last().map(|r| r.0 + r.1), Some(CHUNK_ENTRY_LEN));
+        let codecs: Vec<String> = ChunkCodec::ALL.iter().map(|&c| format!("{} {c}", c as u8)).collect();
+        assert_eq!(ce[5].2, format!("codec: {}", codecs.join(", ")));
+        let kinds: Vec<String> = FileKind::ALL.iter().map(|&k| format!("{} {k}", k as u8)).collect();
+        assert_eq!(ix[5].2, format!("file kind: {}", kinds.join(", ")));
+        let plane: Vec<String> = Codec::ALL.iter().map(|&c| format!("{} {c}", c as u8)).collect();
+        assert!(
+            FORMAT_MD.contains(&format!("(u8 codec: {} |", plane.join(", "))),
+            "plane codec ids"
+        );
+        // Every transform has its row: `| id | name | planes |`.
+        for &t in Transform::ALL {
+            assert!(
+                FORMAT_MD.contains(&format!("| {} | {t} |", t as u8)),
+                "FORMAT.md lacks transform {t}"
+            );
+        }
+        let footer = [
+            FT_INDEX_OFFSET,
+            FT_INDEX_LEN,
+            FT_INDEX_HASH,
+            FT_MAJOR,
+            FT_MINOR,
+            FT_SELF_HASH,
+            FT_MAGIC,
+        ];
+        for at in footer {
+            let named = [format!(" at {at},"), format!(" at {at}.")];
+            assert!(
+                named.iter().any(|n| FORMAT_MD.contains(n.as_str())),
+                "FORMAT.md's footer lacks offset {at}"
+            );
+        }
+        assert_eq!(FT_MAGIC + 8, FOOTER_LEN as usize);
+        assert!(FORMAT_MD.contains(&format!(
+            "\"{}\\0\" at {FT_MAGIC}",
+            std::str::from_utf8(&END_MAGIC[..7]).unwrap()
+        )));
+    }
 }

@@ -110,8 +110,8 @@ macro_rules! sym {
     ($lib:expr, $name:literal) => {{
         // SAFETY: the symbol is a documented CUDA driver entry point and the field's type
         // is its C signature from cuda.h.
-        let s =
-            unsafe { $lib.get($name) }.map_err(|e| GpuError::NoDriver(format!("libcuda.so.1 lacks a symbol: {e}")))?;
+        let s = unsafe { $lib.get($name) };
+        let s = s.map_err(|e| GpuError::NoDriver(format!("libcuda.so.1 lacks a symbol: {e}")))?;
         *s
     }};
 }

@@ -422,8 +422,9 @@ impl CudaRt {
         if nm > 0 {
             let most = plan.merges.iter().map(|m| m.n_units).max().unwrap_or(0);
             let gx = most.div_ceil(BLOCK).clamp(1, 1024);
-            let mut params: [*mut c_void; 3] = [
+            let mut params: [*mut c_void; 4] = [
                 (&mut a as *mut u64).cast(),
+                (&mut alen as *mut u64).cast(),
                 (&mut m as *mut u64).cast(),
                 (&mut nm as *mut u32).cast(),
             ];

@@ -127,8 +127,27 @@ pub fn warp_decode(arena: &mut [u8], d: &SubBlockDesc, stats: &mut WarpStats) ->
     err
 }
 
+/// `dcfs_merge`'s bounds rule: the output and every plane the transform reads lie inside
+/// the arena, and the transform is known. A merge that fails it is skipped whole.
+pub fn merge_in_bounds(m: &MergeDesc, arena_len: u64) -> bool {
+    let Some(t) = u8::try_from(m.transform).ok().and_then(Transform::from_id) else {
+        return false;
+    };
+    let n = m.n_units as u64;
+    let span = |at: u64, len: u64| at <= arena_len && len <= arena_len - at;
+    let out_len = n * t.unit() as u64;
+    let Some(planes) = usize::try_from(out_len).ok().and_then(|l| t.plane_lens(l)) else {
+        return false;
+    };
+    span(m.dst, out_len) && planes.iter().zip(m.plane).all(|(&len, at)| span(at, len as u64))
+}
+
 /// Emulates `dcfs_merge` for one chunk: unit `i` is what thread `i` of its grid row writes.
+/// Checks the bounds first, as the kernel does, with the whole arena as the bound.
 pub fn merge(arena: &mut [u8], m: &MergeDesc) {
+    if !merge_in_bounds(m, arena.len() as u64) {
+        return;
+    }
     let n = m.n_units as usize;
     let dst = m.dst as usize;
     let p = m.plane.map(|o| o as usize);
@@ -237,15 +256,7 @@ mod tests {
     use super::*;
     use crate::codec::rans;
 
-    fn rng(seed: u64) -> impl FnMut() -> u64 {
-        let mut s = seed.max(1);
-        move || {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            s
-        }
-    }
+    use crate::test_rng as rng;
 
     /// Encodes with the CPU coder, decodes with both, and demands identical bytes.
     fn same_as_cpu(data: &[u8]) -> WarpStats {
@@ -331,7 +342,7 @@ mod tests {
     #[test]
     fn merge_inverts_every_transform() {
         let mut r = rng(5);
-        for t in crate::gpu::TRANSFORMS {
+        for &t in crate::gpu::TRANSFORMS {
             let len = t.unit() * 517;
             let data: Vec<u8> = (0..len).map(|_| r() as u8).collect();
             let planes = t.split(&data);
@@ -351,6 +362,47 @@ mod tests {
             merge(&mut arena, &m);
             assert_eq!(&arena[m.dst as usize..], &data[..], "{t}");
         }
+    }
+
+    #[test]
+    fn merges_outside_the_arena_are_skipped() {
+        let len = 4 * 100;
+        let ok = MergeDesc {
+            dst: 0,
+            plane: [400, 500, 600, 700, 0],
+            n_units: 100,
+            transform: Transform::Split4 as u32,
+        };
+        let arena_len = 800;
+        assert!(merge_in_bounds(&ok, arena_len));
+        let bad = [
+            MergeDesc { dst: 401, ..ok },
+            MergeDesc {
+                plane: [400, 500, 600, 701, 0],
+                ..ok
+            },
+            MergeDesc { n_units: 101, ..ok },
+            MergeDesc {
+                n_units: u32::MAX,
+                ..ok
+            },
+            MergeDesc { dst: u64::MAX, ..ok },
+            MergeDesc { transform: 99, ..ok },
+            MergeDesc {
+                transform: 256 + Transform::Split4 as u32,
+                ..ok
+            },
+        ];
+        for m in bad {
+            assert!(!merge_in_bounds(&m, arena_len), "{m:?}");
+            // Skipped whole: no panic, no byte written.
+            let mut arena = vec![POISON; arena_len as usize];
+            merge(&mut arena, &m);
+            assert!(arena.iter().all(|&b| b == POISON), "{m:?} wrote");
+        }
+        let mut arena = vec![1u8; arena_len as usize];
+        merge(&mut arena, &ok);
+        assert_eq!(&arena[..len], &[1u8; 400][..]);
     }
 
     #[test]

@@ -100,8 +100,8 @@ fn query_cuda() -> Result<SystemInfo, GpuError> {
     macro_rules! sym {
         ($name:literal, $t:ty) => {{
             // SAFETY: a documented CUDA driver entry point; `$t` is its C signature.
-            let s: libloading::Symbol<$t> =
-                unsafe { lib.get($name) }.map_err(|e| GpuError::NoDriver(format!("libcuda lacks a symbol: {e}")))?;
+            let s: Result<libloading::Symbol<$t>, _> = unsafe { lib.get($name) };
+            let s = s.map_err(|e| GpuError::NoDriver(format!("libcuda lacks a symbol: {e}")))?;
             *s
         }};
     }

@@ -1,4 +1,4 @@
-//! GPU offload of rANS decoding (issue 8), built so it runs on machines without CUDA.
+//! GPU offload of rANS decoding (docs/GPU.md), built so it runs on machines without CUDA.
 //!
 //! * `cuda/rans_decode.cu` decodes one rANS sub-block per warp and merges the byte planes
 //!   back into the original bytes; NVRTC compiles it at first use ([`nvrtc`]) with the
@@ -72,33 +72,31 @@ pub fn kernel_defines() -> Vec<String> {
         format!("-DDCFS_WORD_BITS={}", L::WORD_BITS),
         format!("-DDCFS_STATES_BYTES={}u", L::STATES_BYTES),
     ];
-    for t in TRANSFORMS {
-        let name = match t {
-            Transform::None => "NONE",
-            Transform::Split2 => "SPLIT2",
-            Transform::Bf16Exp => "BF16_EXP",
-            Transform::Split4 => "SPLIT4",
-            Transform::F32Exp => "F32_EXP",
-            Transform::Q8_0 => "Q8_0",
-            Transform::Q4_0 => "Q4_0",
-            Transform::Q4_1 => "Q4_1",
-        };
-        v.push(format!("-DDCFS_T_{name}={}", t as u8));
+    for &t in TRANSFORMS {
+        v.push(format!("-DDCFS_T_{}={}", kernel_name(t), t as u8));
     }
     v
 }
 
-/// Every transform; the merge kernel implements them all.
-pub const TRANSFORMS: [Transform; 8] = [
-    Transform::None,
-    Transform::Split2,
-    Transform::Bf16Exp,
-    Transform::Split4,
-    Transform::F32Exp,
-    Transform::Q8_0,
-    Transform::Q4_0,
-    Transform::Q4_1,
-];
+/// The kernel's name for a transform (`DCFS_T_<name>`). Exhaustive on purpose: a new
+/// `Transform` does not build until it has a GPU entry here, a `case` in the merge kernel
+/// and an arm in [`emu::merge`] (checked by `every_transform_has_a_kernel_case` and
+/// `emu::tests::merge_inverts_every_transform`).
+pub fn kernel_name(t: Transform) -> &'static str {
+    match t {
+        Transform::None => "NONE",
+        Transform::Split2 => "SPLIT2",
+        Transform::Bf16Exp => "BF16_EXP",
+        Transform::Split4 => "SPLIT4",
+        Transform::F32Exp => "F32_EXP",
+        Transform::Q8_0 => "Q8_0",
+        Transform::Q4_0 => "Q4_0",
+        Transform::Q4_1 => "Q4_1",
+    }
+}
+
+/// Every transform, from the transform list itself; the merge kernel implements them all.
+pub const TRANSFORMS: &[Transform] = Transform::ALL;
 
 #[cfg(test)]
 mod tests {
@@ -115,9 +113,24 @@ mod tests {
                 );
             }
         }
-        for t in TRANSFORMS {
+        for &t in TRANSFORMS {
             assert_eq!(Transform::from_id(t as u8), Some(t));
         }
         assert!(defs.contains(&format!("-DDCFS_STATE_LOW={}u", L::STATE_LOW)));
+    }
+
+    /// The recipe's check for a new transform: the kernel must require its id and handle
+    /// it in `dcfs_merge`. Its emulation is checked by `emu::tests::merge_inverts_every_transform`.
+    #[test]
+    fn every_transform_has_a_kernel_case() {
+        let src: String = KERNEL_SOURCE.split_whitespace().collect::<Vec<_>>().join(" ");
+        for &t in TRANSFORMS {
+            let id = format!("DCFS_T_{}", kernel_name(t));
+            assert!(
+                src.contains(&format!("!defined({id})")),
+                "the kernel does not require {id}"
+            );
+            assert!(src.contains(&format!("case {id}:")), "dcfs_merge has no case for {t}");
+        }
     }
 }

@@ -274,13 +274,7 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let src = t.path().join("src");
         std::fs::create_dir(&src).unwrap();
-        let mut x = 0x9E37_79B9_7F4A_7C15u64;
-        let mut next = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut next = crate::test_rng(0x9E37_79B9_7F4A_7C15);
         // Small-magnitude weights: BF16/F32 whose exponents compress well under rANS.
         let bf16: Vec<u8> = (0..400_000)
             .flat_map(|_| {

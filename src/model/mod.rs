@@ -19,29 +19,12 @@ pub struct Layout {
     pub tensors: Vec<TensorSpan>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[repr(u8)]
-pub enum FileKind {
-    Opaque = 0,
-    Safetensors = 1,
-    Gguf = 2,
-}
-
-impl FileKind {
-    pub fn from_id(id: u8) -> Option<FileKind> {
-        match id {
-            0 => Some(FileKind::Opaque),
-            1 => Some(FileKind::Safetensors),
-            2 => Some(FileKind::Gguf),
-            _ => None,
-        }
-    }
-    pub fn name(self) -> &'static str {
-        match self {
-            FileKind::Opaque => "opaque",
-            FileKind::Safetensors => "safetensors",
-            FileKind::Gguf => "gguf",
-        }
+id_enum! {
+    /// What a packed file is, as recorded in its container.
+    pub enum FileKind {
+        Opaque = 0 => "opaque",
+        Safetensors = 1 => "safetensors",
+        Gguf = 2 => "gguf",
     }
 }
 
@@ -81,21 +64,56 @@ pub enum Dtype {
     },
 }
 
+/// The element dtypes, one row each: the name safetensors headers use, the one-byte code
+/// of the chunk index, and bytes per element. The only place these facts are written;
+/// GGML block types have their own table in [`gguf`] and share code [`GGML_CODE`].
+const ELEMENT_DTYPES: [(Dtype, &str, u8, u64); 15] = [
+    (Dtype::Bool, "BOOL", 1, 1),
+    (Dtype::U8, "U8", 2, 1),
+    (Dtype::I8, "I8", 3, 1),
+    (Dtype::F8E4M3, "F8_E4M3", 4, 1),
+    (Dtype::F8E5M2, "F8_E5M2", 5, 1),
+    (Dtype::I16, "I16", 6, 2),
+    (Dtype::U16, "U16", 7, 2),
+    (Dtype::F16, "F16", 8, 2),
+    (Dtype::BF16, "BF16", 9, 2),
+    (Dtype::I32, "I32", 10, 4),
+    (Dtype::U32, "U32", 11, 4),
+    (Dtype::F32, "F32", 12, 4),
+    (Dtype::I64, "I64", 13, 8),
+    (Dtype::U64, "U64", 14, 8),
+    (Dtype::F64, "F64", 15, 8),
+];
+
+/// The chunk-index code of every GGML block type.
+pub const GGML_CODE: u8 = 16;
+
 impl Dtype {
+    fn element_row(self) -> Option<&'static (Dtype, &'static str, u8, u64)> {
+        ELEMENT_DTYPES.iter().find(|r| r.0 == self)
+    }
+
+    /// Parses an element dtype as named in safetensors headers (GGML names are not valid
+    /// there).
+    pub fn from_safetensors_name(name: &str) -> Option<Dtype> {
+        ELEMENT_DTYPES.iter().find(|r| r.1 == name).map(|r| r.0)
+    }
+
     /// Parses a dtype name as written in safetensors headers or GGML type tables.
     pub fn from_name(name: &str) -> Option<Dtype> {
-        safetensors::dtype_from_str(name).or_else(|| gguf::dtype_from_name(name))
+        Dtype::from_safetensors_name(name).or_else(|| gguf::dtype_from_name(name))
+    }
+
+    /// The safetensors name of an element dtype; `None` for GGML block types.
+    pub fn safetensors_name(self) -> Option<&'static str> {
+        self.element_row().map(|r| r.1)
     }
 
     /// Bytes of one unit (element, or block for GGML quantised types).
     pub fn unit_bytes(self) -> u64 {
-        use Dtype::*;
         match self {
-            Bool | U8 | I8 | F8E4M3 | F8E5M2 => 1,
-            I16 | U16 | F16 | BF16 => 2,
-            I32 | U32 | F32 => 4,
-            I64 | U64 | F64 => 8,
-            Ggml { bytes, .. } => bytes as u64,
+            Dtype::Ggml { bytes, .. } => bytes as u64,
+            _ => self.element_row().map_or(1, |r| r.3),
         }
     }
 
@@ -108,27 +126,11 @@ impl Dtype {
     }
 
     pub fn name(self) -> String {
-        use Dtype::*;
         match self {
-            Bool => "BOOL".into(),
-            U8 => "U8".into(),
-            I8 => "I8".into(),
-            F8E4M3 => "F8_E4M3".into(),
-            F8E5M2 => "F8_E5M2".into(),
-            I16 => "I16".into(),
-            U16 => "U16".into(),
-            F16 => "F16".into(),
-            BF16 => "BF16".into(),
-            I32 => "I32".into(),
-            U32 => "U32".into(),
-            F32 => "F32".into(),
-            I64 => "I64".into(),
-            U64 => "U64".into(),
-            F64 => "F64".into(),
-            Ggml { id, .. } => gguf::type_name(id).to_string(),
+            Dtype::Ggml { id, .. } => gguf::type_name(id).to_string(),
+            _ => self.safetensors_name().unwrap_or("?").to_string(),
         }
     }
-
     /// Transforms worth trying for this dtype, best guess first. Chunk planning keeps
     /// chunk lengths a multiple of the first transform's unit.
     pub fn transforms(self) -> &'static [Transform] {
@@ -158,24 +160,9 @@ impl Dtype {
 
     /// A stable one-byte code for the chunk index (inspection only; decoding never needs it).
     pub fn code(self) -> u8 {
-        use Dtype::*;
         match self {
-            Bool => 1,
-            U8 => 2,
-            I8 => 3,
-            F8E4M3 => 4,
-            F8E5M2 => 5,
-            I16 => 6,
-            U16 => 7,
-            F16 => 8,
-            BF16 => 9,
-            I32 => 10,
-            U32 => 11,
-            F32 => 12,
-            I64 => 13,
-            U64 => 14,
-            F64 => 15,
-            Ggml { .. } => 16,
+            Dtype::Ggml { .. } => GGML_CODE,
+            _ => self.element_row().map_or(0, |r| r.2),
         }
     }
 }
@@ -267,4 +254,57 @@ pub(crate) fn check_spans(tensors: &mut [TensorSpan], lo: u64, hi: u64) -> Resul
         prev_name = &t.name;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dtype_table_round_trips_and_keeps_its_codes() {
+        // The codes are written into chunk indexes: they may never change.
+        let codes: Vec<(String, u8, u64)> = ELEMENT_DTYPES
+            .iter()
+            .map(|r| (r.0.name(), r.0.code(), r.0.unit_bytes()))
+            .collect();
+        let want = [
+            ("BOOL", 1, 1),
+            ("U8", 2, 1),
+            ("I8", 3, 1),
+            ("F8_E4M3", 4, 1),
+            ("F8_E5M2", 5, 1),
+            ("I16", 6, 2),
+            ("U16", 7, 2),
+            ("F16", 8, 2),
+            ("BF16", 9, 2),
+            ("I32", 10, 4),
+            ("U32", 11, 4),
+            ("F32", 12, 4),
+            ("I64", 13, 8),
+            ("U64", 14, 8),
+            ("F64", 15, 8),
+        ];
+        let want: Vec<(String, u8, u64)> = want.iter().map(|&(n, c, b)| (n.to_string(), c, b)).collect();
+        assert_eq!(codes, want);
+        for r in ELEMENT_DTYPES {
+            assert_eq!(Dtype::from_name(r.1), Some(r.0));
+            assert_eq!(Dtype::from_safetensors_name(r.1), Some(r.0));
+            assert_eq!(r.0.safetensors_name(), Some(r.1));
+        }
+        let q = Dtype::from_name("Q4_1").expect("a GGML name");
+        assert_eq!(
+            (q.code(), q.name().as_str(), q.safetensors_name()),
+            (GGML_CODE, "Q4_1", None)
+        );
+        assert_eq!(Dtype::from_safetensors_name("Q4_1"), None);
+    }
+
+    #[test]
+    fn file_kind_ids() {
+        for &k in FileKind::ALL {
+            assert_eq!(FileKind::try_from(k as u8), Ok(k));
+            assert_eq!(k.to_string(), k.name());
+        }
+        assert_eq!(FileKind::from_id(3), None);
+    }
 }

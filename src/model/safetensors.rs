@@ -6,28 +6,6 @@ use serde_json::Value;
 /// The format's own limit on the JSON header.
 pub const MAX_JSON: u64 = 100_000_000;
 
-pub fn dtype_from_str(s: &str) -> Option<Dtype> {
-    use Dtype::*;
-    Some(match s {
-        "BOOL" => Bool,
-        "U8" => U8,
-        "I8" => I8,
-        "F8_E4M3" => F8E4M3,
-        "F8_E5M2" => F8E5M2,
-        "I16" => I16,
-        "U16" => U16,
-        "F16" => F16,
-        "BF16" => BF16,
-        "I32" => I32,
-        "U32" => U32,
-        "F32" => F32,
-        "I64" => I64,
-        "U64" => U64,
-        "F64" => F64,
-        _ => return None,
-    })
-}
-
 pub fn parse(prefix: &[u8], file_len: u64) -> Result<Layout, ModelError> {
     if file_len < 8 {
         return Err(ModelError::Mismatch {
@@ -84,7 +62,8 @@ pub fn parse(prefix: &[u8], file_len: u64) -> Result<Layout, ModelError> {
             .get("dtype")
             .and_then(Value::as_str)
             .ok_or_else(|| malformed(format!("tensor {name}: missing dtype")))?;
-        let dtype = dtype_from_str(dt).ok_or_else(|| malformed(format!("tensor {name}: unknown dtype {dt}")))?;
+        let dtype =
+            Dtype::from_safetensors_name(dt).ok_or_else(|| malformed(format!("tensor {name}: unknown dtype {dt}")))?;
         let shape: Vec<u64> = obj
             .get("shape")
             .and_then(Value::as_array)

@@ -66,7 +66,7 @@ impl DestDir {
             };
             let path = cur.path.join(name);
             let fd = rustix::fs::openat(&cur.fd, name, dir_flags(), Mode::empty()).map_err(|e| match e {
-                Errno::LOOP | Errno::NOTDIR => Error::Invalid {
+                Errno::LOOP | Errno::NOTDIR => Error::NotADirectory {
                     path: path.clone(),
                     what: "is not a directory (a symlink is never followed here)".into(),
                 },
@@ -93,7 +93,7 @@ impl DestDir {
                 rustix::fs::mkdirat(&self.fd, name, Mode::from_raw_mode(0o700)).map_err(|e| io(&path, e))?;
             }
             _ => {
-                return Err(Error::Invalid {
+                return Err(Error::NotADirectory {
                     path,
                     what: "exists and is not a directory (a symlink is never followed); refusing to write into it"
                         .into(),
@@ -133,7 +133,10 @@ impl DestDir {
 
     /// Renames `from` over `to`, both in this directory.
     pub(crate) fn rename(&self, from: &OsStr, to: &OsStr) -> Result<()> {
-        rustix::fs::renameat(&self.fd, from, &self.fd, to).map_err(|e| io(&self.path.join(to), e))
+        crash_point("before-rename");
+        rustix::fs::renameat(&self.fd, from, &self.fd, to).map_err(|e| io(&self.path.join(to), e))?;
+        crash_point("after-rename");
+        Ok(())
     }
 
     /// Removes the non-directory `name` here, if present.
@@ -148,7 +151,7 @@ impl DestDir {
     pub(crate) fn symlink(&self, target: &Path, name: &OsStr) -> Result<()> {
         let path = self.path.join(name);
         if self.kind(name)? == Some(FileType::Directory) {
-            return Err(Error::Invalid {
+            return Err(Error::IsADirectory {
                 path,
                 what: "a directory stands where a symlink goes; remove it first".into(),
             });
@@ -197,9 +200,43 @@ impl DestDir {
 
     /// Flushes this directory's entries (renames, creations) to disk.
     pub(crate) fn sync(&self) -> Result<()> {
-        rustix::fs::fsync(&self.fd).map_err(|e| io(&self.path, e))
+        rustix::fs::fsync(&self.fd).map_err(|e| io(&self.path, e))?;
+        crash_point("after-dir-sync");
+        Ok(())
     }
 }
+
+/// The durability steps a test can crash at: a temporary file written and synced but not
+/// yet renamed, renamed but its directory not yet synced, and a directory just synced.
+#[cfg_attr(not(debug_assertions), allow(dead_code))]
+const CRASH_STEPS: [&str; 3] = ["before-rename", "after-rename", "after-dir-sync"];
+
+/// Test hook, debug builds only: with `DCFS_CRASH_AT=STEP:N` the process kills itself with
+/// SIGKILL the N-th time (from 1) it reaches STEP (one of [`CRASH_STEPS`]), so
+/// tests/crash_pack.rs crashes `pack` at every write/rename window, not only at random moments.
+#[cfg(debug_assertions)]
+fn crash_point(step: &str) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    debug_assert!(CRASH_STEPS.contains(&step), "{step}");
+    static REACHED: AtomicUsize = AtomicUsize::new(0);
+    let Ok(spec) = std::env::var("DCFS_CRASH_AT") else {
+        return;
+    };
+    let Some((armed, n)) = spec.split_once(':') else { return };
+    if armed != step {
+        return;
+    }
+    if n.parse::<usize>().ok() == Some(REACHED.fetch_add(1, Ordering::SeqCst) + 1) {
+        // SAFETY: kill(2) of our own process takes no pointers; SIGKILL ends it here, as
+        // a power cut or `kill -9` would, with no destructor or buffer flush.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGKILL);
+        }
+    }
+}
+
+#[cfg(not(debug_assertions))]
+fn crash_point(_step: &str) {}
 
 /// Whether this process may give files away (it runs as root): only then do pack and
 /// unpack keep each entry's owner and group, as tar does.

@@ -474,7 +474,7 @@ fn quantize_file(
             let divided = folds.divide.contains_key(&t.name);
             plan.push(Planned {
                 name: t.name.clone(),
-                dtype: dtype_str(t.dtype),
+                dtype: t.dtype.safetensors_name().unwrap_or("U8"), // never GGML from a safetensors parse
                 shape: t.shape.clone(),
                 len: t.len,
                 piece: if divided { Piece::Divided(i) } else { Piece::Copy(i) },
@@ -661,28 +661,6 @@ fn quantize_tensor(
         scales: f32_bytes(&qz.scales),
     };
     Ok((done, action))
-}
-
-fn dtype_str(d: Dtype) -> &'static str {
-    use Dtype::*;
-    match d {
-        Bool => "BOOL",
-        U8 => "U8",
-        I8 => "I8",
-        F8E4M3 => "F8_E4M3",
-        F8E5M2 => "F8_E5M2",
-        I16 => "I16",
-        U16 => "U16",
-        F16 => "F16",
-        BF16 => "BF16",
-        I32 => "I32",
-        U32 => "U32",
-        F32 => "F32",
-        I64 => "I64",
-        U64 => "U64",
-        F64 => "F64",
-        Ggml { .. } => "U8", // never produced by the safetensors parser
-    }
 }
 
 /// config.json plus a compressed-tensors `quantization_config` that the stock package

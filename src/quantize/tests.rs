@@ -4,13 +4,8 @@ use crate::pack::NoProgress;
 
 /// Deterministic Gaussian-ish weights (sum of uniforms) with a few outlier columns.
 fn weights(rows: usize, cols: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.max(1);
-    let mut next = || {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        (s >> 11) as f64 / (1u64 << 53) as f64
-    };
+    let mut r = crate::test_rng(seed);
+    let mut next = || (r() >> 11) as f64 / (1u64 << 53) as f64;
     (0..rows * cols)
         .map(|i| {
             let g = (0..4).map(|_| next()).sum::<f64>() - 2.0;

@@ -146,28 +146,54 @@ pub fn synth_tree(dir: &Path, seed: u64) {
     std::os::unix::fs::symlink("model.safetensors", dir.join("link.safetensors")).unwrap();
 }
 
+/// The tests' one tree walker: every entry under `dir` (directories included, symlinks
+/// never followed) as its path relative to `dir` with its `symlink_metadata`, sorted. A
+/// missing `dir` (a pack killed before creating it) has no entries.
+pub fn walk(dir: &Path) -> Vec<(PathBuf, fs::Metadata)> {
+    let mut out = Vec::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let rd = match fs::read_dir(dir.join(&rel)) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && rel.as_os_str().is_empty() => break,
+            Err(e) => panic!("{}: {e}", dir.join(&rel).display()),
+        };
+        for e in rd {
+            let r = rel.join(e.unwrap().file_name());
+            let md = fs::symlink_metadata(dir.join(&r)).unwrap();
+            if md.is_dir() {
+                stack.push(r.clone());
+            }
+            out.push((r, md));
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// Every non-directory under `dir` (files, symlinks, others), as full paths, sorted.
+pub fn walk_files(dir: &Path) -> Vec<PathBuf> {
+    walk(dir)
+        .into_iter()
+        .filter(|(_, md)| !md.is_dir())
+        .map(|(r, _)| dir.join(r))
+        .collect()
+}
+
 /// BLAKE3 digest, mode and mtime of every regular file; targets of symlinks.
 pub fn tree_state(dir: &Path) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).unwrap() {
-            let e = e.unwrap();
-            let p = e.path();
-            let rel = p.strip_prefix(dir).unwrap().display().to_string();
-            let md = fs::symlink_metadata(&p).unwrap();
-            if md.file_type().is_symlink() {
-                out.insert(rel, format!("-> {}", fs::read_link(&p).unwrap().display()));
-            } else if md.is_dir() {
-                stack.push(p);
-            } else {
-                let h = blake3::hash(&fs::read(&p).unwrap());
-                out.insert(
-                    rel,
-                    format!("{} {:o} {}.{}", h.to_hex(), md.mode(), md.mtime(), md.mtime_nsec()),
-                );
-            }
-        }
+    for (rel, md) in walk(dir) {
+        let p = dir.join(&rel);
+        let v = if md.file_type().is_symlink() {
+            format!("-> {}", fs::read_link(&p).unwrap().display())
+        } else if md.is_dir() {
+            continue;
+        } else {
+            let h = blake3::hash(&fs::read(&p).unwrap());
+            format!("{} {:o} {}.{}", h.to_hex(), md.mode(), md.mtime(), md.mtime_nsec())
+        };
+        out.insert(rel.display().to_string(), v);
     }
     out
 }

@@ -12,11 +12,11 @@ use std::time::Instant;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::chunk::{self, ChunkCodec, CodecChoice, EncodeOptions};
-use crate::codec::rans;
-use crate::error::{Error, Result};
-use crate::model::{self, FileKind};
-use crate::pack::plan_chunks;
+use dcfs::chunk::{self, ChunkCodec, CodecChoice, EncodeOptions};
+use dcfs::codec::rans;
+use dcfs::error::{Error, Result};
+use dcfs::model::{self, FileKind};
+use dcfs::pack::plan_chunks;
 
 /// Median, min and max of a sample.
 #[derive(Clone, Copy, Debug, Default, Serialize)]
