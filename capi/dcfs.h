@@ -29,12 +29,24 @@
 typedef struct dcfs_device_tensor dcfs_device_tensor;
 
 /*
- Mirrors `dcfs_tensor_info` in dcfs.h.
+ What `dcfs_tensor_info_get` reports of one tensor.
  */
 typedef struct {
+  /*
+   "BF16", "F32", "I8", "F8_E4M3", GGUF: "Q4_1", ... (NUL-terminated)
+   */
   char dtype[16];
+  /*
+   Dimensions used in `shape` (<= DCFS_MAX_DIMS).
+   */
   uint32_t ndim;
+  /*
+   As the file states it (GGUF: ggml order).
+   */
   uint64_t shape[DCFS_MAX_DIMS];
+  /*
+   Bytes of the tensor's data.
+   */
   uint64_t nbytes;
 } dcfs_tensor_info;
 
@@ -48,6 +60,9 @@ extern "C" {
 const char *dcfs_last_error(void);
 
 /*
+ Writes the tensor names of PATH, one per line, into BUF (at most CAP bytes including the
+ NUL). Returns the length the full list needs (without the NUL), or -1.
+
  # Safety
  `path` is a NUL-terminated string; `buf` is null (with `cap` 0) or writable for `cap`
  bytes.
@@ -55,6 +70,8 @@ const char *dcfs_last_error(void);
 int64_t dcfs_tensor_names(const char *path, char *buf, size_t cap);
 
 /*
+ Fills OUT with the dtype, shape and size of tensor NAME of PATH. 0, or -1.
+
  # Safety
  `path` and `name` are NUL-terminated strings; `out` points to a writable
  `dcfs_tensor_info`.
@@ -62,12 +79,22 @@ int64_t dcfs_tensor_names(const char *path, char *buf, size_t cap);
 int dcfs_tensor_info_get(const char *path, const char *name, dcfs_tensor_info *out);
 
 /*
+ Decodes tensor NAME of PATH into DST, which must hold exactly info.nbytes bytes. Every
+ chunk is checked against its xxh3. 0, or -1.
+
  # Safety
  `path` and `name` are NUL-terminated strings; `dst` is writable for `dst_len` bytes.
  */
 int dcfs_decode_tensor_host(const char *path, const char *name, void *dst, uint64_t dst_len);
 
 /*
+ Decodes tensor NAME into a new buffer on CUDA device 0 (primary context, the one the CUDA
+ runtime and PyTorch use). VERIFY != 0 also checks the xxh3 of GPU-decoded chunks (one
+ extra device-to-host copy) and decodes a failing chunk again on the CPU. Pass 1: with 0
+ only the kernel's structural flags guard the output, and they miss some damage (about one
+ bit flip in six in the project's emulator test), so wrong bytes can reach the buffer. The
+ Python package always passes 1. Free with dcfs_device_tensor_free. 0, or -1.
+
  # Safety
  `path` and `name` are NUL-terminated strings; `out` points to a writable pointer.
  */
@@ -77,18 +104,24 @@ int dcfs_decode_tensor_cuda(const char *path,
                             dcfs_device_tensor **out);
 
 /*
+ The device address of T's bytes (a CUdeviceptr), or 0 for a null T.
+
  # Safety
  `t` is null or a pointer from `dcfs_decode_tensor_cuda` not yet freed.
  */
 uint64_t dcfs_device_tensor_ptr(const dcfs_device_tensor *t);
 
 /*
+ The length of T's bytes, or 0 for a null T.
+
  # Safety
  `t` is null or a pointer from `dcfs_decode_tensor_cuda` not yet freed.
  */
 uint64_t dcfs_device_tensor_len(const dcfs_device_tensor *t);
 
 /*
+ Frees T's device buffer; a null T is ignored.
+
  # Safety
  `t` is null or a pointer from `dcfs_decode_tensor_cuda`, freed at most once.
  */

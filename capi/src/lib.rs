@@ -21,12 +21,16 @@ use dcfs::gpu::{Decoder, DeviceTensor, GpuMode};
 /// practice).
 pub const DCFS_MAX_DIMS: usize = 8;
 
-/// Mirrors `dcfs_tensor_info` in dcfs.h.
+/// What `dcfs_tensor_info_get` reports of one tensor.
 #[repr(C)]
 pub struct DcfsTensorInfo {
+    /// "BF16", "F32", "I8", "F8_E4M3", GGUF: "Q4_1", ... (NUL-terminated)
     pub dtype: [c_char; 16],
+    /// Dimensions used in `shape` (<= DCFS_MAX_DIMS).
     pub ndim: u32,
+    /// As the file states it (GGUF: ggml order).
     pub shape: [u64; DCFS_MAX_DIMS],
+    /// Bytes of the tensor's data.
     pub nbytes: u64,
 }
 
@@ -97,6 +101,9 @@ pub extern "C" fn dcfs_last_error() -> *const c_char {
     LAST_ERROR.with(|e| e.borrow().as_ptr())
 }
 
+/// Writes the tensor names of PATH, one per line, into BUF (at most CAP bytes including the
+/// NUL). Returns the length the full list needs (without the NUL), or -1.
+///
 /// # Safety
 /// `path` is a NUL-terminated string; `buf` is null (with `cap` 0) or writable for `cap`
 /// bytes.
@@ -119,6 +126,8 @@ pub unsafe extern "C" fn dcfs_tensor_names(path: *const c_char, buf: *mut c_char
     })
 }
 
+/// Fills OUT with the dtype, shape and size of tensor NAME of PATH. 0, or -1.
+///
 /// # Safety
 /// `path` and `name` are NUL-terminated strings; `out` points to a writable
 /// `dcfs_tensor_info`.
@@ -153,6 +162,9 @@ pub unsafe extern "C" fn dcfs_tensor_info_get(
     })
 }
 
+/// Decodes tensor NAME of PATH into DST, which must hold exactly info.nbytes bytes. Every
+/// chunk is checked against its xxh3. 0, or -1.
+///
 /// # Safety
 /// `path` and `name` are NUL-terminated strings; `dst` is writable for `dst_len` bytes.
 #[no_mangle]
@@ -198,6 +210,13 @@ fn gpu() -> Result<&'static Decoder, String> {
     .map_err(|e| e.clone())
 }
 
+/// Decodes tensor NAME into a new buffer on CUDA device 0 (primary context, the one the CUDA
+/// runtime and PyTorch use). VERIFY != 0 also checks the xxh3 of GPU-decoded chunks (one
+/// extra device-to-host copy) and decodes a failing chunk again on the CPU. Pass 1: with 0
+/// only the kernel's structural flags guard the output, and they miss some damage (about one
+/// bit flip in six in the project's emulator test), so wrong bytes can reach the buffer. The
+/// Python package always passes 1. Free with dcfs_device_tensor_free. 0, or -1.
+///
 /// # Safety
 /// `path` and `name` are NUL-terminated strings; `out` points to a writable pointer.
 #[no_mangle]
@@ -222,6 +241,8 @@ pub unsafe extern "C" fn dcfs_decode_tensor_cuda(
     })
 }
 
+/// The device address of T's bytes (a CUdeviceptr), or 0 for a null T.
+///
 /// # Safety
 /// `t` is null or a pointer from `dcfs_decode_tensor_cuda` not yet freed.
 #[no_mangle]
@@ -230,6 +251,8 @@ pub unsafe extern "C" fn dcfs_device_tensor_ptr(t: *const DcfsDeviceTensor) -> u
     unsafe { t.as_ref() }.map_or(0, |t| t.0.device_ptr())
 }
 
+/// The length of T's bytes, or 0 for a null T.
+///
 /// # Safety
 /// `t` is null or a pointer from `dcfs_decode_tensor_cuda` not yet freed.
 #[no_mangle]
@@ -238,6 +261,8 @@ pub unsafe extern "C" fn dcfs_device_tensor_len(t: *const DcfsDeviceTensor) -> u
     unsafe { t.as_ref() }.map_or(0, |t| t.0.buffer.len() as u64)
 }
 
+/// Frees T's device buffer; a null T is ignored.
+///
 /// # Safety
 /// `t` is null or a pointer from `dcfs_decode_tensor_cuda`, freed at most once.
 #[no_mangle]
