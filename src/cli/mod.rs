@@ -5,6 +5,7 @@ mod bench;
 mod gpu;
 mod mount;
 mod pack;
+mod push;
 mod quantize;
 mod util;
 
@@ -46,6 +47,7 @@ enum Cmd {
     Unpack(pack::UnpackArgs),
     Verify(pack::VerifyArgs),
     Inspect(pack::InspectArgs),
+    Push(push::PushArgs),
     Mount(mount::MountArgs),
     Umount(mount::UmountArgs),
     Stats(mount::StatsArgs),
@@ -106,6 +108,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Cmd::Unpack(a) => pack::unpack(a),
         Cmd::Verify(a) => pack::verify(a),
         Cmd::Inspect(a) => pack::inspect(a),
+        Cmd::Push(a) => push::push(a),
         Cmd::Mount(a) => mount::mount(a),
         Cmd::Umount(a) => mount::umount(a),
         Cmd::Stats(a) => mount::stats(a),

@@ -36,6 +36,7 @@
 //! ```
 //! A reader needs only the footer and the index to serve any byte range.
 
+pub mod manifest;
 mod reader;
 pub mod tree;
 mod writer;

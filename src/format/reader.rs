@@ -3,17 +3,19 @@
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::*;
 use crate::chunk;
 use crate::error::{Error, Result};
+use crate::remote::Source;
 
 /// An open `.dcz` container. Reads take `&self` (pread), so one `Container` serves many
 /// threads at once.
 #[derive(Debug)]
 pub struct Container {
     path: PathBuf,
-    file: File,
+    file: Backing,
     len: u64,
     pub meta: FileMeta,
     pub chunks: Vec<ChunkEntry>,
@@ -39,20 +41,84 @@ impl Container {
     }
 
     pub fn from_file(path: &Path, file: File) -> Result<Container> {
-        let bad = |what: &str| Error::corrupt(path, None, what.to_string());
         let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        let (meta, chunks, tensors) = parse(path, len, |buf, at| {
+            file.read_exact_at(buf, at).map_err(|e| Error::io(path, e))
+        })?;
+        Ok(Container {
+            path: path.to_path_buf(),
+            file: Backing::File(file),
+            len,
+            meta,
+            chunks,
+            tensors,
+        })
+    }
+
+    /// Opens a container read through `source` (an object in a remote store): the same
+    /// checks as a local file, on bytes fetched by range. `source.name()` names it in
+    /// errors.
+    pub fn from_source(source: Arc<dyn Source>) -> Result<Container> {
+        let path = source.name().to_path_buf();
+        let len = source.len();
+        let (meta, chunks, tensors) = parse(&path, len, |buf, at| source.read_exact_at(buf, at))?;
+        Ok(Container {
+            path,
+            file: Backing::Source(source),
+            len,
+            meta,
+            chunks,
+            tensors,
+        })
+    }
+
+    /// Whether the bytes come from a remote source (reads are network requests, best
+    /// made few and large).
+    pub fn is_remote(&self) -> bool {
+        matches!(self.file, Backing::Source(_))
+    }
+
+    /// Reads the payloads of chunks `range` (back to back in the container) in one read,
+    /// which a remote source splits into parallel ranged requests. Returns the bytes and
+    /// each chunk's offset in them.
+    pub fn read_payload_span(&self, range: std::ops::Range<usize>) -> Result<(Vec<u8>, Vec<usize>)> {
+        let Some(first) = self.chunks.get(range.start) else {
+            return Ok((Vec::new(), Vec::new()));
+        };
+        let start = first.payload_offset;
+        let ends = self.chunks[range.clone()]
+            .iter()
+            .map(|c| c.payload_offset + c.payload_len as u64);
+        let end = ends.last().unwrap_or(start);
+        let mut buf = vec![0u8; (end - start) as usize];
+        self.read_exact_at(&mut buf, start)?;
+        let at = self.chunks[range].iter().map(|c| (c.payload_offset - start) as usize).collect();
+        Ok((buf, at))
+    }
+}
+
+/// Where a container's bytes come from.
+#[derive(Debug)]
+enum Backing {
+    File(File),
+    Source(Arc<dyn Source>),
+}
+
+/// Proves the header, footer and index sane, reading through `read` (exact reads at an
+/// offset of a container `len` bytes long).
+fn parse(path: &Path, len: u64, read: impl Fn(&mut [u8], u64) -> Result<()>) -> Result<Index> {
+        let bad = |what: &str| Error::corrupt(path, None, what.to_string());
         if len < HEADER_LEN + FOOTER_LEN {
             return Err(bad("shorter than a header and a footer (truncated?)"));
         }
         let mut head = [0u8; HEADER_LEN as usize];
-        file.read_exact_at(&mut head, 0).map_err(|e| Error::io(path, e))?;
+        read(&mut head, 0)?;
         if head[..8] != MAGIC {
             return Err(bad("not a dcfs container (bad magic)"));
         }
         check_version(path, le_u16(&head, HDR_MAJOR))?;
         let mut ft = [0u8; FOOTER_LEN as usize];
-        file.read_exact_at(&mut ft, len - FOOTER_LEN)
-            .map_err(|e| Error::io(path, e))?;
+        read(&mut ft, len - FOOTER_LEN)?;
         if ft[FT_MAGIC..FT_MAGIC + 8] != END_MAGIC {
             return Err(bad("footer magic missing (truncated or not finished)"));
         }
@@ -74,22 +140,14 @@ impl Container {
             return Err(bad("footer points outside the file"));
         }
         let mut index = vec![0u8; index_len as usize];
-        file.read_exact_at(&mut index, index_offset)
-            .map_err(|e| Error::io(path, e))?;
+        read(&mut index, index_offset)?;
         if le_u64(&ft, FT_INDEX_HASH) != chunk_hash(&index) {
             return Err(bad("index checksum mismatch"));
         }
-        let (meta, chunks, tensors) = decode_index(path, &index, index_offset)?;
-        Ok(Container {
-            path: path.to_path_buf(),
-            file,
-            len,
-            meta,
-            chunks,
-            tensors,
-        })
-    }
+        decode_index(path, &index, index_offset)
+}
 
+impl Container {
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -118,7 +176,11 @@ impl Container {
 
     /// Reads stored bytes at a container offset, mapping a short file to `Corrupt`.
     pub fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        self.file.read_exact_at(buf, offset).map_err(|e| {
+        let file = match &self.file {
+            Backing::File(f) => f,
+            Backing::Source(s) => return s.read_exact_at(buf, offset),
+        };
+        file.read_exact_at(buf, offset).map_err(|e| {
             if e.kind() == std::io::ErrorKind::UnexpectedEof {
                 Error::corrupt(&self.path, None, "container truncated under us")
             } else {
@@ -165,9 +227,13 @@ impl Container {
 
     /// Splits an opened (validated) container into its file, its length, and what serving
     /// needs; the tensor table is dropped. Lets the mount close the file and keep only
-    /// the chunk table.
+    /// the chunk table. Only for a container opened from a local file ([`open`](Self::open)
+    /// or [`from_file`](Self::from_file)), which is all the local mount opens.
     pub fn into_parts(self) -> (File, u64, FileMeta, Vec<ChunkEntry>) {
-        (self.file, self.len, self.meta, self.chunks)
+        match self.file {
+            Backing::File(f) => (f, self.len, self.meta, self.chunks),
+            Backing::Source(_) => panic!("into_parts on a remote container: callers open local files only"),
+        }
     }
 
     /// Rebuilds a container from [`into_parts`](Self::into_parts) output and a file the
@@ -175,7 +241,7 @@ impl Container {
     pub fn from_parts(path: &Path, file: File, len: u64, meta: FileMeta, chunks: Vec<ChunkEntry>) -> Container {
         Container {
             path: path.to_path_buf(),
-            file,
+            file: Backing::File(file),
             len,
             meta,
             chunks,
