@@ -10,11 +10,11 @@ mod s3;
 use std::path::Path;
 use std::process::Command;
 
-use s3::S3Server;
 use common::*;
 use dcfs::format::manifest::{Manifest, MANIFEST};
 use dcfs::remote::pack::RemotePack;
 use dcfs::remote::{Location, Remote, RemoteOptions, RemoteUrl};
+use s3::S3Server;
 
 fn run(cmd: &mut Command) -> std::process::Output {
     let out = cmd.output().unwrap();
@@ -87,11 +87,22 @@ fn push_then_verify_and_unpack_are_byte_identical() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("0 failed"), "{stdout}");
     let back = t.path().join("back");
-    let out = run(s.dcfs().args(["unpack", u]).arg(&back).args(["--endpoint", &ep, "-j", "2"]));
+    let out = run(s
+        .dcfs()
+        .args(["unpack", u])
+        .arg(&back)
+        .args(["--endpoint", &ep, "-j", "2"]));
     assert!(out.status.success());
-    assert_eq!(tree_state(&back), tree_state(&src), "remote unpack differs from the source");
+    assert_eq!(
+        tree_state(&back),
+        tree_state(&src),
+        "remote unpack differs from the source"
+    );
     // Without consent to plain http the CLI refuses the endpoint.
-    let out = run(s.dcfs().env_remove("AWS_ALLOW_HTTP").args(["verify", u, "--endpoint", &ep]));
+    let out = run(s
+        .dcfs()
+        .env_remove("AWS_ALLOW_HTTP")
+        .args(["verify", u, "--endpoint", &ep]));
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--allow-http"));
 }
@@ -99,7 +110,7 @@ fn push_then_verify_and_unpack_are_byte_identical() {
 #[test]
 fn large_containers_go_up_in_parts() {
     let t = tempfile::tempdir().unwrap();
-    let Some(s) = S3Server::start(&t.path().join("s3"), &["b"], false) else {
+    let Some(s) = S3Server::start(&t.path().join("s3"), &["bkt"], false) else {
         return;
     };
     // 40 MB of weights: above the 16 MiB single-PUT limit, so a multipart upload.
@@ -111,7 +122,7 @@ fn large_containers_go_up_in_parts() {
     std::fs::write(src.join("model.safetensors"), st).unwrap();
     let packed = t.path().join("packed");
     pack(&src, &packed);
-    let u = url("b", "big");
+    let u = url("bkt", "big");
     let o = opts(&s);
     let rep = dcfs::remote::pack::push(&packed, &u, &o, &dcfs::pack::NoProgress).unwrap();
     assert_eq!(rep.files, 1);
@@ -128,14 +139,14 @@ fn large_containers_go_up_in_parts() {
 #[test]
 fn an_object_replaced_after_open_is_a_clear_error_never_mixed_bytes() {
     let t = tempfile::tempdir().unwrap();
-    let Some(s) = S3Server::start(&t.path().join("s3"), &["b"], false) else {
+    let Some(s) = S3Server::start(&t.path().join("s3"), &["bkt"], false) else {
         return;
     };
     let src = t.path().join("src");
     synth_tree(&src, 11);
     let packed = t.path().join("packed");
     pack(&src, &packed);
-    let u = url("b", "p");
+    let u = url("bkt", "p");
     let o = opts(&s);
     dcfs::remote::pack::push(&packed, &u, &o, &dcfs::pack::NoProgress).unwrap();
     let p = RemotePack::open(&u, &o).unwrap();
@@ -158,21 +169,23 @@ fn an_object_replaced_after_open_is_a_clear_error_never_mixed_bytes() {
     assert!(err.to_string().contains("replaced"), "{err}");
     // A fresh open sees the new object, which then fails its own checks.
     let p = RemotePack::open(&u, &o).unwrap();
-    let r = p.open_container(&e).and_then(|c| (0..c.chunks.len()).try_for_each(|i| c.decode_chunk(i).map(drop)));
+    let r = p
+        .open_container(&e)
+        .and_then(|c| (0..c.chunks.len()).try_for_each(|i| c.decode_chunk(i).map(drop)));
     assert!(r.is_err(), "a damaged replacement must not verify");
 }
 
 #[test]
 fn a_half_pushed_pack_and_a_hostile_manifest_are_refused() {
     let t = tempfile::tempdir().unwrap();
-    let Some(s) = S3Server::start(&t.path().join("s3"), &["b"], false) else {
+    let Some(s) = S3Server::start(&t.path().join("s3"), &["bkt"], false) else {
         return;
     };
     let src = t.path().join("src");
     synth_tree(&src, 5);
     let packed = t.path().join("packed");
     pack(&src, &packed);
-    let u = url("b", "half");
+    let u = url("bkt", "half");
     let o = opts(&s);
     // Nothing there at all.
     let err = RemotePack::open(&u, &o).unwrap_err();
@@ -184,7 +197,7 @@ fn a_half_pushed_pack_and_a_hostile_manifest_are_refused() {
     w.delete(".dcfs-pack.json").unwrap();
     let err = RemotePack::open(&u, &o).unwrap_err();
     assert!(err.to_string().contains("did not finish"), "{err}");
-    let out = run(s.dcfs().args(["verify", "s3://b/half", "--endpoint", &s.endpoint()]));
+    let out = run(s.dcfs().args(["verify", "s3://bkt/half", "--endpoint", &s.endpoint()]));
     assert_eq!(out.status.code(), Some(2));
     // Marker back, manifest hostile: a path climbing out of the destination.
     dcfs::remote::pack::push(&packed, &u, &o, &dcfs::pack::NoProgress).unwrap();
@@ -197,14 +210,18 @@ fn a_half_pushed_pack_and_a_hostile_manifest_are_refused() {
     let back = t.path().join("back");
     let out = run(s
         .dcfs()
-        .args(["unpack", "s3://b/half"])
+        .args(["unpack", "s3://bkt/half"])
         .arg(&back)
         .args(["--endpoint", &s.endpoint()]));
     assert_eq!(out.status.code(), Some(1), "a corrupt manifest is damage");
     assert!(!t.path().join("etc").exists());
     // A manifest whose sizes disagree with the objects: refused before decoding.
     let mut m = Manifest::build(&packed).unwrap();
-    let f = m.entries.iter_mut().find(|e| e.kind == dcfs::format::manifest::Kind::File).unwrap();
+    let f = m
+        .entries
+        .iter_mut()
+        .find(|e| e.kind == dcfs::format::manifest::Kind::File)
+        .unwrap();
     f.packed += 1;
     let name = f.clone();
     w.put(MANIFEST, m.to_json()).unwrap();

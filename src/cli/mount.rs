@@ -82,7 +82,7 @@ fn settings(a: &MountArgs) -> Result<Settings> {
     let mut store = StoreOptions {
         cache_bytes: default_cache_bytes(),
         threads: default_threads(),
-        prefetch: 8,
+        prefetch: dcfs::store::DEFAULT_PREFETCH,
     };
     let mut mount = MountConfig {
         allow_other: a.allow_other,

@@ -160,7 +160,10 @@ impl Manifest {
     pub fn parse(origin: &Path, bytes: &[u8]) -> Result<Manifest> {
         let bad = |what: String| Error::corrupt(origin, None, format!("manifest: {what}"));
         if bytes.len() as u64 > MAX_MANIFEST_LEN {
-            return Err(bad(format!("{} bytes, more than the {MAX_MANIFEST_LEN} allowed", bytes.len())));
+            return Err(bad(format!(
+                "{} bytes, more than the {MAX_MANIFEST_LEN} allowed",
+                bytes.len()
+            )));
         }
         // Each entry is at least `{"path":"x","kind":"dir"}`; refuse before serde
         // allocates a vector for an absurd count of tiny entries.
@@ -185,7 +188,7 @@ impl Manifest {
         let mut seen: HashSet<&str> = HashSet::new();
         for e in &self.entries {
             let ebad = |what: &str| bad(format!("{:?}: {what}", truncate(&e.path)));
-            check_rel(&e.path).map_err(|w| ebad(w))?;
+            check_rel(&e.path).map_err(&ebad)?;
             if !seen.insert(&e.path) {
                 return Err(ebad("listed twice"));
             }
@@ -226,7 +229,10 @@ impl Manifest {
         // A container name must not collide with another entry (`x` and `x.dcz`'s own).
         for e in self.entries.iter().filter(|e| e.kind == Kind::File) {
             if seen.contains(e.container().as_str()) {
-                return Err(bad(format!("{:?}: its container name is also an entry", truncate(&e.path))));
+                return Err(bad(format!(
+                    "{:?}: its container name is also an entry",
+                    truncate(&e.path)
+                )));
             }
         }
         Ok(())
@@ -341,7 +347,10 @@ mod tests {
             (vec![entry("f", Kind::File), entry("f", Kind::File)], "twice"),
             (vec![entry(MANIFEST, Kind::File)], "metadata"),
             (vec![entry(".dcfs-pack.json", Kind::Dir)], "metadata"),
-            (vec![entry("f", Kind::File), entry("f.dcz", Kind::Dir)], "container name"),
+            (
+                vec![entry("f", Kind::File), entry("f.dcz", Kind::Dir)],
+                "container name",
+            ),
             (vec![entry(&"a/".repeat(300), Kind::Dir)], "empty"),
             (vec![entry(&"a".repeat(5000), Kind::Dir)], "too long"),
         ];
@@ -363,10 +372,18 @@ mod tests {
         let mut m = manifest(vec![]);
         m.version = 2;
         assert!(Manifest::parse(Path::new("m"), &m.to_json()).is_err());
-        for junk in [&b""[..], b"{", b"[]", b"{\"format\":\"dcfs-manifest\",\"version\":1,\"entries\":[],\"x\":1}"] {
+        for junk in [
+            &b""[..],
+            b"{",
+            b"[]",
+            b"{\"format\":\"dcfs-manifest\",\"version\":1,\"entries\":[],\"x\":1}",
+        ] {
             assert!(Manifest::parse(Path::new("m"), junk).unwrap_err().is_corrupt());
         }
         let big = vec![b' '; MAX_MANIFEST_LEN as usize + 1];
-        assert!(Manifest::parse(Path::new("m"), &big).unwrap_err().to_string().contains("allowed"));
+        assert!(Manifest::parse(Path::new("m"), &big)
+            .unwrap_err()
+            .to_string()
+            .contains("allowed"));
     }
 }

@@ -86,13 +86,15 @@ impl Container {
             return Ok((Vec::new(), Vec::new()));
         };
         let start = first.payload_offset;
-        let ends = self.chunks[range.clone()]
-            .iter()
-            .map(|c| c.payload_offset + c.payload_len as u64);
-        let end = ends.last().unwrap_or(start);
+        let end = self.chunks[range.clone()]
+            .last()
+            .map_or(start, |c| c.payload_offset + c.payload_len as u64);
         let mut buf = vec![0u8; (end - start) as usize];
         self.read_exact_at(&mut buf, start)?;
-        let at = self.chunks[range].iter().map(|c| (c.payload_offset - start) as usize).collect();
+        let at = self.chunks[range]
+            .iter()
+            .map(|c| (c.payload_offset - start) as usize)
+            .collect();
         Ok((buf, at))
     }
 }
@@ -107,44 +109,44 @@ enum Backing {
 /// Proves the header, footer and index sane, reading through `read` (exact reads at an
 /// offset of a container `len` bytes long).
 fn parse(path: &Path, len: u64, read: impl Fn(&mut [u8], u64) -> Result<()>) -> Result<Index> {
-        let bad = |what: &str| Error::corrupt(path, None, what.to_string());
-        if len < HEADER_LEN + FOOTER_LEN {
-            return Err(bad("shorter than a header and a footer (truncated?)"));
-        }
-        let mut head = [0u8; HEADER_LEN as usize];
-        read(&mut head, 0)?;
-        if head[..8] != MAGIC {
-            return Err(bad("not a dcfs container (bad magic)"));
-        }
-        check_version(path, le_u16(&head, HDR_MAJOR))?;
-        let mut ft = [0u8; FOOTER_LEN as usize];
-        read(&mut ft, len - FOOTER_LEN)?;
-        if ft[FT_MAGIC..FT_MAGIC + 8] != END_MAGIC {
-            return Err(bad("footer magic missing (truncated or not finished)"));
-        }
-        if le_u64(&ft, FT_SELF_HASH) != chunk_hash(&ft[..FT_SELF_HASH]) {
-            return Err(bad("footer checksum mismatch"));
-        }
-        check_version(path, le_u16(&ft, FT_MAJOR))?;
-        // The header is not checksummed on its own: it must repeat the footer's versions
-        // and keep its reserved bytes zero, so any damage to it is still detected.
-        if head[HDR_MAJOR..HDR_MAJOR + 4] != ft[FT_MAJOR..FT_MAJOR + 4] || head[12..16] != [0; 4] {
-            return Err(bad("header disagrees with the footer"));
-        }
-        let index_offset = le_u64(&ft, FT_INDEX_OFFSET);
-        let index_len = le_u64(&ft, FT_INDEX_LEN);
-        if index_len > MAX_INDEX_LEN
-            || index_offset < HEADER_LEN
-            || index_offset.checked_add(index_len) != Some(len - FOOTER_LEN)
-        {
-            return Err(bad("footer points outside the file"));
-        }
-        let mut index = vec![0u8; index_len as usize];
-        read(&mut index, index_offset)?;
-        if le_u64(&ft, FT_INDEX_HASH) != chunk_hash(&index) {
-            return Err(bad("index checksum mismatch"));
-        }
-        decode_index(path, &index, index_offset)
+    let bad = |what: &str| Error::corrupt(path, None, what.to_string());
+    if len < HEADER_LEN + FOOTER_LEN {
+        return Err(bad("shorter than a header and a footer (truncated?)"));
+    }
+    let mut head = [0u8; HEADER_LEN as usize];
+    read(&mut head, 0)?;
+    if head[..8] != MAGIC {
+        return Err(bad("not a dcfs container (bad magic)"));
+    }
+    check_version(path, le_u16(&head, HDR_MAJOR))?;
+    let mut ft = [0u8; FOOTER_LEN as usize];
+    read(&mut ft, len - FOOTER_LEN)?;
+    if ft[FT_MAGIC..FT_MAGIC + 8] != END_MAGIC {
+        return Err(bad("footer magic missing (truncated or not finished)"));
+    }
+    if le_u64(&ft, FT_SELF_HASH) != chunk_hash(&ft[..FT_SELF_HASH]) {
+        return Err(bad("footer checksum mismatch"));
+    }
+    check_version(path, le_u16(&ft, FT_MAJOR))?;
+    // The header is not checksummed on its own: it must repeat the footer's versions
+    // and keep its reserved bytes zero, so any damage to it is still detected.
+    if head[HDR_MAJOR..HDR_MAJOR + 4] != ft[FT_MAJOR..FT_MAJOR + 4] || head[12..16] != [0; 4] {
+        return Err(bad("header disagrees with the footer"));
+    }
+    let index_offset = le_u64(&ft, FT_INDEX_OFFSET);
+    let index_len = le_u64(&ft, FT_INDEX_LEN);
+    if index_len > MAX_INDEX_LEN
+        || index_offset < HEADER_LEN
+        || index_offset.checked_add(index_len) != Some(len - FOOTER_LEN)
+    {
+        return Err(bad("footer points outside the file"));
+    }
+    let mut index = vec![0u8; index_len as usize];
+    read(&mut index, index_offset)?;
+    if le_u64(&ft, FT_INDEX_HASH) != chunk_hash(&index) {
+        return Err(bad("index checksum mismatch"));
+    }
+    decode_index(path, &index, index_offset)
 }
 
 impl Container {

@@ -249,7 +249,10 @@ mod tests {
         }
         assert_eq!(classify(&file(MARKER)), Packed::Marker);
         assert_eq!(classify(&file(".dcfs-manifest.json")), Packed::Marker);
-        assert!(matches!(classify(&file("sub/.dcfs-manifest.json")), Packed::Foreign(..)));
+        assert!(matches!(
+            classify(&file("sub/.dcfs-manifest.json")),
+            Packed::Foreign(..)
+        ));
         // The marker's name anywhere but the root is foreign.
         assert!(matches!(classify(&file("sub/.dcfs-pack.json")), Packed::Foreign(..)));
         assert_eq!(container_name(OsStr::new("x")), OsString::from("x.dcz"));

@@ -4,7 +4,6 @@ use std::ops::Range;
 use std::path::Path;
 use std::time::Instant;
 
-use rayon::prelude::*;
 use serde::Serialize;
 
 use std::os::unix::ffi::OsStrExt;
@@ -95,10 +94,12 @@ pub fn stream_chunks(
     let lens = c.chunks.iter().map(|e| e.orig_len as u64);
     for w in plan_windows(lens, window, WINDOW_BYTES) {
         let group = &idx[w.clone()];
-        let decoded: Vec<Result<Vec<u8>>> = match gpu {
-            Some(g) => pool.install(|| g.decode_chunks(c, group)),
-            None if c.is_remote() => decode_remote_window(c, pool, w)?,
-            None => pool.install(|| group.par_iter().map(|&i| c.decode_chunk(i)).collect()),
+        // The one decode path of the mount too: a GPU batch, or the chunks in parallel on
+        // the pool's CPUs; a remote container's window is fetched as one span first.
+        let decoded: Vec<Result<Vec<u8>>> = if gpu.is_none() && c.is_remote() {
+            decode_remote_window(c, pool, w)?
+        } else {
+            pool.install(|| crate::store::decode::decode_chunks_vec(c, group, gpu))
         };
         for (&i, d) in group.iter().zip(decoded) {
             let d = d?;
@@ -119,6 +120,7 @@ const REMOTE_WINDOW: usize = 64;
 /// GETs) and decodes them in parallel. A chunk that fails its checks is fetched once more
 /// on its own (damage in transit), and only then reported.
 fn decode_remote_window(c: &Container, pool: &rayon::ThreadPool, w: Range<usize>) -> Result<Vec<Result<Vec<u8>>>> {
+    use rayon::prelude::*;
     let (span, at) = c.read_payload_span(w.clone())?;
     Ok(pool.install(|| {
         w.into_par_iter()

@@ -132,8 +132,8 @@ impl Location {
         if let Some(rest) = s.strip_prefix("s3://") {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
             let ok = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '.' | '_');
-            if bucket.is_empty() || bucket.len() > 63 || !bucket.chars().all(ok) {
-                return Err(invalid("bucket name must be 1-63 of a-z, 0-9, '-', '.', '_'"));
+            if !(3..=63).contains(&bucket.len()) || !bucket.chars().all(ok) {
+                return Err(invalid("bucket name must be 3-63 of a-z, 0-9, '-', '.', '_'"));
             }
             let prefix = prefix.trim_matches('/');
             if prefix.split('/').any(|p| matches!(p, "." | "..")) || prefix.contains("//") {
@@ -153,7 +153,9 @@ impl Location {
             return Ok(Location::Remote(RemoteUrl::Http { base: base.into() }));
         }
         if lower.contains("://") {
-            return Err(invalid("unknown URL scheme (s3://, http:// and https:// are supported)"));
+            return Err(invalid(
+                "unknown URL scheme (s3://, http:// and https:// are supported)",
+            ));
         }
         Ok(Location::Local(PathBuf::from(s)))
     }
@@ -374,7 +376,11 @@ impl Remote {
             Ok(b) => {
                 self.stats.bytes.fetch_add(b.len() as u64, Ordering::Relaxed);
                 if b.len() as u64 > cap {
-                    return Err(Error::corrupt(name, None, format!("larger than the {cap} bytes allowed")));
+                    return Err(Error::corrupt(
+                        name,
+                        None,
+                        format!("larger than the {cap} bytes allowed"),
+                    ));
                 }
                 Ok(Some(b.to_vec()))
             }
@@ -500,7 +506,13 @@ pub struct RemoteObject {
 
 impl fmt::Debug for RemoteObject {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "RemoteObject({}, {} bytes, etag {:?})", self.name.display(), self.len, self.etag)
+        write!(
+            f,
+            "RemoteObject({}, {} bytes, etag {:?})",
+            self.name.display(),
+            self.len,
+            self.etag
+        )
     }
 }
 
@@ -652,9 +664,9 @@ mod tests {
             })
         );
         assert_eq!(
-            Location::parse("s3://b").unwrap(),
+            Location::parse("s3://bkt").unwrap(),
             Location::Remote(RemoteUrl::S3 {
-                bucket: "b".into(),
+                bucket: "bkt".into(),
                 prefix: "".into()
             })
         );
@@ -665,7 +677,15 @@ mod tests {
             })
         );
         assert_eq!(Location::parse("some/dir").unwrap(), Location::Local("some/dir".into()));
-        for bad in ["s3://", "s3://B/x", "s3://b/../x", "s3://b/a//c", "ftp://x/y", "http://h/x?y"] {
+        for bad in [
+            "s3://",
+            "s3://b",
+            "s3://B/x",
+            "s3://b/../x",
+            "s3://b/a//c",
+            "ftp://x/y",
+            "http://h/x?y",
+        ] {
             assert!(Location::parse(bad).is_err(), "{bad}");
         }
         let u = RemoteUrl::S3 {

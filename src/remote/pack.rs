@@ -79,7 +79,11 @@ impl RemotePack {
         }
         let c = Container::from_source(Arc::new(obj))?;
         if c.meta.size != e.size || Some(c.meta.blake3) != Manifest::digest(e) {
-            return Err(Error::corrupt(&name, None, "container disagrees with the manifest (size or digest)"));
+            return Err(Error::corrupt(
+                &name,
+                None,
+                "container disagrees with the manifest (size or digest)",
+            ));
         }
         Ok(c)
     }

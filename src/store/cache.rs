@@ -5,13 +5,14 @@
 //! a pack of tiny chunks cannot grow the daemon far past the bound. The most recently
 //! decoded chunk is always kept, even alone above the bound, so a chunk larger than the
 //! cache is decoded once per pass, not once per read request.
+//!
+//! The cache keeps no counters: lookups say whether they were the first read of a
+//! prefetched chunk, and completions say how many chunks they evicted.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use parking_lot::{Condvar, Mutex};
-
-use super::stats::Stats;
 
 /// Bytes charged per cached entry besides its data: the LRU node with its key and the
 /// `Arc` pointer, the hash-map slot, the `Arc<Vec>` header and the allocator's rounding.
@@ -51,7 +52,8 @@ pub struct ChunkCache {
 
 /// What [`ChunkCache::lookup_or_claim`] found.
 pub enum Lookup {
-    Hit(Bytes),
+    /// Cached; `prefetch_hit` when this is the first read of a chunk prefetch decoded.
+    Hit { data: Bytes, prefetch_hit: bool },
     /// Someone else is decoding it: wait on the ticket.
     Wait(Ticket),
     /// The caller must decode it and call [`ChunkCache::complete`].
@@ -107,22 +109,14 @@ impl ChunkCache {
     }
 
     /// Returns the cached chunk, or a ticket to wait on, or the duty to decode it.
-    pub fn lookup_or_claim(&self, key: Key, stats: &Stats) -> Lookup {
-        if let Some(e) = self.inner.lock().lru.get_mut(&key) {
-            if e.prefetched {
-                e.prefetched = false;
-                stats.prefetch_hit();
-            }
-            return Lookup::Hit(e.data.clone());
+    pub fn lookup_or_claim(&self, key: Key) -> Lookup {
+        if let Some(hit) = self.hit(key) {
+            return hit;
         }
         let mut inf = self.inflight.lock();
         // Re-check under the in-flight lock: a decode may have completed in between.
-        if let Some(e) = self.inner.lock().lru.get_mut(&key) {
-            if e.prefetched {
-                e.prefetched = false;
-                stats.prefetch_hit();
-            }
-            return Lookup::Hit(e.data.clone());
+        if let Some(hit) = self.hit(key) {
+            return hit;
         }
         if let Some(slot) = inf.get(&key) {
             return Lookup::Wait(Ticket {
@@ -138,10 +132,21 @@ impl ChunkCache {
         Lookup::Claimed(Ticket { key, slot })
     }
 
+    fn hit(&self, key: Key) -> Option<Lookup> {
+        let mut g = self.inner.lock();
+        let e = g.lru.get_mut(&key)?;
+        let prefetch_hit = std::mem::replace(&mut e.prefetched, false);
+        Some(Lookup::Hit {
+            data: e.data.clone(),
+            prefetch_hit,
+        })
+    }
+
     /// Publishes a decode result: successes enter the cache (evicting the least recently
     /// used chunks beyond the byte bound, but never the one just added), and every waiter
-    /// wakes up.
-    pub fn complete(&self, ticket: &Ticket, result: Outcome, prefetched: bool, stats: &Stats) {
+    /// wakes up. Returns how many chunks it evicted.
+    pub fn complete(&self, ticket: &Ticket, result: Outcome, prefetched: bool) -> u64 {
+        let mut evicted = 0;
         if let Ok(data) = &result {
             let cost = charge(data);
             let mut g = self.inner.lock();
@@ -160,7 +165,7 @@ impl ChunkCache {
                 match g.lru.pop_lru() {
                     Some((_, e)) => {
                         g.bytes -= charge(&e.data);
-                        stats.eviction();
+                        evicted += 1;
                     }
                     None => break,
                 }
@@ -170,6 +175,7 @@ impl ChunkCache {
         self.inflight.lock().remove(&ticket.key);
         *ticket.slot.done.lock() = Some(result);
         ticket.slot.cv.notify_all();
+        evicted
     }
 }
 
@@ -182,27 +188,34 @@ fn charge(data: &[u8]) -> u64 {
 mod tests {
     use super::*;
 
-    fn put(c: &ChunkCache, key: Key, len: usize, stats: &Stats) {
-        match c.lookup_or_claim(key, stats) {
-            Lookup::Claimed(t) => c.complete(&t, Ok(Arc::new(vec![key.1 as u8; len])), false, stats),
+    /// Inserts a fresh chunk; returns the evictions it caused.
+    fn put(c: &ChunkCache, key: Key, len: usize) -> u64 {
+        match c.lookup_or_claim(key) {
+            Lookup::Claimed(t) => c.complete(&t, Ok(Arc::new(vec![key.1 as u8; len])), false),
             _ => panic!("fresh key {key:?} must be claimed"),
         }
     }
 
     #[test]
     fn bounded_by_bytes_and_dedupes() {
-        let stats = Stats::default();
         let cap = 2 * (100 + ENTRY_OVERHEAD) + 50;
         let c = ChunkCache::new(cap);
+        let mut evictions = 0;
         for i in 0..5u32 {
-            put(&c, (0, i), 100, &stats);
+            evictions += put(&c, (0, i), 100);
             assert!(c.usage().0 <= cap);
         }
         assert_eq!(c.usage(), (2 * (100 + ENTRY_OVERHEAD), 2));
-        assert!(matches!(c.lookup_or_claim((0, 4), &stats), Lookup::Hit(_)));
-        assert!(matches!(c.lookup_or_claim((0, 0), &stats), Lookup::Claimed(_)));
+        assert!(matches!(
+            c.lookup_or_claim((0, 4)),
+            Lookup::Hit {
+                prefetch_hit: false,
+                ..
+            }
+        ));
+        assert!(matches!(c.lookup_or_claim((0, 0)), Lookup::Claimed(_)));
         // A second claimant of an in-flight key waits, then sees the first one's result.
-        let t2 = match c.lookup_or_claim((0, 0), &stats) {
+        let t2 = match c.lookup_or_claim((0, 0)) {
             Lookup::Wait(t) => t,
             _ => panic!("in-flight key must be waited on"),
         };
@@ -211,23 +224,26 @@ mod tests {
         let slot_key = (0, 0);
         let slot = c.inflight.lock().get(&slot_key).cloned().unwrap();
         let t = Ticket { key: slot_key, slot };
-        c.complete(&t, Ok(Arc::new(vec![1; 10])), true, &stats);
+        evictions += c.complete(&t, Ok(Arc::new(vec![1; 10])), true);
         assert_eq!(h.join().unwrap().unwrap(), 10);
-        assert_eq!(stats.snapshot().evictions, 4);
-        assert_eq!(stats.snapshot().prefetch_hits, 0);
-        assert!(matches!(c.lookup_or_claim((0, 0), &stats), Lookup::Hit(_)));
-        assert_eq!(stats.snapshot().prefetch_hits, 1);
+        assert_eq!(evictions, 4);
+        // The first read of a prefetched chunk is a prefetch hit; the next is not.
+        for want in [true, false] {
+            match c.lookup_or_claim((0, 0)) {
+                Lookup::Hit { prefetch_hit, .. } => assert_eq!(prefetch_hit, want),
+                _ => panic!("cached key must hit"),
+            }
+        }
     }
 
     /// A million one-byte chunks once grew the daemon by 290 MB under a 32 MiB bound,
     /// because only data bytes were counted: each entry's bookkeeping counts now.
     #[test]
     fn tiny_entries_are_charged_their_bookkeeping() {
-        let stats = Stats::default();
         let cap = 100 * (1 + ENTRY_OVERHEAD);
         let c = ChunkCache::new(cap);
         for i in 0..10_000u32 {
-            put(&c, (0, i), 1, &stats);
+            put(&c, (0, i), 1);
         }
         let (bytes, entries) = c.usage();
         assert!(bytes <= cap, "{bytes} charged over a bound of {cap}");
@@ -239,18 +255,17 @@ mod tests {
     /// a reader walking through it in small requests decodes it once.
     #[test]
     fn oversized_chunk_is_kept_alone_until_replaced() {
-        let stats = Stats::default();
         let c = ChunkCache::new(1000);
-        put(&c, (0, 0), 10, &stats);
-        put(&c, (0, 1), 10, &stats);
-        put(&c, (0, 2), 10_000, &stats);
+        let mut evictions = put(&c, (0, 0), 10);
+        evictions += put(&c, (0, 1), 10);
+        evictions += put(&c, (0, 2), 10_000);
         assert_eq!(c.usage(), (10_000 + ENTRY_OVERHEAD, 1));
         for _ in 0..5 {
-            assert!(matches!(c.lookup_or_claim((0, 2), &stats), Lookup::Hit(_)));
+            assert!(matches!(c.lookup_or_claim((0, 2)), Lookup::Hit { .. }));
         }
         // The next chunk replaces it: the bound holds again.
-        put(&c, (0, 3), 10, &stats);
+        evictions += put(&c, (0, 3), 10);
         assert_eq!(c.usage(), (10 + ENTRY_OVERHEAD, 1));
-        assert_eq!(stats.snapshot().evictions, 3);
+        assert_eq!(evictions, 3);
     }
 }

@@ -1,51 +1,53 @@
-//! A packed tree opened for serving: the node table the mount presents, and reads of any
-//! byte range through a byte-bounded chunk cache, a decode worker pool with in-flight
-//! deduplication, and sequential prefetch. Knows nothing of FUSE.
+//! A packed tree opened for serving: the node table the mount presents ([`tree`]), and
+//! reads of any byte range through a byte-bounded chunk cache ([`cache`]), a decode
+//! worker pool with in-flight deduplication ([`decode`]), and sequential prefetch
+//! ([`prefetch`]). Every read of container bytes goes through [`source`]. Knows nothing
+//! of FUSE.
 
 mod cache;
+pub(crate) mod decode;
+mod prefetch;
+mod source;
 mod stats;
+mod tree;
 
 pub use cache::ChunkCache;
+pub use prefetch::{PrefetchConfig, DEFAULT_PREFETCH};
+pub use source::DEFAULT_OPEN_FILES;
 pub use stats::{Snapshot, Stats};
+pub use tree::{Node, NodeKind, ROOT_INO};
 
-use std::collections::{HashMap, HashSet};
-use std::ffi::{OsStr, OsString};
-use std::fs::{self, File};
-use std::num::NonZeroUsize;
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::collections::HashSet;
+use std::ffi::OsStr;
+use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 
 use parking_lot::Mutex;
 
 use crate::chunk::ChunkCodec;
 use crate::error::{Error, Result};
-use crate::format::tree::{classify, walk, Entry, Packed};
 use crate::format::{chunk_hash, ChunkEntry, Container, FileMeta};
 use crate::pack::read_marker;
 use cache::{Lookup, Outcome, Ticket};
-
-pub const ROOT_INO: u64 = 1;
+use decode::{Chunks, ContainerRef};
+use prefetch::Handles;
+use source::{ContainerSource, Identity, LocalSource};
 
 /// Chunks one read request decodes at once: enough to keep every decode thread busy on
 /// small chunks, few enough to bound what a request over tiny chunks holds in flight.
 const READ_WINDOW: usize = 256;
 
-/// Containers kept open at once. A pack may hold far more files than the open-file limit
-/// (1024 by default), so the mount keeps chunk tables, not files, and reopens containers
-/// on demand through an LRU of at most this many (and at most a quarter of the soft
-/// RLIMIT_NOFILE).
-pub const DEFAULT_OPEN_FILES: usize = 256;
-
+/// What the mount (and any other server of a pack) may tune. The defaults live here and
+/// in [`PrefetchConfig`], nowhere else.
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
     /// Bound on decoded bytes held in the cache.
     pub cache_bytes: u64,
     /// Decode worker threads.
     pub threads: usize,
-    /// Chunks decoded ahead of a sequential reader.
+    /// Chunks decoded ahead of a sequential reader (the window of [`PrefetchConfig`]).
     pub prefetch: usize,
 }
 
@@ -54,7 +56,7 @@ impl Default for StoreOptions {
         StoreOptions {
             cache_bytes: default_cache_bytes(),
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            prefetch: 8,
+            prefetch: DEFAULT_PREFETCH,
         }
     }
 }
@@ -72,46 +74,8 @@ pub fn default_cache_bytes() -> u64 {
     (ram / 8).clamp(64 << 20, 512 << 20)
 }
 
-#[derive(Debug)]
-pub enum NodeKind {
-    Dir {
-        /// Sorted by name.
-        children: Vec<(OsString, u64)>,
-        index: HashMap<OsString, u64>,
-    },
-    File {
-        file: u32,
-    },
-    Symlink {
-        target: OsString,
-    },
-}
-
-#[derive(Debug)]
-pub struct Node {
-    pub ino: u64,
-    pub parent: u64,
-    pub name: OsString,
-    pub kind: NodeKind,
-    pub size: u64,
-    /// Permission bits (file type comes from `kind`).
-    pub perm: u16,
-    pub mtime_s: i64,
-    pub mtime_ns: u32,
-    pub uid: u32,
-    pub gid: u32,
-    /// Bytes this node occupies in the pack.
-    pub packed: u64,
-    pub blksize: u32,
-}
-
-/// A served container: what serving needs of its index, and its identity at mount, so a
-/// reopen can prove it is still the same file. The file itself is opened on demand.
+/// A served container: what serving needs of its index.
 struct PackedFile {
-    path: PathBuf,
-    dev: u64,
-    ino: u64,
-    len: u64,
     meta: FileMeta,
     chunks: Vec<ChunkEntry>,
     /// Raw chunks are checked once, then served by plain pread.
@@ -127,84 +91,58 @@ impl PackedFile {
         let i = self.chunks.partition_point(|c| c.orig_end() <= offset);
         (i < self.chunks.len()).then_some(i)
     }
-
-    /// Opens the container again without following a link, and refuses anything that is
-    /// not the regular file validated at mount (same device, inode and length).
-    fn reopen(&self) -> Result<File> {
-        let f = fs::OpenOptions::new()
-            .read(true)
-            // O_NONBLOCK: a FIFO swapped in must not hang a reader; no effect on files.
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
-            .open(&self.path)
-            .map_err(|e| Error::io(&self.path, e))?;
-        let md = f.metadata().map_err(|e| Error::io(&self.path, e))?;
-        if !md.is_file() || md.dev() != self.dev || md.ino() != self.ino || md.len() != self.len {
-            return Err(Error::corrupt(
-                &self.path,
-                None,
-                "container replaced or resized since the mount",
-            ));
-        }
-        Ok(f)
-    }
-
-    fn read_exact_at(&self, file: &File, buf: &mut [u8], offset: u64) -> Result<()> {
-        file.read_exact_at(buf, offset).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                Error::corrupt(&self.path, None, "container truncated under us")
-            } else {
-                Error::io(&self.path, e)
-            }
-        })
-    }
-
-    fn read_payload(&self, file: &File, i: usize) -> Result<Vec<u8>> {
-        let c = &self.chunks[i];
-        let mut buf = vec![0u8; c.payload_len as usize];
-        self.read_exact_at(file, &mut buf, c.payload_offset)?;
-        Ok(buf)
-    }
-
-    /// Reads, decodes and verifies chunk `i`: wrong bytes never leave here.
-    fn decode_chunk(&self, file: &File, i: usize) -> Result<Vec<u8>> {
-        let c = &self.chunks[i];
-        let payload = self.read_payload(file, i)?;
-        let mut out = vec![0u8; c.orig_len as usize];
-        crate::chunk::decode(c.codec, c.transform, &payload, &mut out)
-            .map_err(|e| Error::codec(&self.path, i as u32, e))?;
-        if chunk_hash(&out) != c.xxh3 {
-            return Err(Error::corrupt(&self.path, Some(i as u32), "checksum mismatch"));
-        }
-        Ok(out)
-    }
-}
-
-/// Per open file handle: where the last read ended, for sequential detection.
-#[derive(Default)]
-struct Handle {
-    last_start: u64,
-    last_end: u64,
-    run: u32,
-    prefetched_upto: Option<u32>,
 }
 
 pub struct Store {
     root: PathBuf,
     nodes: Vec<Node>,
     files: Vec<PackedFile>,
-    /// Containers open now, by file number; bounded (see [`DEFAULT_OPEN_FILES`]).
-    open: Mutex<lru::LruCache<u32, Arc<File>>>,
+    /// Where container bytes come from (local files, reopened on demand).
+    source: Box<dyn ContainerSource>,
     cache: ChunkCache,
     pool: rayon::ThreadPool,
     stats: Stats,
-    handles: Mutex<HashMap<u64, Handle>>,
-    next_fh: AtomicU64,
+    handles: Handles,
     logged: Mutex<HashSet<(u32, u32)>>,
-    opts: StoreOptions,
+    prefetch: PrefetchConfig,
     /// Batch decoder for prefetch windows (GPU, or its CPU emulation in tests).
     gpu: Option<crate::gpu::Decoder>,
     packed_bytes: u64,
     original_bytes: u64,
+}
+
+/// Container `fidx` of a store, as the shared decode path sees it.
+struct FileChunks<'a> {
+    store: &'a Store,
+    fidx: u32,
+}
+
+impl Chunks for FileChunks<'_> {
+    fn path(&self) -> &Path {
+        self.store.source.path(self.fidx)
+    }
+    fn entry(&self, i: usize) -> &ChunkEntry {
+        &self.store.files[self.fidx as usize].chunks[i]
+    }
+    fn read_payload(&self, i: usize) -> Result<Vec<u8>> {
+        self.store.read_payload(self.fidx, i)
+    }
+    fn container(&self) -> Result<Option<ContainerRef<'_>>> {
+        let src = &self.store.source;
+        let Some(file) = src.local_file(self.fidx)? else {
+            return Ok(None);
+        };
+        // The batch decoder takes a container: lend it a duplicate descriptor and a copy
+        // of the chunk table for this batch.
+        let f = &self.store.files[self.fidx as usize];
+        Ok(Some(ContainerRef::Owned(Container::from_parts(
+            src.path(self.fidx),
+            file,
+            src.len(self.fidx),
+            f.meta.clone(),
+            f.chunks.clone(),
+        ))))
+    }
 }
 
 impl Store {
@@ -219,124 +157,22 @@ impl Store {
     /// batch by `gpu` (checksums are still verified on the host, with CPU fallback).
     pub fn open_with_gpu(root: &Path, opts: StoreOptions, gpu: Option<crate::gpu::Decoder>) -> Result<Arc<Store>> {
         read_marker(root)?;
-        let md = fs::metadata(root).map_err(|e| Error::io(root, e))?;
-        let mut nodes = vec![Node {
-            ino: ROOT_INO,
-            parent: ROOT_INO,
-            name: OsString::new(),
-            kind: NodeKind::Dir {
-                children: Vec::new(),
-                index: HashMap::new(),
-            },
-            size: 4096,
-            perm: (md.mode() & 0o7777) as u16,
-            mtime_s: md.mtime(),
-            mtime_ns: md.mtime_nsec() as u32,
-            uid: md.uid(),
-            gid: md.gid(),
-            packed: 0,
-            blksize: 4096,
-        }];
-        let mut files = Vec::new();
-        let mut by_path: HashMap<PathBuf, u64> = HashMap::new();
-        by_path.insert(PathBuf::new(), ROOT_INO);
-        let (mut packed_bytes, mut original_bytes) = (0, 0);
-        for e in walk(root)? {
-            let (rel, node) = match e {
-                Entry::Dir(rel) => {
-                    let p = root.join(&rel);
-                    let md = fs::symlink_metadata(&p).map_err(|e| Error::io(&p, e))?;
-                    let name = rel.file_name().unwrap_or_default().to_os_string();
-                    let kind = NodeKind::Dir {
-                        children: Vec::new(),
-                        index: HashMap::new(),
-                    };
-                    (rel, Self::new_node(name, kind, &md, 4096, 0, 4096))
-                }
-                Entry::Symlink(rel) => {
-                    let p = root.join(&rel);
-                    let md = fs::symlink_metadata(&p).map_err(|e| Error::io(&p, e))?;
-                    let target = fs::read_link(&p).map_err(|e| Error::io(&p, e))?.into_os_string();
-                    let name = rel.file_name().unwrap_or_default().to_os_string();
-                    let size = target.len() as u64;
-                    (
-                        rel,
-                        Self::new_node(name, NodeKind::Symlink { target }, &md, size, 0, 4096),
-                    )
-                }
-                Entry::File(ref rel, len) => {
-                    let orig = match classify(&e) {
-                        Packed::Container { original, .. } => original.file_name().unwrap_or_default().to_os_string(),
-                        Packed::Foreign(_, why) => {
-                            tracing::warn!("{}: {why}; not served", rel.display());
-                            continue;
-                        }
-                        _ => continue,
-                    };
-                    let rel = rel.clone();
-                    let p = root.join(&rel);
-                    // The tensor table is dropped here: serving never needs it.
-                    let (file, clen, meta, chunks) = Container::open(&p)?.into_parts();
-                    // Identity from the descriptor just validated, not from the path again.
-                    let md = file.metadata().map_err(|e| Error::io(&p, e))?;
-                    drop(file);
-                    let mut node = Self::new_node(
-                        orig.clone(),
-                        NodeKind::File {
-                            file: files.len() as u32,
-                        },
-                        &md,
-                        meta.size,
-                        len,
-                        served_blksize(meta.chunk_size),
-                    );
-                    node.perm = (meta.mode & 0o7777) as u16;
-                    node.mtime_s = meta.mtime_s;
-                    node.mtime_ns = meta.mtime_ns;
-                    packed_bytes += len;
-                    original_bytes += meta.size;
-                    let raw_verified = (0..chunks.len()).map(|_| AtomicBool::new(false)).collect();
-                    files.push(PackedFile {
-                        path: p,
-                        dev: md.dev(),
-                        ino: md.ino(),
-                        len: clen,
-                        meta,
-                        chunks,
-                        raw_verified,
-                    });
-                    (rel.with_file_name(orig), node)
-                }
-                Entry::Other(rel, what) => {
-                    tracing::warn!("{}: {what}; not served", rel.display());
-                    continue;
-                }
-            };
-            let parent_rel = rel.parent().map(Path::to_path_buf).unwrap_or_default();
-            let Some(&parent) = by_path.get(&parent_rel) else {
-                continue;
-            };
-            let ino = nodes.len() as u64 + 1;
-            let mut node = node;
-            node.ino = ino;
-            node.parent = parent;
-            if let NodeKind::Dir { children, index } = &mut nodes[parent as usize - 1].kind {
-                if index.contains_key(&node.name) {
-                    tracing::warn!("{}: name served twice; keeping the first", rel.display());
-                    continue;
-                }
-                children.push((node.name.clone(), ino));
-                index.insert(node.name.clone(), ino);
-            }
-            if matches!(node.kind, NodeKind::Dir { .. }) {
-                by_path.insert(rel, ino);
-            }
-            nodes.push(node);
-        }
-        for n in &mut nodes {
-            if let NodeKind::Dir { children, .. } = &mut n.kind {
-                children.sort();
-            }
+        let t = tree::Tree::build(root)?;
+        let mut ids = Vec::with_capacity(t.containers.len());
+        let mut files = Vec::with_capacity(t.containers.len());
+        for c in t.containers {
+            ids.push(Identity {
+                path: c.path,
+                dev: c.dev,
+                ino: c.ino,
+                len: c.len,
+            });
+            let raw_verified = (0..c.chunks.len()).map(|_| AtomicBool::new(false)).collect();
+            files.push(PackedFile {
+                meta: c.meta,
+                chunks: c.chunks,
+                raw_verified,
+            });
         }
         let largest = files.iter().flat_map(|f| &f.chunks).map(|e| e.orig_len).max();
         if let Some(l) = largest.filter(|&l| l as u64 + cache::ENTRY_OVERHEAD > opts.cache_bytes) {
@@ -356,37 +192,19 @@ impl Store {
             })?;
         Ok(Arc::new(Store {
             root: root.to_path_buf(),
-            nodes,
+            nodes: t.nodes,
             files,
-            open: Mutex::new(lru::LruCache::new(open_files_bound())),
+            source: Box::new(LocalSource::new(ids)),
             cache: ChunkCache::new(opts.cache_bytes),
             pool,
             stats: Stats::default(),
-            handles: Mutex::new(HashMap::new()),
-            next_fh: AtomicU64::new(1),
+            handles: Handles::default(),
             logged: Mutex::new(HashSet::new()),
-            opts,
+            prefetch: PrefetchConfig::with_window(opts.prefetch),
             gpu,
-            packed_bytes,
-            original_bytes,
+            packed_bytes: t.packed_bytes,
+            original_bytes: t.original_bytes,
         }))
-    }
-
-    fn new_node(name: OsString, kind: NodeKind, md: &fs::Metadata, size: u64, packed: u64, blksize: u32) -> Node {
-        Node {
-            ino: 0,
-            parent: 0,
-            name,
-            kind,
-            size,
-            perm: (md.mode() & 0o7777) as u16,
-            mtime_s: md.mtime(),
-            mtime_ns: md.mtime_nsec() as u32,
-            uid: md.uid(),
-            gid: md.gid(),
-            packed,
-            blksize,
-        }
     }
 
     pub fn root(&self) -> &Path {
@@ -394,14 +212,11 @@ impl Store {
     }
 
     pub fn node(&self, ino: u64) -> Option<&Node> {
-        ino.checked_sub(1).and_then(|i| self.nodes.get(i as usize))
+        tree::node(&self.nodes, ino)
     }
 
     pub fn lookup(&self, parent: u64, name: &OsStr) -> Option<&Node> {
-        match &self.node(parent)?.kind {
-            NodeKind::Dir { index, .. } => index.get(name).and_then(|&i| self.node(i)),
-            _ => None,
-        }
+        tree::lookup(&self.nodes, parent, name)
     }
 
     pub fn node_count(&self) -> u64 {
@@ -428,25 +243,11 @@ impl Store {
 
     /// Registers an open file handle (sequential-read tracking lives there).
     pub fn open_handle(&self) -> u64 {
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.handles.lock().insert(fh, Handle::default());
-        fh
+        self.handles.open()
     }
 
     pub fn release(&self, fh: u64) {
-        self.handles.lock().remove(&fh);
-    }
-
-    /// The open container of file `fidx`, reopening (and re-checking) it when the LRU of
-    /// open files has let it go.
-    fn file(&self, fidx: u32) -> Result<Arc<File>> {
-        if let Some(f) = self.open.lock().get(&fidx) {
-            return Ok(f.clone());
-        }
-        // Open outside the lock: a slow filesystem must not stall readers of other files.
-        let f = Arc::new(self.files[fidx as usize].reopen()?);
-        self.open.lock().put(fidx, f.clone());
-        Ok(f)
+        self.handles.release(fh);
     }
 
     fn file_of(&self, ino: u64) -> Option<(u32, &PackedFile)> {
@@ -454,6 +255,13 @@ impl Store {
             NodeKind::File { file } => Some((file, &self.files[file as usize])),
             _ => None,
         }
+    }
+
+    fn read_payload(&self, fidx: u32, i: usize) -> Result<Vec<u8>> {
+        let c = &self.files[fidx as usize].chunks[i];
+        let mut buf = vec![0u8; c.payload_len as usize];
+        self.source.read_exact_at(fidx, &mut buf, c.payload_offset)?;
+        Ok(buf)
     }
 
     /// Reads up to `size` bytes at `offset` of file `ino`; short only at end of file.
@@ -490,15 +298,13 @@ impl Store {
         let mut lo = first;
         while lo <= last {
             let hi = last.min(lo + READ_WINDOW - 1);
-            let pending: Vec<Option<Pending>> = (lo..=hi).map(|i| self.request(fidx, i as u32, false)).collect();
-            if lo == first {
-                if let Some(upto) = self.sequential(fh, offset, end) {
-                    let current = c.chunks[first..=last]
-                        .iter()
-                        .map(|e| e.orig_len as u64 + cache::ENTRY_OVERHEAD)
-                        .sum();
-                    self.prefetch(fidx, last as u32 + 1, upto, current);
-                }
+            let pending: Vec<Option<Pending>> = (lo..=hi).map(|i| self.request(fidx, i as u32)).collect();
+            if lo == first && self.handles.observe(&self.prefetch, fh, offset, end) {
+                let current = c.chunks[first..=last]
+                    .iter()
+                    .map(|e| e.orig_len as u64 + cache::ENTRY_OVERHEAD)
+                    .sum();
+                self.prefetch(fidx, last + 1, current);
             }
             for (i, p) in (lo..=hi).zip(pending) {
                 let e = &c.chunks[i];
@@ -524,165 +330,86 @@ impl Store {
         Ok(out)
     }
 
-    /// Updates the handle's sequential state; returns how far to prefetch (exclusive chunk
-    /// bound) when the reader looks sequential.
-    fn sequential(&self, fh: u64, start: u64, end: u64) -> Option<u32> {
-        if self.opts.prefetch == 0 {
-            return None;
-        }
-        let mut hs = self.handles.lock();
-        let h = hs.entry(fh).or_default();
-        // Kernel readahead issues requests slightly out of order: accept a small window.
-        let seq = start >= h.last_start && start <= h.last_end.saturating_add(4 << 20);
-        h.run = if seq { h.run.saturating_add(1) } else { 0 };
-        h.last_start = start;
-        h.last_end = h.last_end.max(end);
-        if !seq {
-            h.last_end = end;
-            h.prefetched_upto = None;
-        }
-        (h.run >= 1).then_some(self.opts.prefetch as u32)
-    }
-
-    /// Decodes up to `n` chunks from `from` ahead of a reader whose current chunks cost
-    /// `current` bytes of cache.
-    fn prefetch(self: &Arc<Self>, fidx: u32, from: u32, n: u32, current: u64) {
+    /// Starts decodes ahead of a sequential reader of file `fidx`, from chunk `from` on,
+    /// whose current chunks cost `current` bytes of cache: batches of one on the CPU, of
+    /// up to [`PrefetchConfig::gpu_batch`] on the GPU.
+    fn prefetch(self: &Arc<Self>, fidx: u32, from: usize, current: u64) {
         let c = &self.files[fidx as usize];
-        // Never prefetch more than half the cache could hold, counting the chunks being
-        // read: a prefetched chunk must not evict the one its reader is still on.
-        let budget = self.cache.capacity() / 2;
-        let mut bytes = current;
-        let mut batch = Vec::new();
-        for i in from..from.saturating_add(n).min(c.chunks.len() as u32) {
-            let e = &c.chunks[i as usize];
-            bytes += e.orig_len as u64 + cache::ENTRY_OVERHEAD;
-            if bytes > budget {
-                break;
-            }
-            if e.codec == ChunkCodec::Raw || self.cache.contains((fidx, i)) {
-                continue;
-            }
-            if self.gpu.is_some() {
-                if let Lookup::Claimed(t) = self.cache.lookup_or_claim((fidx, i), &self.stats) {
-                    batch.push(t);
-                }
-            } else if self.request(fidx, i, true).is_some() {
-                self.stats.prefetch_issued();
-            }
-        }
-        if !batch.is_empty() {
-            for _ in &batch {
-                self.stats.prefetch_issued();
-            }
-            let me = self.clone();
-            self.pool.spawn(move || me.decode_batch(fidx, batch));
-        }
-    }
-
-    /// Runs on a pool thread: one batch through the GPU decoder, then publish each chunk.
-    fn decode_batch(&self, fidx: u32, tickets: Vec<Ticket>) {
-        let f = &self.files[fidx as usize];
-        let Some(gpu) = &self.gpu else { return };
-        let idx: Vec<usize> = tickets.iter().map(|t| t.key().1 as usize).collect();
-        let t0 = Instant::now();
-        // The batch decoder takes a container: lend it a duplicate descriptor and a copy of
-        // the chunk table for this batch.
-        let c = self.file(fidx).and_then(|file| {
-            let file = file.try_clone().map_err(|e| Error::io(&f.path, e))?;
-            Ok(Container::from_parts(
-                &f.path,
-                file,
-                f.len,
-                f.meta.clone(),
-                f.chunks.clone(),
-            ))
+        let want = prefetch::plan(&self.prefetch, &c.chunks, from, current, self.cache.capacity(), |i| {
+            c.chunks[i].codec == ChunkCodec::Raw || self.cache.contains((fidx, i as u32))
         });
-        let c = match c {
-            Ok(c) => c,
-            Err(e) => {
-                let e = Arc::new(e);
-                for t in &tickets {
-                    self.cache.complete(t, Err(e.clone()), true, &self.stats);
-                }
-                return;
+        let mut claimed = Vec::with_capacity(want.len());
+        for i in want {
+            if let Lookup::Claimed(t) = self.cache.lookup_or_claim((fidx, i as u32)) {
+                self.stats.prefetch_issued();
+                claimed.push(t);
             }
+        }
+        let batch = if self.gpu.is_some() {
+            self.prefetch.gpu_batch.max(1)
+        } else {
+            1
         };
-        let results = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| gpu.decode_chunks_stats(&c, &idx)));
-        let ns = t0.elapsed().as_nanos() as u64 / tickets.len().max(1) as u64;
-        match results {
-            Ok((results, st)) => {
-                if st.fallbacks > 0 {
-                    tracing::warn!(
-                        "{}: {} chunks fell back from the GPU to the CPU: {:?}",
-                        f.path.display(),
-                        st.fallbacks,
-                        st.cpu_reasons
-                    );
-                }
-                self.stats.gpu_batch(st.chunks_gpu as u64, st.fallbacks as u64);
-                for (t, r) in tickets.iter().zip(results) {
-                    let out: Outcome = match r {
-                        Ok(d) => {
-                            self.stats.decoded(d.len() as u64, ns);
-                            Ok(Arc::new(d))
-                        }
-                        Err(e) => Err(Arc::new(e)),
-                    };
-                    self.cache.complete(t, out, true, &self.stats);
-                }
-            }
-            Err(_) => {
-                for t in &tickets {
-                    let e = Error::corrupt(&f.path, Some(t.key().1), "batch decoder panicked");
-                    self.cache.complete(t, Err(Arc::new(e)), true, &self.stats);
-                }
-            }
+        while !claimed.is_empty() {
+            let rest = claimed.split_off(batch.min(claimed.len()));
+            let tickets = std::mem::replace(&mut claimed, rest);
+            let me = self.clone();
+            self.pool.spawn(move || me.decode(fidx, tickets, true));
         }
     }
 
-    /// Looks a coded chunk up, or starts its decode on the pool. `None` for raw chunks.
-    fn request(self: &Arc<Self>, fidx: u32, i: u32, prefetch: bool) -> Option<Pending> {
+    /// Looks a coded chunk up for a reader, or starts its decode on the pool (a batch of
+    /// one). `None` for raw chunks.
+    fn request(self: &Arc<Self>, fidx: u32, i: u32) -> Option<Pending> {
         let e = &self.files[fidx as usize].chunks[i as usize];
         if e.codec == ChunkCodec::Raw {
             return None;
         }
-        Some(match self.cache.lookup_or_claim((fidx, i), &self.stats) {
-            Lookup::Hit(d) => {
-                if !prefetch {
-                    self.stats.hit();
+        Some(match self.cache.lookup_or_claim((fidx, i)) {
+            Lookup::Hit { data, prefetch_hit } => {
+                self.stats.hit();
+                if prefetch_hit {
+                    self.stats.prefetch_hit();
                 }
-                Pending::Ready(d)
+                Pending::Ready(data)
             }
             Lookup::Wait(t) => Pending::Waiting(t),
             Lookup::Claimed(t) => {
-                if !prefetch {
-                    self.stats.miss();
-                }
+                self.stats.miss();
                 let me = self.clone();
                 let ticket = t.clone();
-                self.pool.spawn(move || me.decode(ticket, prefetch));
+                self.pool.spawn(move || me.decode(fidx, vec![ticket], false));
                 Pending::Waiting(t)
             }
         })
     }
 
-    /// Runs on a pool thread: decode, verify, publish.
-    fn decode(&self, t: Ticket, prefetch: bool) {
-        let (fidx, i) = t.key();
-        let c = &self.files[fidx as usize];
-        let t0 = Instant::now();
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.file(fidx).and_then(|file| c.decode_chunk(&file, i as usize))
-        }));
-        let out: Outcome = match r {
-            Ok(Ok(d)) => {
-                self.stats.decoded(d.len() as u64, t0.elapsed().as_nanos() as u64);
-                Ok(Arc::new(d))
+    /// Runs on a pool thread: decode a batch through the shared path, publish each chunk
+    /// as it is done. Every ticket is completed, whatever happens.
+    fn decode(&self, fidx: u32, tickets: Vec<Ticket>, prefetched: bool) {
+        let idx: Vec<usize> = tickets.iter().map(|t| t.key().1 as usize).collect();
+        let done: Vec<AtomicBool> = tickets.iter().map(|_| AtomicBool::new(false)).collect();
+        let src = FileChunks { store: self, fidx };
+        let on_gpu = |r: &decode::BatchReport| self.stats.gpu_batch(r.gpu_chunks, r.gpu_fallbacks);
+        decode::decode_chunks(&src, &idx, self.gpu.as_ref(), &on_gpu, &|k, r, ns| {
+            if done[k].swap(true, Ordering::AcqRel) {
+                return;
             }
-            Ok(Err(e)) => Err(Arc::new(e)),
-            Err(_) => Err(Arc::new(Error::corrupt(&c.path, Some(i), "decoder panicked"))),
-        };
-        self.cache.complete(&t, out, prefetch, &self.stats);
+            let out: Outcome = match r {
+                Ok(d) => {
+                    self.stats.decoded(d.len() as u64, ns);
+                    Ok(Arc::new(d))
+                }
+                Err(e) => Err(Arc::new(e)),
+            };
+            self.stats.evicted(self.cache.complete(&tickets[k], out, prefetched));
+        });
+        for (k, t) in tickets.iter().enumerate() {
+            if !done[k].load(Ordering::Acquire) {
+                let e = Error::corrupt(src.path(), Some(t.key().1), "chunk not decoded");
+                self.stats.evicted(self.cache.complete(t, Err(Arc::new(e)), prefetched));
+            }
+        }
     }
 
     /// Serves a raw chunk's bytes `[from, to)` straight from the container. The first
@@ -691,11 +418,14 @@ impl Store {
         let f = &self.files[fidx as usize];
         let e = &f.chunks[i];
         self.stats.raw_read();
-        let file = self.file(fidx)?;
         if !f.raw_verified[i].load(Ordering::Acquire) {
-            let data = f.read_payload(&file, i)?;
+            let data = self.read_payload(fidx, i)?;
             if chunk_hash(&data) != e.xxh3 {
-                return Err(Error::corrupt(&f.path, Some(i as u32), "checksum mismatch"));
+                return Err(Error::corrupt(
+                    self.source.path(fidx),
+                    Some(i as u32),
+                    "checksum mismatch",
+                ));
             }
             f.raw_verified[i].store(true, Ordering::Release);
             out.extend_from_slice(&data[from as usize..to as usize]);
@@ -703,34 +433,8 @@ impl Store {
         }
         let at = out.len();
         out.resize(at + (to - from) as usize, 0);
-        f.read_exact_at(&file, &mut out[at..], e.payload_offset + from)
+        self.source.read_exact_at(fidx, &mut out[at..], e.payload_offset + from)
     }
-}
-
-/// How many containers may be open at once: [`DEFAULT_OPEN_FILES`], or a quarter of the
-/// soft open-file limit when that is lower (FUSE, decode threads and the caller need
-/// descriptors too).
-fn open_files_bound() -> NonZeroUsize {
-    let mut rl = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit only writes the rlimit struct we pass.
-    let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } == 0 {
-        rl.rlim_cur
-    } else {
-        1024
-    };
-    let n = (soft / 4).min(DEFAULT_OPEN_FILES as u64).max(1) as usize;
-    NonZeroUsize::new(n).unwrap_or(NonZeroUsize::MIN)
-}
-
-/// The st_blksize served for a file: its chunk size, as a power of two within
-/// [4 KiB, 1 MiB]. The field is untrusted, and tools such as cp allocate a buffer of
-/// st_blksize bytes (2 GiB read unchecked made cp allocate the whole file).
-fn served_blksize(chunk_size: u32) -> u32 {
-    let c = chunk_size.clamp(4096, 1 << 20);
-    1 << (31 - c.leading_zeros())
 }
 
 enum Pending {
@@ -752,23 +456,6 @@ mod tests {
     use super::*;
     use crate::pack::{pack_tree, NoProgress, PackOptions};
 
-    #[test]
-    fn served_blksize_is_a_clamped_power_of_two() {
-        for (chunk, want) in [
-            (0, 4096),
-            (1, 4096),
-            (4096, 4096),
-            (5000, 4096),
-            (1 << 20, 1 << 20),
-            ((1 << 20) - 1, 1 << 19),
-            (64 << 20, 1 << 20),
-            (1 << 31, 1 << 20),
-            (u32::MAX, 1 << 20),
-        ] {
-            assert_eq!(served_blksize(chunk), want, "chunk size {chunk}");
-        }
-    }
-
     /// Containers are closed after mount and reopened on demand: a container swapped for
     /// another file (even a valid container of the same pack) or a symlink since the mount
     /// is refused (EIO at the mount), never served.
@@ -784,7 +471,7 @@ mod tests {
         let packed = t.path().join("packed");
         pack_tree(&src, &packed, &PackOptions::default(), &NoProgress).unwrap();
         let store = Store::open(&packed, StoreOptions::default()).unwrap();
-        assert!(store.open.lock().is_empty(), "containers stay open after mount");
+        assert_eq!(store.source.open_count(), 0, "containers stay open after mount");
         fs::rename(packed.join("b.bin.dcz"), packed.join("a.bin.dcz")).unwrap();
         std::os::unix::fs::symlink("a.bin.dcz", packed.join("c.bin.dcz.tmp")).unwrap();
         fs::rename(packed.join("c.bin.dcz.tmp"), packed.join("c.bin.dcz")).unwrap();

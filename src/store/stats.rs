@@ -76,8 +76,10 @@ impl Stats {
         self.bytes_decoded.fetch_add(bytes, Relaxed);
         self.decode_ns.fetch_add(ns, Relaxed);
     }
-    pub fn eviction(&self) {
-        self.evictions.fetch_add(1, Relaxed);
+    pub fn evicted(&self, n: u64) {
+        if n > 0 {
+            self.evictions.fetch_add(n, Relaxed);
+        }
     }
     pub fn prefetch_issued(&self) {
         self.prefetch_issued.fetch_add(1, Relaxed);

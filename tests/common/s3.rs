@@ -46,7 +46,10 @@ impl S3Server {
         }
         let keys = (!anonymous).then(|| {
             let n = std::process::id() as u64 ^ Instant::now().elapsed().as_nanos() as u64;
-            (format!("AK{n:x}"), format!("SK{:x}", n.wrapping_mul(0x9E3779B97F4A7C15)))
+            (
+                format!("AK{n:x}"),
+                format!("SK{:x}", n.wrapping_mul(0x9E3779B97F4A7C15)),
+            )
         });
         Some(Self::spawn(bin, dir, keys))
     }
@@ -68,7 +71,10 @@ impl S3Server {
         };
         let t0 = Instant::now();
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(t0.elapsed() < Duration::from_secs(10), "s3s-fs did not start on port {port}");
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "s3s-fs did not start on port {port}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         s

@@ -1,0 +1,170 @@
+//! The one path that turns stored chunks into verified original bytes, for the mount,
+//! `verify` and `unpack` alike: a batch of chunks goes to the GPU when one is given and
+//! the batch has two or more; otherwise each chunk decodes on the CPU, in parallel in
+//! the caller's thread pool (a batch of one runs on the calling thread).
+
+use std::ops::Deref;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
+use std::time::Instant;
+
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::format::{chunk_hash, ChunkEntry, Container};
+use crate::gpu;
+
+/// Stored chunks as the decoder sees them, wherever their bytes come from.
+pub(crate) trait Chunks: Sync {
+    /// The container, for messages.
+    fn path(&self) -> &Path;
+    fn entry(&self, i: usize) -> &ChunkEntry;
+    /// Reads chunk `i`'s stored payload.
+    fn read_payload(&self, i: usize) -> Result<Vec<u8>>;
+    /// The container as the GPU decoder takes it; `None` where its bytes are not local.
+    fn container(&self) -> Result<Option<ContainerRef<'_>>>;
+}
+
+/// A container borrowed, or rebuilt for one batch.
+pub(crate) enum ContainerRef<'a> {
+    Borrowed(&'a Container),
+    Owned(Container),
+}
+
+impl Deref for ContainerRef<'_> {
+    type Target = Container;
+    fn deref(&self) -> &Container {
+        match self {
+            ContainerRef::Borrowed(c) => c,
+            ContainerRef::Owned(c) => c,
+        }
+    }
+}
+
+impl Chunks for Container {
+    fn path(&self) -> &Path {
+        Container::path(self)
+    }
+    fn entry(&self, i: usize) -> &ChunkEntry {
+        &self.chunks[i]
+    }
+    fn read_payload(&self, i: usize) -> Result<Vec<u8>> {
+        Container::read_payload(self, i)
+    }
+    fn container(&self) -> Result<Option<ContainerRef<'_>>> {
+        Ok(Some(ContainerRef::Borrowed(self)))
+    }
+}
+
+/// What a batch did, beyond its results.
+#[derive(Debug)]
+pub(crate) struct BatchReport {
+    /// Chunks decoded on the GPU (verified on the host).
+    pub gpu_chunks: u64,
+    /// Chunks given to the GPU that fell back to the CPU.
+    pub gpu_fallbacks: u64,
+}
+
+/// Called once per chunk of a batch: its position in `idx`, its verified bytes or the
+/// error, and the nanoseconds its decode took (a batch's time shared out evenly).
+pub(crate) type Sink<'a> = dyn Fn(usize, Result<Vec<u8>>, u64) + Sync + 'a;
+
+/// Decodes chunks `idx` of `src`, handing each result to `sink` as soon as it is known.
+/// Wrong bytes never reach `sink`: every chunk is checked against its checksum, and a
+/// decoder panic becomes a corruption error for the chunks it took down. A GPU batch's
+/// report goes to `on_gpu` before any of its chunks reach `sink`, so whoever waits on a
+/// chunk sees the batch counted.
+pub(crate) fn decode_chunks(
+    src: &dyn Chunks,
+    idx: &[usize],
+    gpu: Option<&gpu::Decoder>,
+    on_gpu: &dyn Fn(&BatchReport),
+    sink: &Sink,
+) {
+    if let (Some(g), true) = (gpu, idx.len() > 1) {
+        let t0 = Instant::now();
+        let c = match src.container() {
+            Ok(c) => c,
+            Err(e) => {
+                for k in 0..idx.len() {
+                    sink(k, Err(e.clone()), 0);
+                }
+                return;
+            }
+        };
+        if let Some(c) = c {
+            let r = catch_unwind(AssertUnwindSafe(|| g.decode_chunks_stats(&c, idx)));
+            let ns = t0.elapsed().as_nanos() as u64 / idx.len() as u64;
+            match r {
+                Ok((results, st)) => {
+                    if st.fallbacks > 0 {
+                        tracing::warn!(
+                            "{}: {} chunks fell back from the GPU to the CPU: {:?}",
+                            src.path().display(),
+                            st.fallbacks,
+                            st.cpu_reasons
+                        );
+                    }
+                    on_gpu(&BatchReport {
+                        gpu_chunks: st.chunks_gpu as u64,
+                        gpu_fallbacks: st.fallbacks as u64,
+                    });
+                    for (k, r) in results.into_iter().enumerate() {
+                        sink(k, r, ns);
+                    }
+                }
+                Err(_) => {
+                    for (k, &i) in idx.iter().enumerate() {
+                        sink(
+                            k,
+                            Err(Error::corrupt(src.path(), Some(i as u32), "batch decoder panicked")),
+                            0,
+                        );
+                    }
+                }
+            }
+            return;
+        }
+    }
+    let one = |k: usize| {
+        let i = idx[k];
+        let t0 = Instant::now();
+        let r = catch_unwind(AssertUnwindSafe(|| decode_one(src, i)))
+            .unwrap_or_else(|_| Err(Error::corrupt(src.path(), Some(i as u32), "decoder panicked")));
+        sink(k, r, t0.elapsed().as_nanos() as u64);
+    };
+    if idx.len() == 1 {
+        one(0);
+    } else {
+        (0..idx.len()).into_par_iter().for_each(one);
+    }
+}
+
+/// Decodes a batch and returns its results in order (for callers that consume a whole
+/// window at once, like `verify` and `unpack`).
+pub(crate) fn decode_chunks_vec(src: &dyn Chunks, idx: &[usize], gpu: Option<&gpu::Decoder>) -> Vec<Result<Vec<u8>>> {
+    let slots: Vec<parking_lot::Mutex<Option<Result<Vec<u8>>>>> =
+        idx.iter().map(|_| parking_lot::Mutex::new(None)).collect();
+    decode_chunks(src, idx, gpu, &|_| {}, &|k, r, _| *slots[k].lock() = Some(r));
+    slots
+        .into_iter()
+        .zip(idx)
+        .map(|(s, &i)| {
+            s.into_inner()
+                .unwrap_or_else(|| Err(Error::corrupt(src.path(), Some(i as u32), "chunk not decoded")))
+        })
+        .collect()
+}
+
+/// Reads, decodes and verifies one chunk on this thread.
+fn decode_one(src: &dyn Chunks, i: usize) -> Result<Vec<u8>> {
+    let e = src.entry(i);
+    let payload = src.read_payload(i)?;
+    let mut out = vec![0u8; e.orig_len as usize];
+    crate::chunk::decode(e.codec, e.transform, &payload, &mut out)
+        .map_err(|err| Error::codec(src.path(), i as u32, err))?;
+    if chunk_hash(&out) != e.xxh3 {
+        return Err(Error::corrupt(src.path(), Some(i as u32), "checksum mismatch"));
+    }
+    Ok(out)
+}

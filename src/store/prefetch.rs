@@ -1,0 +1,174 @@
+//! Open file handles, sequential-run detection and the prefetch plan: which chunks to
+//! decode ahead of a reader, within a share of the cache.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+
+use super::cache::ENTRY_OVERHEAD;
+use crate::format::ChunkEntry;
+
+/// Chunks decoded ahead of a sequential reader unless told otherwise: the one default of
+/// the store and the mount (`-o prefetch=N`).
+pub const DEFAULT_PREFETCH: usize = 8;
+
+/// How the store reads ahead of sequential readers.
+#[derive(Clone, Debug)]
+pub struct PrefetchConfig {
+    /// Chunks decoded ahead of a sequential reader; 0 disables prefetch.
+    pub window: usize,
+    /// Sequential requests in a row on one handle before prefetch starts: 1 starts on the
+    /// second request, so a single small read of a header decodes nothing extra.
+    pub run_threshold: u32,
+    /// How far past the end of the last request a request may start and still count as
+    /// sequential: kernel readahead issues requests slightly out of order.
+    pub slack_bytes: u64,
+    /// Prefetch may fill at most `1/cache_share` of the cache, counting the chunks being
+    /// read, so a prefetched chunk never evicts the one its reader is still on.
+    pub cache_share: u64,
+    /// Chunks sent to the GPU as one batch (the CPU takes batches of one).
+    pub gpu_batch: usize,
+}
+
+impl PrefetchConfig {
+    /// The defaults, with a window of `window` chunks.
+    pub fn with_window(window: usize) -> PrefetchConfig {
+        PrefetchConfig {
+            window,
+            run_threshold: 1,
+            slack_bytes: 4 << 20,
+            cache_share: 2,
+            gpu_batch: 64,
+        }
+    }
+}
+
+impl Default for PrefetchConfig {
+    fn default() -> Self {
+        PrefetchConfig::with_window(DEFAULT_PREFETCH)
+    }
+}
+
+/// Per open file handle: where the last read ended, for sequential detection.
+#[derive(Default)]
+struct Handle {
+    last_start: u64,
+    last_end: u64,
+    run: u32,
+}
+
+/// The open handles of a mount.
+#[derive(Default)]
+pub(crate) struct Handles {
+    map: Mutex<HashMap<u64, Handle>>,
+    next: AtomicU64,
+}
+
+impl Handles {
+    /// Registers a new handle and returns its number (never 0).
+    pub fn open(&self) -> u64 {
+        let fh = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        self.map.lock().insert(fh, Handle::default());
+        fh
+    }
+
+    pub fn release(&self, fh: u64) {
+        self.map.lock().remove(&fh);
+    }
+
+    /// Records a read of `[start, end)` on `fh`; true when the reader has now been
+    /// sequential for `cfg.run_threshold` requests in a row.
+    pub fn observe(&self, cfg: &PrefetchConfig, fh: u64, start: u64, end: u64) -> bool {
+        if cfg.window == 0 {
+            return false;
+        }
+        let mut hs = self.map.lock();
+        let h = hs.entry(fh).or_default();
+        let seq = start >= h.last_start && start <= h.last_end.saturating_add(cfg.slack_bytes);
+        h.run = if seq { h.run.saturating_add(1) } else { 0 };
+        h.last_start = start;
+        h.last_end = if seq { h.last_end.max(end) } else { end };
+        h.run >= cfg.run_threshold.max(1)
+    }
+}
+
+/// The chunks to decode ahead, from chunk `from` on, for a reader whose current chunks
+/// cost `current` bytes of cache: at most `cfg.window` of them, within the cache share,
+/// skipping chunks that `skip` says need no decode (raw, cached or in flight).
+pub(crate) fn plan(
+    cfg: &PrefetchConfig,
+    chunks: &[ChunkEntry],
+    from: usize,
+    current: u64,
+    capacity: u64,
+    skip: impl Fn(usize) -> bool,
+) -> Vec<usize> {
+    let budget = capacity / cfg.cache_share.max(1);
+    let mut bytes = current;
+    let mut out = Vec::new();
+    for i in from..from.saturating_add(cfg.window).min(chunks.len()) {
+        bytes += chunks[i].orig_len as u64 + ENTRY_OVERHEAD;
+        if bytes > budget {
+            break;
+        }
+        if !skip(i) {
+            out.push(i);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_start_after_the_threshold_and_reset_on_a_seek() {
+        let cfg = PrefetchConfig::with_window(4);
+        let h = Handles::default();
+        let fh = h.open();
+        assert!(fh != 0);
+        // A reader starting at the front counts as sequential at once.
+        assert!(h.observe(&cfg, fh, 0, 4096));
+        assert!(h.observe(&cfg, fh, 4096, 8192));
+        assert!(h.observe(&cfg, fh, 8192, 16384));
+        assert!(
+            !h.observe(&cfg, fh, 100 << 20, (100 << 20) + 4096),
+            "a far seek resets the run"
+        );
+        assert!(!h.observe(&cfg, fh, 0, 4096), "a backward seek resets the run");
+        let off = PrefetchConfig::with_window(0);
+        assert!(!h.observe(&off, fh, 4096, 8192), "window 0 never prefetches");
+    }
+
+    #[test]
+    fn plan_stays_within_window_and_cache_share() {
+        let e = |len: u32| ChunkEntry {
+            orig_offset: 0,
+            orig_len: len,
+            payload_len: 0,
+            payload_offset: 0,
+            xxh3: 0,
+            codec: crate::chunk::ChunkCodec::Raw,
+            transform: crate::transform::Transform::None,
+            dtype: 0,
+            tensor: 0,
+        };
+        let chunks: Vec<ChunkEntry> = (0..20).map(|_| e(1000)).collect();
+        let cfg = PrefetchConfig::with_window(8);
+        assert_eq!(
+            plan(&cfg, &chunks, 2, 0, 1 << 30, |_| false),
+            (2..10).collect::<Vec<_>>()
+        );
+        // Half of a cache of 4 entries' cost: two chunks fit.
+        let cap = 4 * (1000 + ENTRY_OVERHEAD);
+        assert_eq!(plan(&cfg, &chunks, 0, 0, cap, |_| false), [0, 1]);
+        // What the reader holds now counts against the share.
+        assert_eq!(plan(&cfg, &chunks, 0, 1000 + ENTRY_OVERHEAD, cap, |_| false), [0]);
+        // Skipped chunks still count (they may be cached), but are not planned.
+        assert_eq!(plan(&cfg, &chunks, 0, 0, 1 << 30, |i| i % 2 == 0), [1, 3, 5, 7]);
+        assert!(plan(&cfg, &chunks, 19, 0, 1 << 30, |_| false) == [19]);
+        assert!(plan(&cfg, &chunks, 25, 0, 1 << 30, |_| false).is_empty());
+    }
+}
