@@ -4,6 +4,8 @@
 //! plain http works.
 
 mod common;
+#[path = "common/fault.rs"]
+mod fault;
 #[path = "common/s3.rs"]
 mod s3;
 
@@ -257,4 +259,81 @@ fn anonymous_plain_http_serves_a_pack() {
     // A prefix with no pack: refused, exit 2, no LIST needed to say so.
     let out = run(s.dcfs().args(["verify", &format!("{ep}/pub/nothing")]));
     assert_eq!(out.status.code(), Some(2));
+}
+
+/// Pushes a synthetic pack to an anonymous server and returns (server, source, url path).
+fn anonymous_pack(t: &Path) -> Option<(S3Server, std::path::PathBuf)> {
+    let s = S3Server::start(&t.join("s3"), &["pub"], true)?;
+    let src = t.join("src");
+    synth_tree(&src, 13);
+    let packed = t.join("packed");
+    // Small chunks: many ranged GETs, so many faults.
+    let out = run(Command::new(dcfs_bin())
+        .arg("pack")
+        .arg(&src)
+        .arg(&packed)
+        .args(["-j", "2", "--chunk-size", "64K"]));
+    assert!(out.status.success());
+    let out = run(s.dcfs().args(["push"]).arg(&packed).args([
+        "s3://pub/m",
+        "--endpoint",
+        &s.endpoint(),
+        "--no-sign-request",
+    ]));
+    assert!(out.status.success());
+    Some((s, src))
+}
+
+#[test]
+fn transient_faults_are_retried_to_the_right_bytes() {
+    let t = tempfile::tempdir().unwrap();
+    let Some((s, src)) = anonymous_pack(t.path()) else {
+        return;
+    };
+    // Every 3rd container GET: a 503, a truncated body, a reset, or a delay.
+    let p = fault::FaultProxy::start(s.port, 3, false);
+    let http = format!("http://127.0.0.1:{}/pub/m", p.port);
+    let back = t.path().join("back");
+    let out = run(s.dcfs().args(["unpack", &http, "-j", "2"]).arg(&back));
+    assert!(out.status.success());
+    assert_eq!(tree_state(&back), tree_state(&src));
+    let n = p.faults.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!("{n} faults injected");
+    assert!(n >= 4, "only {n} faults injected");
+}
+
+#[test]
+fn flipped_bits_in_transit_give_right_bytes_or_a_clear_error() {
+    let t = tempfile::tempdir().unwrap();
+    let Some((s, src)) = anonymous_pack(t.path()) else {
+        return;
+    };
+    let want = tree_state(&src);
+    for every in [2, 3, 5] {
+        let p = fault::FaultProxy::start(s.port, every, true);
+        let http = format!("http://127.0.0.1:{}/pub/m", p.port);
+        let back = t.path().join(format!("back{every}"));
+        let out = run(s.dcfs().args(["unpack", &http, "-j", "2"]).arg(&back));
+        let got = if back.exists() {
+            tree_state(&back)
+        } else {
+            Default::default()
+        };
+        // Whatever was written is right; a failure says so.
+        for (k, v) in &got {
+            assert_eq!(
+                want.get(k),
+                Some(v),
+                "{k}: wrong bytes written through a faulty network (every {every})"
+            );
+        }
+        if out.status.success() {
+            assert_eq!(got, want);
+        } else {
+            assert!(!out.stderr.is_empty());
+        }
+        let out = run(s.dcfs().args(["verify", &http, "-j", "2"]));
+        let code = out.status.code();
+        assert!(matches!(code, Some(0..=2)), "{code:?}");
+    }
 }

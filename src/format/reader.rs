@@ -56,12 +56,20 @@ impl Container {
     }
 
     /// Opens a container read through `source` (an object in a remote store): the same
-    /// checks as a local file, on bytes fetched by range. `source.name()` names it in
-    /// errors.
+    /// checks as a local file, on bytes fetched by range (read once more when they fail,
+    /// as damage in transit). `source.name()` names it in errors.
     pub fn from_source(source: Arc<dyn Source>) -> Result<Container> {
         let path = source.name().to_path_buf();
         let len = source.len();
-        let (meta, chunks, tensors) = parse(&path, len, |buf, at| source.read_exact_at(buf, at))?;
+        let read = |buf: &mut [u8], at: u64| source.read_exact_at(buf, at);
+        // Damage in transit is read again once before it is called damage.
+        let (meta, chunks, tensors) = match parse(&path, len, read) {
+            Err(e) if e.is_corrupt() => {
+                tracing::warn!("{e}; fetching the header, footer and index again");
+                parse(&path, len, read)?
+            }
+            r => r?,
+        };
         Ok(Container {
             path,
             file: Backing::Source(source),
