@@ -237,12 +237,14 @@ impl Container {
 
     /// Splits an opened (validated) container into its file, its length, and what serving
     /// needs; the tensor table is dropped. Lets the mount close the file and keep only
-    /// the chunk table. Only for a container opened from a local file ([`open`](Self::open)
-    /// or [`from_file`](Self::from_file)), which is all the local mount opens.
-    pub fn into_parts(self) -> (File, u64, FileMeta, Vec<ChunkEntry>) {
+    /// the chunk table. An error for a container read through a remote source.
+    pub fn into_parts(self) -> Result<(File, u64, FileMeta, Vec<ChunkEntry>)> {
         match self.file {
-            Backing::File(f) => (f, self.len, self.meta, self.chunks),
-            Backing::Source(_) => panic!("into_parts on a remote container: callers open local files only"),
+            Backing::File(f) => Ok((f, self.len, self.meta, self.chunks)),
+            Backing::Source(_) => Err(Error::Invalid {
+                path: self.path,
+                what: "a remote container has no local file".into(),
+            }),
         }
     }
 
