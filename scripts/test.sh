@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's test command (README and .ci/run call exactly this):
-# fetch the real models, check formatting and lints, run every test, the aarch64 check and the
-# .deb packages (amd64, arm64), then the real loaders
+# fetch the real models, check formatting and lints, run every test (tests/remote.rs against a
+# real S3 server, s3s-fs, on loopback), the aarch64 check and the .deb packages (amd64, arm64),
+# then the real loaders
 # (safetensors, sentence-transformers, llama.cpp, transformers on a hub cache, DC-quantized
 # models through compressed-tensors, the dcfs Python wheel) on a dcfs mount (scripts/loader-tests.sh;
 # the first run installs their venv, ~3 GB of torch from PyPI), a bench smoke run, and every
@@ -12,6 +13,11 @@ cd "$ROOT"
 
 echo "== fetch models"
 scripts/fetch-models.sh
+# The remote tests (tests/remote.rs) start s3s-fs on loopback; .ci/run installs it here.
+S3S_ROOT="${DCFS_S3S_ROOT:-$HOME/.cache/dcfs/s3s-fs}"
+if [[ -x "$S3S_ROOT/bin/s3s-fs" ]]; then
+  export PATH="$S3S_ROOT/bin:$PATH"
+fi
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"

@@ -81,6 +81,7 @@ pub mod gpu;
 pub mod model;
 pub mod pack;
 pub mod quantize;
+pub mod remote;
 pub mod store;
 pub mod transform;
 

@@ -6,6 +6,7 @@ mod gen;
 mod gpu;
 mod mount;
 mod pack;
+mod push;
 mod quantize;
 mod util;
 
@@ -47,6 +48,7 @@ enum Cmd {
     Unpack(pack::UnpackArgs),
     Verify(pack::VerifyArgs),
     Inspect(pack::InspectArgs),
+    Push(push::PushArgs),
     Mount(mount::MountArgs),
     Umount(mount::UmountArgs),
     Stats(mount::StatsArgs),
@@ -110,6 +112,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Cmd::Unpack(a) => pack::unpack(a),
         Cmd::Verify(a) => pack::verify(a),
         Cmd::Inspect(a) => pack::inspect(a),
+        Cmd::Push(a) => push::push(a),
         Cmd::Mount(a) => mount::mount(a),
         Cmd::Umount(a) => mount::umount(a),
         Cmd::Stats(a) => mount::stats(a),

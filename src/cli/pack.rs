@@ -6,6 +6,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 
 use super::gpu::GpuArg;
+use super::push::{remote_url, RemoteArgs};
 use super::util::{default_threads, human, parse_size, Bar};
 use super::Outcome;
 use dcfs::chunk::{CodecChoice, EncodeOptions};
@@ -259,7 +260,7 @@ pub fn pack(a: PackArgs) -> Result<Outcome> {
 /// Restore the original files (byte-identical, with mode and mtime) from a pack.
 #[derive(Args)]
 pub struct UnpackArgs {
-    /// Packed directory.
+    /// Packed directory, or a pushed pack (s3://bucket/prefix, http(s)://…).
     packed: PathBuf,
     /// Where to write the originals.
     dst: PathBuf,
@@ -270,15 +271,25 @@ pub struct UnpackArgs {
     /// calibration), on (required), off.
     #[arg(long, value_enum, default_value = "auto")]
     gpu: GpuArg,
+    #[command(flatten)]
+    remote: RemoteArgs,
     /// Print the report as JSON on stdout.
     #[arg(long)]
     json: bool,
 }
 
 pub fn unpack(a: UnpackArgs) -> Result<Outcome> {
-    let gpu = a.gpu.decoder(&a.packed)?;
+    let remote = remote_url(&a.packed)?;
+    let gpu = match remote {
+        Some(_) => None,
+        None => a.gpu.decoder(&a.packed)?,
+    };
     let bar = Bar::new(a.json);
-    let r = pack::unpack_tree_with(&a.packed, &a.dst, a.threads, gpu.as_ref(), &bar);
+    let r = match &remote {
+        Some(u) => dcfs::remote::pack::RemotePack::open(u, &a.remote.options())
+            .and_then(|p| pack::unpack_remote(&p, &a.dst, a.threads, &bar)),
+        None => pack::unpack_tree_with(&a.packed, &a.dst, a.threads, gpu.as_ref(), &bar),
+    };
     bar.finish();
     let r = r.with_context(|| format!("unpacking {}", a.packed.display()))?;
     if a.json {
@@ -299,7 +310,7 @@ pub fn unpack(a: UnpackArgs) -> Result<Outcome> {
 /// Decode everything and check every chunk checksum and whole-file digest.
 #[derive(Args)]
 pub struct VerifyArgs {
-    /// Packed directory or a single .dcz file.
+    /// Packed directory, a single .dcz file, or a pushed pack (s3://bucket/prefix, http(s)://…).
     packed: PathBuf,
     /// Decode threads (default: all cores).
     #[arg(long, short = 'j', default_value_t = default_threads())]
@@ -308,15 +319,25 @@ pub struct VerifyArgs {
     /// calibration), on (required), off.
     #[arg(long, value_enum, default_value = "auto")]
     gpu: GpuArg,
+    #[command(flatten)]
+    remote: RemoteArgs,
     /// Print the report as JSON on stdout.
     #[arg(long)]
     json: bool,
 }
 
 pub fn verify(a: VerifyArgs) -> Result<Outcome> {
-    let gpu = a.gpu.decoder(&a.packed)?;
+    let remote = remote_url(&a.packed)?;
+    let gpu = match remote {
+        Some(_) => None,
+        None => a.gpu.decoder(&a.packed)?,
+    };
     let bar = Bar::new(a.json);
-    let r = pack::verify_tree_with(&a.packed, a.threads, gpu.as_ref(), &bar);
+    let r = match &remote {
+        Some(u) => dcfs::remote::pack::RemotePack::open(u, &a.remote.options())
+            .and_then(|p| pack::verify_remote(&p, a.threads, &bar)),
+        None => pack::verify_tree_with(&a.packed, a.threads, gpu.as_ref(), &bar),
+    };
     bar.finish();
     let r = r.with_context(|| format!("verifying {}", a.packed.display()))?;
     if a.json {
@@ -354,13 +375,16 @@ pub fn verify(a: VerifyArgs) -> Result<Outcome> {
 /// unpacked model it shows what `pack` would do (a dry run with the same options).
 #[derive(Args)]
 pub struct InspectArgs {
-    /// Packed directory, .dcz file, model directory or model file.
+    /// Packed directory, .dcz file, model directory, model file, or a pushed pack
+    /// (s3://bucket/prefix, http(s)://…).
     path: PathBuf,
     /// Also list every tensor.
     #[arg(long)]
     tensors: bool,
     #[command(flatten)]
     enc: EncodeArgs,
+    #[command(flatten)]
+    remote: RemoteArgs,
     /// Print the report as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -369,7 +393,12 @@ pub struct InspectArgs {
 pub fn inspect(a: InspectArgs) -> Result<Outcome> {
     let opts = a.enc.options()?;
     let bar = Bar::new(true);
-    let r = pack::inspect_path(&a.path, &opts, &bar).with_context(|| format!("inspecting {}", a.path.display()))?;
+    let r = match remote_url(&a.path)? {
+        Some(u) => dcfs::remote::pack::RemotePack::open(&u, &a.remote.options())
+            .and_then(|p| pack::inspect_remote(&p, opts.threads, &bar)),
+        None => pack::inspect_path(&a.path, &opts, &bar),
+    };
+    let r = r.with_context(|| format!("inspecting {}", a.path.display()))?;
     if a.json {
         println!("{}", super::util::json_text(&r, true)?);
         return Ok(Outcome::Ok);

@@ -6,6 +6,7 @@
 //! `tests::format_md_matches_the_constants` fails when the two disagree.
 //! A reader needs only the footer and the index to serve any byte range.
 
+pub mod manifest;
 mod reader;
 pub mod tree;
 mod writer;

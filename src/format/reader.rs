@@ -3,17 +3,19 @@
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::*;
 use crate::chunk;
 use crate::error::{Error, Result};
+use crate::remote::Source;
 
 /// An open `.dcz` container. Reads take `&self` (pread), so one `Container` serves many
 /// threads at once.
 #[derive(Debug)]
 pub struct Container {
     path: PathBuf,
-    file: File,
+    file: Backing,
     len: u64,
     pub meta: FileMeta,
     pub chunks: Vec<ChunkEntry>,
@@ -39,50 +41,13 @@ impl Container {
     }
 
     pub fn from_file(path: &Path, file: File) -> Result<Container> {
-        let bad = |what: &str| Error::corrupt(path, None, what.to_string());
         let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
-        if len < HEADER_LEN + FOOTER_LEN {
-            return Err(bad("shorter than a header and a footer (truncated?)"));
-        }
-        let mut head = [0u8; HEADER_LEN as usize];
-        file.read_exact_at(&mut head, 0).map_err(|e| Error::io(path, e))?;
-        if head[..8] != MAGIC {
-            return Err(bad("not a dcfs container (bad magic)"));
-        }
-        check_version(path, le_u16(&head, HDR_MAJOR))?;
-        let mut ft = [0u8; FOOTER_LEN as usize];
-        file.read_exact_at(&mut ft, len - FOOTER_LEN)
-            .map_err(|e| Error::io(path, e))?;
-        if ft[FT_MAGIC..FT_MAGIC + 8] != END_MAGIC {
-            return Err(bad("footer magic missing (truncated or not finished)"));
-        }
-        if le_u64(&ft, FT_SELF_HASH) != chunk_hash(&ft[..FT_SELF_HASH]) {
-            return Err(bad("footer checksum mismatch"));
-        }
-        check_version(path, le_u16(&ft, FT_MAJOR))?;
-        // The header is not checksummed on its own: it must repeat the footer's versions
-        // and keep its reserved bytes zero, so any damage to it is still detected.
-        if head[HDR_MAJOR..HDR_MAJOR + 4] != ft[FT_MAJOR..FT_MAJOR + 4] || head[12..16] != [0; 4] {
-            return Err(bad("header disagrees with the footer"));
-        }
-        let index_offset = le_u64(&ft, FT_INDEX_OFFSET);
-        let index_len = le_u64(&ft, FT_INDEX_LEN);
-        if index_len > MAX_INDEX_LEN
-            || index_offset < HEADER_LEN
-            || index_offset.checked_add(index_len) != Some(len - FOOTER_LEN)
-        {
-            return Err(bad("footer points outside the file"));
-        }
-        let mut index = vec![0u8; index_len as usize];
-        file.read_exact_at(&mut index, index_offset)
-            .map_err(|e| Error::io(path, e))?;
-        if le_u64(&ft, FT_INDEX_HASH) != chunk_hash(&index) {
-            return Err(bad("index checksum mismatch"));
-        }
-        let (meta, chunks, tensors) = decode_index(path, &index, index_offset)?;
+        let (meta, chunks, tensors) = parse(path, len, |buf, at| {
+            file.read_exact_at(buf, at).map_err(|e| Error::io(path, e))
+        })?;
         Ok(Container {
             path: path.to_path_buf(),
-            file,
+            file: Backing::File(file),
             len,
             meta,
             chunks,
@@ -90,6 +55,109 @@ impl Container {
         })
     }
 
+    /// Opens a container read through `source` (an object in a remote store): the same
+    /// checks as a local file, on bytes fetched by range (read once more when they fail,
+    /// as damage in transit). `source.name()` names it in errors.
+    pub fn from_source(source: Arc<dyn Source>) -> Result<Container> {
+        let path = source.name().to_path_buf();
+        let len = source.len();
+        let read = |buf: &mut [u8], at: u64| source.read_exact_at(buf, at);
+        // Damage in transit is read again once before it is called damage.
+        let (meta, chunks, tensors) = match parse(&path, len, read) {
+            Err(e) if e.is_corrupt() => {
+                tracing::warn!("{e}; fetching the header, footer and index again");
+                parse(&path, len, read)?
+            }
+            r => r?,
+        };
+        Ok(Container {
+            path,
+            file: Backing::Source(source),
+            len,
+            meta,
+            chunks,
+            tensors,
+        })
+    }
+
+    /// Whether the bytes come from a remote source (reads are network requests, best
+    /// made few and large).
+    pub fn is_remote(&self) -> bool {
+        matches!(self.file, Backing::Source(_))
+    }
+
+    /// Reads the payloads of chunks `range` (back to back in the container) in one read,
+    /// which a remote source splits into parallel ranged requests. Returns the bytes and
+    /// each chunk's offset in them.
+    pub fn read_payload_span(&self, range: std::ops::Range<usize>) -> Result<(Vec<u8>, Vec<usize>)> {
+        let Some(first) = self.chunks.get(range.start) else {
+            return Ok((Vec::new(), Vec::new()));
+        };
+        let start = first.payload_offset;
+        let end = self.chunks[range.clone()]
+            .last()
+            .map_or(start, |c| c.payload_offset + c.payload_len as u64);
+        let mut buf = vec![0u8; (end - start) as usize];
+        self.read_exact_at(&mut buf, start)?;
+        let at = self.chunks[range]
+            .iter()
+            .map(|c| (c.payload_offset - start) as usize)
+            .collect();
+        Ok((buf, at))
+    }
+}
+
+/// Where a container's bytes come from.
+#[derive(Debug)]
+enum Backing {
+    File(File),
+    Source(Arc<dyn Source>),
+}
+
+/// Proves the header, footer and index sane, reading through `read` (exact reads at an
+/// offset of a container `len` bytes long).
+fn parse(path: &Path, len: u64, read: impl Fn(&mut [u8], u64) -> Result<()>) -> Result<Index> {
+    let bad = |what: &str| Error::corrupt(path, None, what.to_string());
+    if len < HEADER_LEN + FOOTER_LEN {
+        return Err(bad("shorter than a header and a footer (truncated?)"));
+    }
+    let mut head = [0u8; HEADER_LEN as usize];
+    read(&mut head, 0)?;
+    if head[..8] != MAGIC {
+        return Err(bad("not a dcfs container (bad magic)"));
+    }
+    check_version(path, le_u16(&head, HDR_MAJOR))?;
+    let mut ft = [0u8; FOOTER_LEN as usize];
+    read(&mut ft, len - FOOTER_LEN)?;
+    if ft[FT_MAGIC..FT_MAGIC + 8] != END_MAGIC {
+        return Err(bad("footer magic missing (truncated or not finished)"));
+    }
+    if le_u64(&ft, FT_SELF_HASH) != chunk_hash(&ft[..FT_SELF_HASH]) {
+        return Err(bad("footer checksum mismatch"));
+    }
+    check_version(path, le_u16(&ft, FT_MAJOR))?;
+    // The header is not checksummed on its own: it must repeat the footer's versions
+    // and keep its reserved bytes zero, so any damage to it is still detected.
+    if head[HDR_MAJOR..HDR_MAJOR + 4] != ft[FT_MAJOR..FT_MAJOR + 4] || head[12..16] != [0; 4] {
+        return Err(bad("header disagrees with the footer"));
+    }
+    let index_offset = le_u64(&ft, FT_INDEX_OFFSET);
+    let index_len = le_u64(&ft, FT_INDEX_LEN);
+    if index_len > MAX_INDEX_LEN
+        || index_offset < HEADER_LEN
+        || index_offset.checked_add(index_len) != Some(len - FOOTER_LEN)
+    {
+        return Err(bad("footer points outside the file"));
+    }
+    let mut index = vec![0u8; index_len as usize];
+    read(&mut index, index_offset)?;
+    if le_u64(&ft, FT_INDEX_HASH) != chunk_hash(&index) {
+        return Err(bad("index checksum mismatch"));
+    }
+    decode_index(path, &index, index_offset)
+}
+
+impl Container {
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -118,7 +186,11 @@ impl Container {
 
     /// Reads stored bytes at a container offset, mapping a short file to `Corrupt`.
     pub fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        self.file.read_exact_at(buf, offset).map_err(|e| {
+        let file = match &self.file {
+            Backing::File(f) => f,
+            Backing::Source(s) => return s.read_exact_at(buf, offset),
+        };
+        file.read_exact_at(buf, offset).map_err(|e| {
             if e.kind() == std::io::ErrorKind::UnexpectedEof {
                 Error::corrupt(&self.path, None, "container truncated under us")
             } else {
@@ -165,9 +237,15 @@ impl Container {
 
     /// Splits an opened (validated) container into its file, its length, and what serving
     /// needs; the tensor table is dropped. Lets the mount close the file and keep only
-    /// the chunk table.
-    pub fn into_parts(self) -> (File, u64, FileMeta, Vec<ChunkEntry>) {
-        (self.file, self.len, self.meta, self.chunks)
+    /// the chunk table. An error for a container read through a remote source.
+    pub fn into_parts(self) -> Result<(File, u64, FileMeta, Vec<ChunkEntry>)> {
+        match self.file {
+            Backing::File(f) => Ok((f, self.len, self.meta, self.chunks)),
+            Backing::Source(_) => Err(Error::Invalid {
+                path: self.path,
+                what: "a remote container has no local file".into(),
+            }),
+        }
     }
 
     /// Rebuilds a container from [`into_parts`](Self::into_parts) output and a file the
@@ -175,7 +253,7 @@ impl Container {
     pub fn from_parts(path: &Path, file: File, len: u64, meta: FileMeta, chunks: Vec<ChunkEntry>) -> Container {
         Container {
             path: path.to_path_buf(),
-            file,
+            file: Backing::File(file),
             len,
             meta,
             chunks,

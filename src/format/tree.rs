@@ -8,6 +8,7 @@
 //! ```text
 //! name                         what it is
 //! .dcfs-pack.json              the marker (root only)
+//! .dcfs-manifest.json          the manifest: the whole tree in one file (root only)
 //! X.dcz                        the container of original X (X is never "", "." or "..")
 //! .NAME.tmp-PID                a temporary being written (or left by a killed run)
 //! anything else                foreign: never served, unpacked or trusted
@@ -58,7 +59,7 @@ pub enum Packed<'a> {
         len: u64,
     },
     Symlink(&'a Path),
-    /// The marker at the root.
+    /// The marker or the manifest at the root: the pack's own metadata, never served.
     Marker,
     /// A temporary file of a pack or unpack (running, or killed): never a result.
     Temporary(&'a Path),
@@ -74,7 +75,7 @@ pub fn classify(e: &Entry) -> Packed<'_> {
         Entry::Other(rel, what) => Packed::Foreign(rel, what),
         Entry::File(rel, len) => {
             let name = rel.file_name().unwrap_or_default();
-            if rel.as_os_str() == MARKER {
+            if rel.as_os_str() == MARKER || rel.as_os_str() == super::manifest::MANIFEST {
                 Packed::Marker
             } else if let Some(orig) = original_name(name) {
                 Packed::Container {
@@ -247,6 +248,11 @@ mod tests {
             assert!(!is_temp_name(OsStr::new(n)), "{n}");
         }
         assert_eq!(classify(&file(MARKER)), Packed::Marker);
+        assert_eq!(classify(&file(".dcfs-manifest.json")), Packed::Marker);
+        assert!(matches!(
+            classify(&file("sub/.dcfs-manifest.json")),
+            Packed::Foreign(..)
+        ));
         // The marker's name anywhere but the root is foreign.
         assert!(matches!(classify(&file("sub/.dcfs-pack.json")), Packed::Foreign(..)));
         assert_eq!(container_name(OsStr::new("x")), OsString::from("x.dcz"));

@@ -152,8 +152,36 @@ pub fn inspect_path(path: &Path, opts: &PackOptions, progress: &dyn Progress) ->
     Ok(report)
 }
 
+/// Inspects a remote pack: every container its manifest lists (each chunk is fetched
+/// by a ranged GET).
+pub fn inspect_remote(
+    pack: &crate::remote::pack::RemotePack,
+    threads: usize,
+    progress: &dyn Progress,
+) -> Result<InspectReport> {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads.max(1))
+        .build()
+        .expect("thread pool");
+    let mut report = InspectReport {
+        packed_input: true,
+        ..Default::default()
+    };
+    for e in pack.files() {
+        progress.message(&e.path);
+        let fi = inspect_opened(pack.open_container(e)?, e.container(), &pool)?;
+        report.size += fi.size;
+        report.packed += fi.packed;
+        report.files.push(fi);
+    }
+    Ok(report)
+}
+
 fn inspect_container(p: &Path, name: String, pool: &rayon::ThreadPool) -> Result<FileInspect> {
-    let c = Container::open(p)?;
+    inspect_opened(Container::open(p)?, name, pool)
+}
+
+fn inspect_opened(c: Container, name: String, pool: &rayon::ThreadPool) -> Result<FileInspect> {
     let dtypes: Vec<Option<Dtype>> = c.tensors.iter().map(|t| Dtype::from_name(&t.dtype)).collect();
     let mut sum = Summary::new(c.tensors.len());
     let lens = c.chunks.iter().map(|e| e.orig_len as u64);

@@ -12,10 +12,10 @@ mod plan;
 mod unpack;
 mod verify;
 
-pub use inspect::{inspect_path, FileInspect, InspectReport, PlaneSummary, TensorInspect};
+pub use inspect::{inspect_path, inspect_remote, FileInspect, InspectReport, PlaneSummary, TensorInspect};
 pub use plan::{plan_chunks, PlannedChunk};
-pub use unpack::{unpack_tree, unpack_tree_with, UnpackReport};
-pub use verify::{stream_chunks, verify_tree, verify_tree_with, FileVerify, VerifyReport};
+pub use unpack::{unpack_remote, unpack_tree, unpack_tree_with, UnpackReport};
+pub use verify::{stream_chunks, verify_remote, verify_tree, verify_tree_with, FileVerify, VerifyReport};
 
 use std::ffi::OsStr;
 use std::fs::{self, File};
@@ -180,6 +180,32 @@ fn write_marker(root: &DestDir, m: &Marker, mode: u32) -> Result<()> {
     drop(f);
     root.rename(&tmp, name)?;
     root.sync()
+}
+
+/// Writes the manifest (the whole tree in one file, for readers that cannot list) by
+/// tmp+rename, before the final marker. A tree with names that are not UTF-8 gets none,
+/// with a warning: it still mounts and unpacks locally but cannot be pushed.
+fn write_manifest(root: &DestDir, dst: &Path, mode: u32, progress: &dyn Progress) -> Result<()> {
+    use crate::format::manifest::{Manifest, MANIFEST};
+    let name = OsStr::new(MANIFEST);
+    let m = match Manifest::build(dst) {
+        Ok(m) => m,
+        Err(Error::Invalid { path, what }) => {
+            progress.warn(&format!("no manifest written: {}: {what}", path.display()));
+            return match root.kind(name)? {
+                Some(_) => root.remove(name),
+                None => Ok(()),
+            };
+        }
+        Err(e) => return Err(e),
+    };
+    let (mut f, tmp) = root.create_temp(name, mode)?;
+    let p = root.path().join(&tmp);
+    f.write_all(&m.to_json())
+        .and_then(|()| f.sync_all())
+        .map_err(|e| Error::io(&p, e))?;
+    drop(f);
+    root.rename(&tmp, name)
 }
 
 /// Resolves `p` as the OS would once it exists: the longest existing ancestor is
@@ -373,6 +399,7 @@ pub fn pack_tree(src: &Path, dst: &Path, opts: &PackOptions, progress: &dyn Prog
             d.set_mode_mtime(md.mode() | 0o700, md.mtime(), md.mtime_nsec() as u32)?;
         }
     }
+    write_manifest(&root, dst, marker_mode, progress)?;
     marker.complete = true;
     marker.files = report.files.len() as u64;
     marker.original_bytes = report.original_bytes;

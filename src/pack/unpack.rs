@@ -90,33 +90,14 @@ pub fn unpack_tree_with(
     progress.set_total(total);
     for (p, orig) in &containers {
         let c = Container::open(p)?;
-        progress.message(&orig.display().to_string());
-        let dir = root.open_dir(orig.parent().unwrap_or(Path::new("")))?;
-        let name = orig.file_name().unwrap_or_default();
-        let (f, tmp) = dir.create_temp(name, 0o600)?;
-        let tmp_path = dir.path().join(&tmp);
-        let r = (|| {
-            let mut w = BufWriter::with_capacity(1 << 20, f);
-            stream_chunks(&c, &pool, gpu, |_, data| {
-                progress.advance(data.len() as u64);
-                w.write_all(data).map_err(|e| Error::io(&tmp_path, e))
-            })?;
-            let f = w.into_inner().map_err(|e| Error::io(&tmp_path, e.into_error()))?;
-            f.sync_all().map_err(|e| Error::io(&tmp_path, e))?;
-            // As root, the original's owner is the container's (pack keeps it there);
-            // before the mode, since a change of owner clears set-id bits.
-            if can_chown() {
-                let md = fs::symlink_metadata(p).map_err(|e| Error::io(p, e))?;
-                std::os::unix::fs::fchown(&f, Some(md.uid()), Some(md.gid())).map_err(|e| Error::io(&tmp_path, e))?;
-            }
-            set_file_mode_mtime(&f, &tmp_path, c.meta.mode, c.meta.mtime_s, c.meta.mtime_ns)?;
-            drop(f);
-            dir.rename(&tmp, name)
-        })();
-        if let Err(e) = r {
-            let _ = dir.remove(&tmp);
-            return Err(e);
-        }
+        // As root, the original's owner is the container's (pack keeps it there).
+        let owner = if can_chown() {
+            let md = fs::symlink_metadata(p).map_err(|e| Error::io(p, e))?;
+            Some((md.uid(), md.gid()))
+        } else {
+            None
+        };
+        write_original(&root, &c, orig, owner, &pool, gpu, progress)?;
         report.files += 1;
         report.bytes += c.meta.size;
     }
@@ -129,6 +110,103 @@ pub fn unpack_tree_with(
             d.chown_self(md.uid(), md.gid())?;
         }
         d.set_mode_mtime(md.mode(), md.mtime(), md.mtime_nsec() as u32)?;
+    }
+    root.sync()?;
+    report.seconds = t0.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// Writes the original held by `c` to `orig` under `root`: a temporary, filled with
+/// verified chunks, synced, given its owner, mode and mtime, then renamed into place. A
+/// failure removes the temporary.
+fn write_original(
+    root: &DestDir,
+    c: &Container,
+    orig: &Path,
+    owner: Option<(u32, u32)>,
+    pool: &rayon::ThreadPool,
+    gpu: Option<&gpu::Decoder>,
+    progress: &dyn Progress,
+) -> Result<()> {
+    progress.message(&orig.display().to_string());
+    let dir = root.open_dir(orig.parent().unwrap_or(Path::new("")))?;
+    let name = orig.file_name().unwrap_or_default();
+    let (f, tmp) = dir.create_temp(name, 0o600)?;
+    let tmp_path = dir.path().join(&tmp);
+    let r = (|| {
+        let mut w = BufWriter::with_capacity(1 << 20, f);
+        stream_chunks(c, pool, gpu, |_, data| {
+            progress.advance(data.len() as u64);
+            w.write_all(data).map_err(|e| Error::io(&tmp_path, e))
+        })?;
+        let f = w.into_inner().map_err(|e| Error::io(&tmp_path, e.into_error()))?;
+        f.sync_all().map_err(|e| Error::io(&tmp_path, e))?;
+        // Before the mode, since a change of owner clears set-id bits.
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::fchown(&f, Some(uid), Some(gid)).map_err(|e| Error::io(&tmp_path, e))?;
+        }
+        set_file_mode_mtime(&f, &tmp_path, c.meta.mode, c.meta.mtime_s, c.meta.mtime_ns)?;
+        drop(f);
+        dir.rename(&tmp, name)
+    })();
+    if let Err(e) = r {
+        let _ = dir.remove(&tmp);
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Unpacks a remote pack into `dst`: the tree from its manifest (directories, symlinks
+/// as written, never followed), every file from its container, verified like a local
+/// unpack. Owners are not carried by a remote pack: files belong to the caller.
+pub fn unpack_remote(
+    pack: &crate::remote::pack::RemotePack,
+    dst: &Path,
+    threads: usize,
+    progress: &dyn Progress,
+) -> Result<UnpackReport> {
+    use crate::format::manifest::Kind;
+    let t0 = Instant::now();
+    fs::create_dir_all(dst).map_err(|e| Error::io(dst, e))?;
+    let root = DestDir::root(dst)?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads.max(1))
+        .build()
+        .expect("thread pool");
+    let mut report = UnpackReport::default();
+    progress.set_total(pack.files().map(|e| e.size).sum());
+    // Paths are validated plain relative paths whose parents are listed directories.
+    for e in &pack.manifest.entries {
+        let rel = Path::new(&e.path);
+        let parent = rel.parent().unwrap_or(Path::new(""));
+        let name = rel.file_name().unwrap_or_default();
+        match e.kind {
+            Kind::Dir => {
+                root.open_dir(parent)?.make_dir(name, false)?;
+                report.dirs += 1;
+            }
+            Kind::Symlink => {
+                let target = e.target.as_deref().unwrap_or_default();
+                root.open_dir(parent)?.symlink(Path::new(target), name)?;
+                report.symlinks += 1;
+            }
+            Kind::File => {
+                let c = pack.open_container(e)?;
+                write_original(&root, &c, rel, None, &pool, None, progress)?;
+                report.files += 1;
+                report.bytes += c.meta.size;
+            }
+        }
+    }
+    // Directory modes last (children first), so writing into them still works.
+    for e in pack.manifest.entries.iter().rev().filter(|e| e.kind == Kind::Dir) {
+        let d = root.open_dir(Path::new(&e.path))?;
+        d.sync()?;
+        // The manifest carries no directory times: a directory gets the time of unpacking.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        d.set_mode_mtime(e.mode & 0o7777 | 0o700, now.as_secs() as i64, now.subsec_nanos())?;
     }
     root.sync()?;
     report.seconds = t0.elapsed().as_secs_f64();

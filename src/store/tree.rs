@@ -123,7 +123,7 @@ impl Tree {
                     let rel = rel.clone();
                     let p = root.join(&rel);
                     // The tensor table is dropped here: serving never needs it.
-                    let (file, clen, meta, chunks) = Container::open(&p)?.into_parts();
+                    let (file, clen, meta, chunks) = Container::open(&p)?.into_parts()?;
                     // Identity from the descriptor just validated, not from the path again.
                     let md = file.metadata().map_err(|e| Error::io(&p, e))?;
                     drop(file);

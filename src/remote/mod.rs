@@ -1,0 +1,728 @@
+//! Packs on object storage: `s3://bucket/prefix`, or `http(s)://` on a plain web server
+//! that honours `Range`.
+//!
+//! Everything above the bytes (format checks, decode, verify, unpack) reads a container
+//! through one [`Source`]: a length and exact reads at an offset. [`LocalSource`] is a
+//! file; [`RemoteObject`] is an object fetched by ranged GETs, which
+//!
+//! - pins the object's ETag when it is opened and sends `If-Match` on every later GET, so
+//!   an object replaced under a reader gives a clear error, never a mix of versions;
+//! - splits a long read into parallel GETs of about [`PART_LEN`] (object_store's own
+//!   `get_ranges` would merge neighbours into one long GET), at most `max_inflight` at
+//!   once across the whole process;
+//! - checks every response's length, retries transient failures (resets, truncated bodies,
+//!   5xx, 503 with backoff) within a time budget, then fails.
+//!
+//! Credentials and endpoint come from the environment as object_store reads it
+//! (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION,
+//! AWS_ENDPOINT_URL, web identity, instance metadata); it does not read `~/.aws/config`
+//! profiles.
+
+pub mod pack;
+
+use std::fmt;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use object_store::path::Path as ObjPath;
+use object_store::{GetOptions, GetRange, ObjectStore, PutPayload};
+
+use crate::error::{Error, Result};
+
+/// Bytes one ranged GET asks for at most: large enough that per-request latency is small
+/// against transfer time, small enough that many run in parallel (mountpoint-s3's part
+/// size).
+pub const PART_LEN: u64 = 8 << 20;
+/// Ranged GETs in flight at once, by default, across the process.
+pub const DEFAULT_INFLIGHT: usize = 16;
+/// Connect timeout.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Timeout of one request, body included.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one read keeps retrying transient failures before it fails.
+pub const RETRY_BUDGET: Duration = Duration::from_secs(30);
+
+/// A container's bytes: a length and exact reads at an offset, from any thread.
+pub trait Source: Send + Sync + fmt::Debug {
+    /// What errors name: a path or a URL.
+    fn name(&self) -> &Path;
+    fn len(&self) -> u64;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Fills `buf` from `offset`; a read past the end is `Corrupt` (the index pointed
+    /// there), a failure of the medium `Io`.
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()>;
+}
+
+/// A local file as a [`Source`].
+#[derive(Debug)]
+pub struct LocalSource {
+    path: PathBuf,
+    file: File,
+    len: u64,
+}
+
+impl LocalSource {
+    pub fn new(path: &Path, file: File) -> Result<LocalSource> {
+        let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        Ok(LocalSource {
+            path: path.to_path_buf(),
+            file,
+            len,
+        })
+    }
+}
+
+impl Source for LocalSource {
+    fn name(&self) -> &Path {
+        &self.path
+    }
+    fn len(&self) -> u64 {
+        self.len
+    }
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        self.file.read_exact_at(buf, offset).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                Error::corrupt(&self.path, None, "container truncated under us")
+            } else {
+                Error::io(&self.path, e)
+            }
+        })
+    }
+}
+
+/// Where a pack lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Location {
+    Local(PathBuf),
+    Remote(RemoteUrl),
+}
+
+/// A remote pack's address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RemoteUrl {
+    /// `s3://bucket/prefix`; `prefix` has no leading or trailing `/` and may be empty.
+    S3 { bucket: String, prefix: String },
+    /// `http(s)://host[:port]/path`, without a trailing `/`.
+    Http { base: String },
+}
+
+impl fmt::Display for RemoteUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RemoteUrl::S3 { bucket, prefix } if prefix.is_empty() => write!(f, "s3://{bucket}"),
+            RemoteUrl::S3 { bucket, prefix } => write!(f, "s3://{bucket}/{prefix}"),
+            RemoteUrl::Http { base } => f.write_str(base),
+        }
+    }
+}
+
+impl Location {
+    /// `s3://`, `http://` and `https://` are remote; anything else is a local path.
+    pub fn parse(s: &str) -> Result<Location> {
+        let invalid = |what: &str| Error::Invalid {
+            path: PathBuf::from(s),
+            what: what.into(),
+        };
+        if let Some(rest) = s.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            let ok = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '.' | '_');
+            if !(3..=63).contains(&bucket.len()) || !bucket.chars().all(ok) {
+                return Err(invalid("bucket name must be 3-63 of a-z, 0-9, '-', '.', '_'"));
+            }
+            let prefix = prefix.trim_matches('/');
+            if prefix.split('/').any(|p| matches!(p, "." | "..")) || prefix.contains("//") {
+                return Err(invalid("prefix must not hold '.', '..' or empty parts"));
+            }
+            return Ok(Location::Remote(RemoteUrl::S3 {
+                bucket: bucket.into(),
+                prefix: prefix.into(),
+            }));
+        }
+        let lower = s.to_ascii_lowercase();
+        if lower.starts_with("http://") || lower.starts_with("https://") {
+            let base = s.trim_end_matches('/');
+            if base.contains(['?', '#']) {
+                return Err(invalid("an http(s) pack URL takes no query or fragment"));
+            }
+            return Ok(Location::Remote(RemoteUrl::Http { base: base.into() }));
+        }
+        if lower.contains("://") {
+            return Err(invalid(
+                "unknown URL scheme (s3://, http:// and https:// are supported)",
+            ));
+        }
+        Ok(Location::Local(PathBuf::from(s)))
+    }
+}
+
+/// How to reach a remote store.
+#[derive(Clone, Debug)]
+pub struct RemoteOptions {
+    /// S3 endpoint (e.g. a MinIO or Ceph server); else AWS_ENDPOINT_URL, else AWS.
+    pub endpoint: Option<String>,
+    /// Anonymous requests (public buckets).
+    pub no_sign_request: bool,
+    /// Permit plain http (also AWS_ALLOW_HTTP=true).
+    pub allow_http: bool,
+    /// Ranged GETs in flight at once.
+    pub max_inflight: usize,
+    /// How long a read retries transient failures.
+    pub retry_budget: Duration,
+    /// Access key id and secret, for library callers; the CLI leaves this to the
+    /// environment.
+    pub keys: Option<(String, String)>,
+}
+
+impl Default for RemoteOptions {
+    fn default() -> Self {
+        RemoteOptions {
+            endpoint: None,
+            no_sign_request: false,
+            allow_http: false,
+            max_inflight: DEFAULT_INFLIGHT,
+            retry_budget: RETRY_BUDGET,
+            keys: None,
+        }
+    }
+}
+
+/// Network counters, for `dcfs stats` and tests.
+#[derive(Debug, Default)]
+pub struct NetStats {
+    pub gets: AtomicU64,
+    pub bytes: AtomicU64,
+    pub retries: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+/// A snapshot of [`NetStats`].
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct NetCounts {
+    pub gets: u64,
+    pub bytes: u64,
+    pub retries: u64,
+    pub errors: u64,
+}
+
+/// A connection to one remote pack root, with its own small runtime: callers are plain
+/// threads (the CLI, rayon workers, FUSE threads) and block on it.
+pub struct Remote {
+    url: RemoteUrl,
+    store: Arc<dyn ObjectStore>,
+    rt: tokio::runtime::Runtime,
+    inflight: Arc<tokio::sync::Semaphore>,
+    retry_budget: Duration,
+    pub stats: Arc<NetStats>,
+}
+
+impl fmt::Debug for Remote {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Remote({})", self.url)
+    }
+}
+
+/// What went wrong with one request, sorted by what to do about it.
+enum Fault {
+    /// Retry within the budget.
+    Transient(String),
+    /// The object changed or vanished since it was opened.
+    Changed(String),
+    NotFound,
+    /// Retrying will not help (bad credentials, bad request).
+    Fatal(String),
+}
+
+fn classify(e: object_store::Error) -> Fault {
+    use object_store::Error as E;
+    match e {
+        E::NotFound { .. } => Fault::NotFound,
+        E::Precondition { .. } | E::NotModified { .. } => Fault::Changed(e.to_string()),
+        E::PermissionDenied { .. } | E::Unauthenticated { .. } | E::InvalidPath { .. } | E::NotSupported { .. } => {
+            Fault::Fatal(e.to_string())
+        }
+        e => Fault::Transient(e.to_string()),
+    }
+}
+
+impl Remote {
+    pub fn new(url: &RemoteUrl, opts: &RemoteOptions) -> Result<Arc<Remote>> {
+        let err = |what: String| Error::Invalid {
+            path: PathBuf::from(url.to_string()),
+            what,
+        };
+        let env_http = std::env::var("AWS_ALLOW_HTTP").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
+        let allow_http = opts.allow_http || env_http;
+        let client = object_store::ClientOptions::new()
+            .with_connect_timeout(CONNECT_TIMEOUT)
+            .with_timeout(REQUEST_TIMEOUT)
+            .with_allow_http(allow_http);
+        // object_store retries 5xx (503 included) with exponential backoff; bounded by the
+        // same budget as our own retries of bodies that break off.
+        let retry = object_store::RetryConfig {
+            backoff: object_store::BackoffConfig {
+                init_backoff: Duration::from_millis(100),
+                max_backoff: Duration::from_secs(4),
+                base: 2.0,
+            },
+            max_retries: 10,
+            retry_timeout: opts.retry_budget,
+        };
+        let store: Arc<dyn ObjectStore> = match url {
+            RemoteUrl::S3 { bucket, .. } => {
+                let mut b = object_store::aws::AmazonS3Builder::from_env()
+                    .with_bucket_name(bucket)
+                    .with_client_options(client)
+                    .with_retry(retry)
+                    .with_allow_http(allow_http);
+                // from_env reads AWS_ENDPOINT; AWS_ENDPOINT_URL is the name the AWS tools use.
+                if let Some(e) = opts.endpoint.clone().or_else(|| std::env::var("AWS_ENDPOINT_URL").ok()) {
+                    if e.starts_with("http://") && !allow_http {
+                        return Err(err(format!(
+                            "endpoint {e} is plain http; pass --allow-http or set AWS_ALLOW_HTTP=true"
+                        )));
+                    }
+                    b = b.with_endpoint(e);
+                }
+                if std::env::var_os("AWS_REGION").is_none() && std::env::var_os("AWS_DEFAULT_REGION").is_none() {
+                    b = b.with_region("us-east-1");
+                }
+                if let Some((id, secret)) = &opts.keys {
+                    b = b.with_access_key_id(id).with_secret_access_key(secret);
+                }
+                if opts.no_sign_request {
+                    b = b.with_skip_signature(true);
+                }
+                Arc::new(b.build().map_err(|e| err(e.to_string()))?)
+            }
+            RemoteUrl::Http { base } => {
+                if base.to_ascii_lowercase().starts_with("http://") && !allow_http {
+                    return Err(err(
+                        "plain http; pass --allow-http or set AWS_ALLOW_HTTP=true (https is always allowed)".into(),
+                    ));
+                }
+                let b = object_store::http::HttpBuilder::new()
+                    .with_url(base)
+                    .with_client_options(client)
+                    .with_retry(retry);
+                Arc::new(b.build().map_err(|e| err(e.to_string()))?)
+            }
+        };
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("dcfs-net")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::io("tokio runtime", e))?;
+        Ok(Arc::new(Remote {
+            url: url.clone(),
+            store,
+            rt,
+            inflight: Arc::new(tokio::sync::Semaphore::new(opts.max_inflight.max(1))),
+            retry_budget: opts.retry_budget,
+            stats: Arc::new(NetStats::default()),
+        }))
+    }
+
+    pub fn url(&self) -> &RemoteUrl {
+        &self.url
+    }
+
+    pub fn counts(&self) -> NetCounts {
+        let s = &self.stats;
+        NetCounts {
+            gets: s.gets.load(Ordering::Relaxed),
+            bytes: s.bytes.load(Ordering::Relaxed),
+            retries: s.retries.load(Ordering::Relaxed),
+            errors: s.errors.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The store location of `rel` (a `/`-separated path under the pack root).
+    fn location(&self, rel: &str) -> ObjPath {
+        match &self.url {
+            RemoteUrl::S3 { prefix, .. } if !prefix.is_empty() => ObjPath::from(format!("{prefix}/{rel}")),
+            _ => ObjPath::from(rel),
+        }
+    }
+
+    /// What errors name for `rel`.
+    pub fn name_of(&self, rel: &str) -> PathBuf {
+        PathBuf::from(format!("{}/{rel}", self.url))
+    }
+
+    /// Reads a whole small object (marker, manifest), refusing one over `cap` bytes.
+    /// `Ok(None)` when it does not exist.
+    pub fn get_small(&self, rel: &str, cap: u64) -> Result<Option<Vec<u8>>> {
+        let loc = self.location(rel);
+        let name = self.name_of(rel);
+        let store = self.store.clone();
+        let stats = self.stats.clone();
+        let r = self.rt.block_on(async move {
+            stats.gets.fetch_add(1, Ordering::Relaxed);
+            let opts = GetOptions {
+                range: Some(GetRange::Bounded(0..cap + 1)),
+                ..Default::default()
+            };
+            let res = store.get_opts(&loc, opts).await?;
+            res.bytes().await
+        });
+        match r {
+            Ok(b) => {
+                self.stats.bytes.fetch_add(b.len() as u64, Ordering::Relaxed);
+                if b.len() as u64 > cap {
+                    return Err(Error::corrupt(
+                        name,
+                        None,
+                        format!("larger than the {cap} bytes allowed"),
+                    ));
+                }
+                Ok(Some(b.to_vec()))
+            }
+            Err(e) => match classify(e) {
+                Fault::NotFound => Ok(None),
+                Fault::Transient(w) | Fault::Changed(w) | Fault::Fatal(w) => {
+                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                    Err(Error::io(name, std::io::Error::other(w)))
+                }
+            },
+        }
+    }
+
+    /// Opens object `rel`: one HEAD for its length and ETag.
+    pub fn open(self: &Arc<Self>, rel: &str) -> Result<RemoteObject> {
+        let loc = self.location(rel);
+        let name = self.name_of(rel);
+        let store = self.store.clone();
+        self.stats.gets.fetch_add(1, Ordering::Relaxed);
+        let l2 = loc.clone();
+        let r = self.rt.block_on(async move {
+            store
+                .get_opts(
+                    &l2,
+                    GetOptions {
+                        head: true,
+                        ..Default::default()
+                    },
+                )
+                .await
+        });
+        let meta = match r {
+            Ok(r) => r.meta,
+            Err(e) => {
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                return Err(match classify(e) {
+                    Fault::NotFound => Error::NotFound {
+                        path: name,
+                        what: "no such object (a pack listed in the manifest must hold it)".into(),
+                    },
+                    Fault::Transient(w) | Fault::Changed(w) | Fault::Fatal(w) => {
+                        Error::io(name, std::io::Error::other(w))
+                    }
+                });
+            }
+        };
+        Ok(RemoteObject {
+            remote: self.clone(),
+            location: loc,
+            name,
+            len: meta.size,
+            etag: meta.e_tag,
+        })
+    }
+
+    /// Uploads `data` as object `rel` in one PUT.
+    pub fn put(&self, rel: &str, data: Vec<u8>) -> Result<()> {
+        let loc = self.location(rel);
+        let store = self.store.clone();
+        self.rt
+            .block_on(async move { store.put_opts(&loc, PutPayload::from(data), Default::default()).await })
+            .map(|_| ())
+            .map_err(|e| Error::io(self.name_of(rel), std::io::Error::other(e.to_string())))
+    }
+
+    /// Uploads the local file `path` as object `rel`: one PUT when small, else a
+    /// multipart upload of `part`-byte parts, 8 in flight; aborted on failure.
+    pub fn put_file(&self, rel: &str, path: &Path, part: usize) -> Result<()> {
+        let len = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
+        if len <= part as u64 {
+            let data = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+            return self.put(rel, data);
+        }
+        let loc = self.location(rel);
+        let name = self.name_of(rel);
+        let store = self.store.clone();
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let path = path.to_path_buf();
+        let net = |e: object_store::Error| Error::io(&name, std::io::Error::other(e.to_string()));
+        self.rt.block_on(async {
+            let upload = store.put_multipart_opts(&loc, Default::default()).await.map_err(net)?;
+            let mut w = object_store::WriteMultipart::new_with_chunk_size(upload, part);
+            let mut buf = vec![0u8; part];
+            let mut at = 0u64;
+            while at < len {
+                let n = (len - at).min(part as u64) as usize;
+                if let Err(e) = file.read_exact_at(&mut buf[..n], at) {
+                    let _ = w.abort().await;
+                    return Err(Error::io(&path, e));
+                }
+                if let Err(e) = w.wait_for_capacity(8).await {
+                    let _ = w.abort().await;
+                    return Err(net(e));
+                }
+                w.write(&buf[..n]);
+                at += n as u64;
+            }
+            w.finish().await.map(|_| ()).map_err(net)
+        })
+    }
+
+    /// Deletes object `rel`; a missing one is fine.
+    pub fn delete(&self, rel: &str) -> Result<()> {
+        use object_store::ObjectStoreExt;
+        let loc = self.location(rel);
+        let store = self.store.clone();
+        match self.rt.block_on(async move { store.delete(&loc).await }) {
+            Ok(()) => Ok(()),
+            Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(Error::io(self.name_of(rel), std::io::Error::other(e.to_string()))),
+        }
+    }
+}
+
+/// One object of a remote pack, pinned to the version (ETag) seen when it was opened.
+pub struct RemoteObject {
+    remote: Arc<Remote>,
+    location: ObjPath,
+    name: PathBuf,
+    len: u64,
+    etag: Option<String>,
+}
+
+impl fmt::Debug for RemoteObject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "RemoteObject({}, {} bytes, etag {:?})",
+            self.name.display(),
+            self.len,
+            self.etag
+        )
+    }
+}
+
+impl RemoteObject {
+    pub fn etag(&self) -> Option<&str> {
+        self.etag.as_deref()
+    }
+
+    /// Fetches `range` with retries; the body must be exactly the range asked for, from
+    /// the pinned version.
+    async fn fetch(
+        store: Arc<dyn ObjectStore>,
+        loc: ObjPath,
+        etag: Option<String>,
+        range: std::ops::Range<u64>,
+        stats: Arc<NetStats>,
+        deadline: Instant,
+    ) -> std::result::Result<Vec<u8>, Fault> {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            stats.gets.fetch_add(1, Ordering::Relaxed);
+            let opts = GetOptions {
+                range: Some(GetRange::Bounded(range.clone())),
+                if_match: etag.clone(),
+                ..Default::default()
+            };
+            let fault = match store.get_opts(&loc, opts).await {
+                Ok(res) => {
+                    if etag.is_some() && res.meta.e_tag.is_some() && res.meta.e_tag != etag {
+                        Fault::Changed(format!("ETag now {:?}, opened as {etag:?}", res.meta.e_tag))
+                    } else {
+                        match res.bytes().await {
+                            Ok(b) if b.len() as u64 == range.end - range.start => {
+                                stats.bytes.fetch_add(b.len() as u64, Ordering::Relaxed);
+                                return Ok(b.to_vec());
+                            }
+                            Ok(b) => {
+                                stats.bytes.fetch_add(b.len() as u64, Ordering::Relaxed);
+                                Fault::Transient(format!(
+                                    "got {} bytes for a {}-byte range",
+                                    b.len(),
+                                    range.end - range.start
+                                ))
+                            }
+                            Err(e) => classify(e),
+                        }
+                    }
+                }
+                Err(e) => classify(e),
+            };
+            match fault {
+                Fault::Transient(w) if Instant::now() + backoff < deadline => {
+                    tracing::debug!("{loc}: {w}; retrying");
+                    stats.retries.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+                f => {
+                    stats.errors.fetch_add(1, Ordering::Relaxed);
+                    return Err(f);
+                }
+            }
+        }
+    }
+}
+
+impl Source for RemoteObject {
+    fn name(&self) -> &Path {
+        &self.name
+    }
+    fn len(&self) -> u64 {
+        self.len
+    }
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        let end = offset
+            .checked_add(buf.len() as u64)
+            .filter(|&e| e <= self.len)
+            .ok_or_else(|| Error::corrupt(&self.name, None, "read past the end of the object"))?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let r = &self.remote;
+        let deadline = Instant::now() + r.retry_budget;
+        let parts: Vec<std::ops::Range<u64>> = (offset..end)
+            .step_by(PART_LEN as usize)
+            .map(|s| s..(s + PART_LEN).min(end))
+            .collect();
+        let results = r.rt.block_on(async {
+            let mut tasks = Vec::with_capacity(parts.len());
+            for p in &parts {
+                let (store, loc, etag, stats) = (
+                    r.store.clone(),
+                    self.location.clone(),
+                    self.etag.clone(),
+                    r.stats.clone(),
+                );
+                let sem = r.inflight.clone();
+                let p = p.clone();
+                tasks.push(tokio::spawn(async move {
+                    let _permit = sem.acquire_owned().await.map_err(|e| Fault::Fatal(e.to_string()))?;
+                    Self::fetch(store, loc, etag, p, stats, deadline).await
+                }));
+            }
+            let mut out = Vec::with_capacity(tasks.len());
+            for t in tasks {
+                out.push(t.await.unwrap_or_else(|e| Err(Fault::Fatal(e.to_string()))));
+            }
+            out
+        });
+        for (p, res) in parts.iter().zip(results) {
+            let at = (p.start - offset) as usize;
+            match res {
+                Ok(b) => buf[at..at + b.len()].copy_from_slice(&b),
+                Err(Fault::Changed(w)) => {
+                    return Err(Error::Changed {
+                        file: self.name.clone(),
+                        what: format!("the object was replaced after it was opened ({w})"),
+                    })
+                }
+                Err(Fault::NotFound) => {
+                    return Err(Error::Changed {
+                        file: self.name.clone(),
+                        what: "the object was deleted after it was opened".into(),
+                    })
+                }
+                Err(Fault::Transient(w)) | Err(Fault::Fatal(w)) => {
+                    return Err(Error::io(
+                        &self.name,
+                        std::io::Error::other(format!("bytes {}..{}: {w}", p.start, p.end)),
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_parse() {
+        assert_eq!(
+            Location::parse("s3://b-1/a/b/").unwrap(),
+            Location::Remote(RemoteUrl::S3 {
+                bucket: "b-1".into(),
+                prefix: "a/b".into()
+            })
+        );
+        assert_eq!(
+            Location::parse("s3://bkt").unwrap(),
+            Location::Remote(RemoteUrl::S3 {
+                bucket: "bkt".into(),
+                prefix: "".into()
+            })
+        );
+        assert_eq!(
+            Location::parse("http://h:9/x/").unwrap(),
+            Location::Remote(RemoteUrl::Http {
+                base: "http://h:9/x".into()
+            })
+        );
+        assert_eq!(Location::parse("some/dir").unwrap(), Location::Local("some/dir".into()));
+        for bad in [
+            "s3://",
+            "s3://b",
+            "s3://B/x",
+            "s3://b/../x",
+            "s3://b/a//c",
+            "ftp://x/y",
+            "http://h/x?y",
+        ] {
+            assert!(Location::parse(bad).is_err(), "{bad}");
+        }
+        let u = RemoteUrl::S3 {
+            bucket: "b".into(),
+            prefix: "p".into(),
+        };
+        assert_eq!(u.to_string(), "s3://b/p");
+    }
+
+    #[test]
+    fn local_source_reads_and_refuses_past_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        std::fs::write(&p, b"hello").unwrap();
+        let s = LocalSource::new(&p, File::open(&p).unwrap()).unwrap();
+        assert_eq!(s.len(), 5);
+        let mut b = [0u8; 3];
+        s.read_exact_at(&mut b, 2).unwrap();
+        assert_eq!(&b, b"llo");
+        assert!(s.read_exact_at(&mut b, 3).unwrap_err().is_corrupt());
+    }
+
+    #[test]
+    fn plain_http_needs_consent() {
+        if std::env::var_os("AWS_ALLOW_HTTP").is_some() {
+            eprintln!("SKIP plain_http_needs_consent: AWS_ALLOW_HTTP is set in this environment");
+            return;
+        }
+        let u = RemoteUrl::Http {
+            base: "http://127.0.0.1:1/x".into(),
+        };
+        let e = Remote::new(&u, &RemoteOptions::default()).unwrap_err();
+        assert!(e.to_string().contains("--allow-http"), "{e}");
+        let opts = RemoteOptions {
+            allow_http: true,
+            ..Default::default()
+        };
+        assert!(Remote::new(&u, &opts).is_ok());
+    }
+}

@@ -1,0 +1,380 @@
+//! Packs on object storage, against a real S3 server (s3s-fs on loopback, started here):
+//! push then verify/unpack byte-identical; an object replaced after open is a clear error,
+//! never mixed bytes; a half-pushed pack and a hostile manifest are refused; anonymous
+//! plain http works.
+
+mod common;
+#[path = "common/fault.rs"]
+mod fault;
+#[path = "common/s3.rs"]
+mod s3;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+use dcfs::format::manifest::{Manifest, MANIFEST};
+use dcfs::remote::pack::RemotePack;
+use dcfs::remote::{Location, Remote, RemoteOptions, RemoteUrl};
+use s3::S3Server;
+
+fn run(cmd: &mut Command) -> std::process::Output {
+    let out = cmd.output().unwrap();
+    eprintln!(
+        "{:?}\nstdout: {}\nstderr: {}",
+        cmd,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn pack(src: &Path, dst: &Path) {
+    let out = run(Command::new(dcfs_bin()).arg("pack").arg(src).arg(dst).args(["-j", "2"]));
+    assert!(out.status.success());
+}
+
+fn url(bucket: &str, prefix: &str) -> RemoteUrl {
+    match Location::parse(&format!("s3://{bucket}/{prefix}")).unwrap() {
+        Location::Remote(u) => u,
+        Location::Local(_) => unreachable!(),
+    }
+}
+
+fn opts(s: &S3Server) -> RemoteOptions {
+    RemoteOptions {
+        endpoint: Some(s.endpoint()),
+        allow_http: true,
+        keys: s.keys.clone(),
+        retry_budget: std::time::Duration::from_secs(5),
+        ..Default::default()
+    }
+}
+
+/// A synthetic tree plus, when fetched, the real MiniLM BF16 model.
+fn source(t: &Path) -> std::path::PathBuf {
+    let src = t.join("src");
+    synth_tree(&src, 7);
+    if let Some(m) = models() {
+        let to = src.join("minilm-bf16");
+        std::fs::create_dir_all(&to).unwrap();
+        for e in std::fs::read_dir(m.join("minilm-bf16")).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_file() {
+                std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+            }
+        }
+    }
+    src
+}
+
+#[test]
+fn push_then_verify_and_unpack_are_byte_identical() {
+    let t = tempfile::tempdir().unwrap();
+    let Some(s) = S3Server::start(&t.path().join("s3"), &["models"], false) else {
+        return;
+    };
+    let src = source(t.path());
+    let packed = t.path().join("packed");
+    pack(&src, &packed);
+    assert!(packed.join(MANIFEST).is_file(), "pack writes a manifest");
+    let u = "s3://models/team/minilm";
+    let ep = s.endpoint();
+    // Small parts through the CLI would need a big file; the library's multipart path is
+    // covered by `large_containers_go_up_in_parts`.
+    let out = run(s.dcfs().args(["push"]).arg(&packed).args([u, "--endpoint", &ep]));
+    assert!(out.status.success());
+    let out = run(s.dcfs().args(["verify", u, "--endpoint", &ep, "-j", "2"]));
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("0 failed"), "{stdout}");
+    let back = t.path().join("back");
+    let out = run(s
+        .dcfs()
+        .args(["unpack", u])
+        .arg(&back)
+        .args(["--endpoint", &ep, "-j", "2"]));
+    assert!(out.status.success());
+    assert_eq!(
+        tree_state(&back),
+        tree_state(&src),
+        "remote unpack differs from the source"
+    );
+    // Without consent to plain http the CLI refuses the endpoint.
+    let out = run(s
+        .dcfs()
+        .env_remove("AWS_ALLOW_HTTP")
+        .args(["verify", u, "--endpoint", &ep]));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--allow-http"));
+}
+
+#[test]
+fn large_containers_go_up_in_parts() {
+    let t = tempfile::tempdir().unwrap();
+    let Some(s) = S3Server::start(&t.path().join("s3"), &["bkt"], false) else {
+        return;
+    };
+    // 40 MB of weights: above the 16 MiB single-PUT limit, so a multipart upload.
+    let src = t.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let mut r = Rng::new(3);
+    let w = weights(&mut r, 10_000_000);
+    let st = dcfs::model::safetensors::build(&[("w", "F32", vec![10_000_000], f32_bytes(&w))]);
+    std::fs::write(src.join("model.safetensors"), st).unwrap();
+    let packed = t.path().join("packed");
+    pack(&src, &packed);
+    let u = url("bkt", "big");
+    let o = opts(&s);
+    let rep = dcfs::remote::pack::push(&packed, &u, &o, &dcfs::pack::NoProgress).unwrap();
+    assert_eq!(rep.files, 1);
+    assert!(rep.bytes > 16 << 20, "{} bytes is not multipart", rep.bytes);
+    let p = RemotePack::open(&u, &o).unwrap();
+    let v = dcfs::pack::verify_remote(&p, 2, &dcfs::pack::NoProgress).unwrap();
+    assert_eq!(v.failures(), 0, "{:?}", v.files);
+    let c = p.open_container(p.files().next().unwrap()).unwrap();
+    let n = p.remote.counts();
+    eprintln!("network: {n:?}");
+    assert!(n.bytes >= c.packed_len(), "{n:?}");
+    // Long reads are split into 8 MiB GETs, not one GET per window.
+    assert!(n.gets > c.packed_len() / dcfs::remote::PART_LEN, "{n:?}");
+}
+
+#[test]
+fn an_object_replaced_after_open_is_a_clear_error_never_mixed_bytes() {
+    let t = tempfile::tempdir().unwrap();
+    let Some(s) = S3Server::start(&t.path().join("s3"), &["bkt"], false) else {
+        return;
+    };
+    let src = t.path().join("src");
+    synth_tree(&src, 11);
+    let packed = t.path().join("packed");
+    pack(&src, &packed);
+    let u = url("bkt", "p");
+    let o = opts(&s);
+    dcfs::remote::pack::push(&packed, &u, &o, &dcfs::pack::NoProgress).unwrap();
+    let p = RemotePack::open(&u, &o).unwrap();
+    let e = p.files().max_by_key(|e| e.packed).unwrap().clone();
+    let c = p.open_container(&e).unwrap();
+    // Replace the object with the same bytes but one payload byte changed: same length,
+    // new ETag.
+    let local = packed.join(e.container());
+    let mut bytes = std::fs::read(&local).unwrap();
+    let at = c.chunks[0].payload_offset as usize;
+    bytes[at] ^= 0x40;
+    let writer = Remote::new(&u, &o).unwrap();
+    writer.put(&e.container(), bytes).unwrap();
+    let err = c.decode_chunk(0).unwrap_err();
+    eprintln!("{err}");
+    assert!(
+        matches!(err, dcfs::Error::Changed { .. }),
+        "expected a 'replaced' error, got {err}"
+    );
+    assert!(err.to_string().contains("replaced"), "{err}");
+    // A fresh open sees the new object, which then fails its own checks.
+    let p = RemotePack::open(&u, &o).unwrap();
+    let r = p
+        .open_container(&e)
+        .and_then(|c| (0..c.chunks.len()).try_for_each(|i| c.decode_chunk(i).map(drop)));
+    assert!(r.is_err(), "a damaged replacement must not verify");
+}
+
+#[test]
+fn a_half_pushed_pack_and_a_hostile_manifest_are_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let Some(s) = S3Server::start(&t.path().join("s3"), &["bkt"], false) else {
+        return;
+    };
+    let src = t.path().join("src");
+    synth_tree(&src, 5);
+    let packed = t.path().join("packed");
+    pack(&src, &packed);
+    let u = url("bkt", "half");
+    let o = opts(&s);
+    // Nothing there at all.
+    let err = RemotePack::open(&u, &o).unwrap_err();
+    assert!(err.to_string().contains("did not finish"), "{err}");
+    dcfs::remote::pack::push(&packed, &u, &o, &dcfs::pack::NoProgress).unwrap();
+    RemotePack::open(&u, &o).unwrap();
+    // A push interrupted before its marker: refused.
+    let w = Remote::new(&u, &o).unwrap();
+    w.delete(".dcfs-pack.json").unwrap();
+    let err = RemotePack::open(&u, &o).unwrap_err();
+    assert!(err.to_string().contains("did not finish"), "{err}");
+    let out = run(s.dcfs().args(["verify", "s3://bkt/half", "--endpoint", &s.endpoint()]));
+    assert_eq!(out.status.code(), Some(2));
+    // Marker back, manifest hostile: a path climbing out of the destination.
+    dcfs::remote::pack::push(&packed, &u, &o, &dcfs::pack::NoProgress).unwrap();
+    let mut m = Manifest::build(&packed).unwrap();
+    m.entries[0].path = "../../etc/evil".into();
+    let json = serde_json::to_vec(&m).unwrap();
+    w.put(MANIFEST, json).unwrap();
+    let err = RemotePack::open(&u, &o).unwrap_err();
+    assert!(err.is_corrupt(), "{err}");
+    let back = t.path().join("back");
+    let out = run(s
+        .dcfs()
+        .args(["unpack", "s3://bkt/half"])
+        .arg(&back)
+        .args(["--endpoint", &s.endpoint()]));
+    assert_eq!(out.status.code(), Some(1), "a corrupt manifest is damage");
+    assert!(!t.path().join("etc").exists());
+    // A manifest whose sizes disagree with the objects: refused before decoding.
+    let mut m = Manifest::build(&packed).unwrap();
+    let f = m
+        .entries
+        .iter_mut()
+        .find(|e| e.kind == dcfs::format::manifest::Kind::File)
+        .unwrap();
+    f.packed += 1;
+    let name = f.clone();
+    w.put(MANIFEST, m.to_json()).unwrap();
+    let p = RemotePack::open(&u, &o).unwrap();
+    let err = p.open_container(&name).unwrap_err();
+    assert!(err.is_corrupt() && err.to_string().contains("manifest"), "{err}");
+}
+
+#[test]
+fn anonymous_plain_http_serves_a_pack() {
+    let t = tempfile::tempdir().unwrap();
+    let Some(s) = S3Server::start(&t.path().join("s3"), &["pub"], true) else {
+        return;
+    };
+    let src = t.path().join("src");
+    synth_tree(&src, 9);
+    let packed = t.path().join("packed");
+    pack(&src, &packed);
+    let ep = s.endpoint();
+    let out = run(s
+        .dcfs()
+        .args(["push"])
+        .arg(&packed)
+        .args(["s3://pub/m", "--endpoint", &ep, "--no-sign-request"]));
+    assert!(out.status.success());
+    let http = format!("{ep}/pub/m");
+    let out = run(s.dcfs().args(["verify", &http, "-j", "2"]));
+    assert!(out.status.success());
+    let back = t.path().join("back");
+    let out = run(s.dcfs().args(["unpack", &http]).arg(&back));
+    assert!(out.status.success());
+    assert_eq!(tree_state(&back), tree_state(&src));
+    // A prefix with no pack: refused, exit 2, no LIST needed to say so.
+    let out = run(s.dcfs().args(["verify", &format!("{ep}/pub/nothing")]));
+    assert_eq!(out.status.code(), Some(2));
+}
+
+/// Pushes a synthetic pack to an anonymous server and returns (server, source, url path).
+fn anonymous_pack(t: &Path) -> Option<(S3Server, std::path::PathBuf)> {
+    let s = S3Server::start(&t.join("s3"), &["pub"], true)?;
+    let src = t.join("src");
+    synth_tree(&src, 13);
+    let packed = t.join("packed");
+    // Small chunks: many ranged GETs, so many faults.
+    let out = run(Command::new(dcfs_bin())
+        .arg("pack")
+        .arg(&src)
+        .arg(&packed)
+        .args(["-j", "2", "--chunk-size", "64K"]));
+    assert!(out.status.success());
+    let out = run(s.dcfs().args(["push"]).arg(&packed).args([
+        "s3://pub/m",
+        "--endpoint",
+        &s.endpoint(),
+        "--no-sign-request",
+    ]));
+    assert!(out.status.success());
+    Some((s, src))
+}
+
+#[test]
+fn transient_faults_are_retried_to_the_right_bytes() {
+    let t = tempfile::tempdir().unwrap();
+    let Some((s, src)) = anonymous_pack(t.path()) else {
+        return;
+    };
+    // Every 3rd container GET: a 503, a truncated body, a reset, or a delay.
+    let p = fault::FaultProxy::start(s.port, 3, false);
+    let http = format!("http://127.0.0.1:{}/pub/m", p.port);
+    let back = t.path().join("back");
+    let out = run(s.dcfs().args(["unpack", &http, "-j", "2"]).arg(&back));
+    assert!(out.status.success());
+    assert_eq!(tree_state(&back), tree_state(&src));
+    let n = p.faults.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!("{n} faults injected");
+    assert!(n >= 4, "only {n} faults injected");
+}
+
+#[test]
+fn flipped_bits_in_transit_give_right_bytes_or_a_clear_error() {
+    let t = tempfile::tempdir().unwrap();
+    let Some((s, src)) = anonymous_pack(t.path()) else {
+        return;
+    };
+    let want = tree_state(&src);
+    for every in [2, 3, 5] {
+        let p = fault::FaultProxy::start(s.port, every, true);
+        let http = format!("http://127.0.0.1:{}/pub/m", p.port);
+        let back = t.path().join(format!("back{every}"));
+        let out = run(s.dcfs().args(["unpack", &http, "-j", "2"]).arg(&back));
+        let got = if back.exists() {
+            tree_state(&back)
+        } else {
+            Default::default()
+        };
+        // Whatever was written is right; a failure says so.
+        for (k, v) in &got {
+            assert_eq!(
+                want.get(k),
+                Some(v),
+                "{k}: wrong bytes written through a faulty network (every {every})"
+            );
+        }
+        if out.status.success() {
+            assert_eq!(got, want);
+        } else {
+            assert!(!out.stderr.is_empty());
+        }
+        let out = run(s.dcfs().args(["verify", &http, "-j", "2"]));
+        let code = out.status.code();
+        assert!(matches!(code, Some(0..=2)), "{code:?}");
+    }
+}
+
+#[test]
+fn pack_writes_a_manifest_of_the_whole_tree_or_none_for_non_utf8_names() {
+    use std::os::unix::ffi::OsStrExt;
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    synth_tree(&src, 21);
+    let packed = t.path().join("packed");
+    pack(&src, &packed);
+    let bytes = std::fs::read(packed.join(MANIFEST)).unwrap();
+    let m = Manifest::parse(&packed.join(MANIFEST), &bytes).unwrap();
+    // Every file, directory and symlink of the source, and nothing else.
+    let listed: std::collections::BTreeSet<String> = m.entries.iter().map(|e| e.path.clone()).collect();
+    let mut want = std::collections::BTreeSet::new();
+    for e in dcfs::format::tree::walk(&src).unwrap() {
+        want.insert(e.rel().to_str().unwrap().to_string());
+    }
+    assert_eq!(listed, want);
+    for e in m
+        .entries
+        .iter()
+        .filter(|e| e.kind == dcfs::format::manifest::Kind::File)
+    {
+        let c = dcfs::format::Container::open(&packed.join(e.container())).unwrap();
+        assert_eq!((c.meta.size, c.packed_len()), (e.size, e.packed), "{}", e.path);
+        assert_eq!(Manifest::digest(e), Some(c.meta.blake3));
+    }
+    // A name that is not UTF-8 cannot be an object key: no manifest, the pack still works.
+    let odd = t.path().join("odd");
+    synth_tree(&odd, 22);
+    std::fs::write(odd.join(std::ffi::OsStr::from_bytes(b"bad\xffname")), b"x").unwrap();
+    let packed2 = t.path().join("packed2");
+    let out = run(Command::new(dcfs_bin()).arg("pack").arg(&odd).arg(&packed2));
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no manifest"));
+    assert!(!packed2.join(MANIFEST).exists());
+    let out = run(Command::new(dcfs_bin()).arg("verify").arg(&packed2));
+    assert!(out.status.success());
+}
