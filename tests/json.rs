@@ -71,7 +71,7 @@ fn every_json_output_has_a_schema_version() {
 
 /// A new `--json` flag must join the test above: count them in the CLI sources. Not run here:
 /// `stats` (needs a mount; tests/daemon.rs), `bench storage` (drops the host's page cache),
-/// `gpu-bench` (needs a GPU).
+/// `gpu-bench` (needs a GPU), `push` (needs an S3 server; tests/remote.rs).
 #[test]
 fn the_json_test_knows_every_json_flag() {
     let dir = root().join("src/cli");
@@ -86,7 +86,7 @@ fn the_json_test_knows_every_json_flag() {
         }
     }
     assert_eq!(
-        n, 13,
-        "src/cli has {n} `json: bool` flags; the test above covers 10 plus stats, bench storage and gpu-bench"
+        n, 14,
+        "src/cli has {n} `json: bool` flags; the test above covers 10 plus stats, bench storage, gpu-bench and push (tests/remote.rs)"
     );
 }

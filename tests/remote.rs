@@ -82,8 +82,14 @@ fn push_then_verify_and_unpack_are_byte_identical() {
     let ep = s.endpoint();
     // Small parts through the CLI would need a big file; the library's multipart path is
     // covered by `large_containers_go_up_in_parts`.
-    let out = run(s.dcfs().args(["push"]).arg(&packed).args([u, "--endpoint", &ep]));
+    let out = run(s
+        .dcfs()
+        .args(["push"])
+        .arg(&packed)
+        .args([u, "--endpoint", &ep, "--json"]));
     assert!(out.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("push --json prints JSON");
+    assert_eq!(report["schema_version"], 1, "push --json: {report}");
     let out = run(s.dcfs().args(["verify", u, "--endpoint", &ep, "-j", "2"]));
     assert!(out.status.success());
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use super::util::{human, Bar};
+use super::util::{human, json_text, Bar};
 use super::Outcome;
 use dcfs::remote::{self, Location, RemoteOptions, RemoteUrl};
 
@@ -75,7 +75,7 @@ pub fn push(a: PushArgs) -> Result<Outcome> {
     bar.finish();
     let r = r.with_context(|| format!("pushing {} to {url}", a.packed.display()))?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        println!("{}", json_text(&r, true)?);
     } else {
         println!(
             "pushed {} files ({} dirs, {} symlinks), {} in {:.1}s to {url}",

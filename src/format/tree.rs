@@ -139,6 +139,15 @@ pub fn is_temp_name(name: &OsStr) -> bool {
     at > 0 && !pid.is_empty() && pid.iter().all(u8::is_ascii_digit)
 }
 
+/// Whether `name` is a temporary that [`temp_name`] made for `final_name` (any process).
+pub fn is_temp_of(name: &OsStr, final_name: &OsStr) -> bool {
+    let (b, f) = (name.as_bytes(), final_name.as_bytes());
+    is_temp_name(name)
+        && b.len() > 1 + f.len()
+        && &b[1..1 + f.len()] == f
+        && b[1 + f.len()..].starts_with(TMP_INFIX.as_bytes())
+}
+
 /// Walks `root` without following symlinks, parents before children, sorted by name.
 pub fn walk(root: &Path) -> Result<Vec<Entry>> {
     use std::os::unix::fs::FileTypeExt;
@@ -243,6 +252,17 @@ mod tests {
         assert!(is_temp_name(&t), "{t:?}");
         assert!(matches!(classify(&file(t.to_str().unwrap())), Packed::Temporary(_)));
         assert!(is_temp_name(&temp_name(OsStr::new(MARKER))));
+        let marker = OsStr::new(MARKER);
+        assert!(is_temp_of(&temp_name(marker), marker));
+        assert!(is_temp_of(OsStr::new("..dcfs-pack.json.tmp-77"), marker));
+        for n in [
+            "..dcfs-pack.jsonx.tmp-7",
+            ".x.dcfs-pack.json.tmp-7",
+            "..dcfs-pack.json.tmp-",
+            ".dcfs-pack.json.tmp-7",
+        ] {
+            assert!(!is_temp_of(OsStr::new(n), marker), "{n}");
+        }
         // Shapes that are not temporaries.
         for n in [".a.tmp-", ".a.tmp-1x", "a.tmp-1", ".tmp-1", ".a.tmp-1.dcz", "x"] {
             assert!(!is_temp_name(OsStr::new(n)), "{n}");

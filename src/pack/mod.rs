@@ -35,7 +35,7 @@ use crate::format::{chunk_hash, ChunkEntry, FileMeta, TensorEntry, Writer, FLAG_
 use crate::model::{self, FileKind, Layout, ModelError};
 use dest::DestDir;
 
-/// Default chunk size: see docs/FORMAT.md for the measured trade-off.
+/// Default chunk size: see docs/FORMAT.md, "Chunk size" (reasoning, not a measured trade-off).
 pub const DEFAULT_CHUNK_SIZE: u32 = 1 << 20;
 
 /// Receives progress in bytes of original data. Implemented by the CLI's progress bar.
@@ -146,7 +146,7 @@ pub fn read_marker(root: &Path) -> Result<Marker> {
     let p = root.join(MARKER);
     let text = fs::read_to_string(&p).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
-            Error::Invalid {
+            Error::NotAPack {
                 path: root.to_path_buf(),
                 what: format!("not a dcfs pack (no {MARKER}); create one with `dcfs pack SRC DST`"),
             }
@@ -159,7 +159,7 @@ pub fn read_marker(root: &Path) -> Result<Marker> {
         return Err(Error::corrupt(&p, None, "marker names another format"));
     }
     if !m.complete {
-        return Err(Error::Invalid {
+        return Err(Error::NotAPack {
             path: root.to_path_buf(),
             what: "this pack was interrupted before it finished; run `dcfs pack` again".into(),
         });
@@ -240,7 +240,7 @@ pub fn pack_tree(src: &Path, dst: &Path, opts: &PackOptions, progress: &dyn Prog
     let t0 = Instant::now();
     let md = fs::metadata(src).map_err(|e| Error::io(src, e))?;
     if !md.is_dir() {
-        return Err(Error::Invalid {
+        return Err(Error::NotADirectory {
             path: src.to_path_buf(),
             what: "source must be a directory".into(),
         });
@@ -253,7 +253,7 @@ pub fn pack_tree(src: &Path, dst: &Path, opts: &PackOptions, progress: &dyn Prog
     }
     // Checked before anything is created: SRC is only ever read.
     if same_or_inside(src, dst) {
-        return Err(Error::Invalid {
+        return Err(Error::Overlap {
             path: dst.to_path_buf(),
             what: "destination and source must not contain each other".into(),
         });
@@ -299,9 +299,18 @@ pub fn pack_tree(src: &Path, dst: &Path, opts: &PackOptions, progress: &dyn Prog
     }
     fs::create_dir_all(dst).map_err(|e| Error::io(dst, e))?;
     let root = DestDir::root(dst)?;
-    let occupied = fs::read_dir(dst).map_err(|e| Error::io(dst, e))?.next().is_some();
+    // A pack killed before its first marker was renamed into place leaves only that marker's
+    // temporary (`.dcfs-pack.json.tmp-PID`): such a DST is ours and counts as empty.
+    let mut occupied = false;
+    for entry in fs::read_dir(dst).map_err(|e| Error::io(dst, e))? {
+        let name = entry.map_err(|e| Error::io(dst, e))?.file_name();
+        if !tree::is_temp_of(&name, OsStr::new(MARKER)) {
+            occupied = true;
+            break;
+        }
+    }
     if occupied && root.kind(OsStr::new(MARKER))? != Some(rustix::fs::FileType::RegularFile) {
-        return Err(Error::Invalid {
+        return Err(Error::Occupied {
             path: dst.to_path_buf(),
             what: "destination is a non-empty directory that is not a dcfs pack; refusing to write into it".into(),
         });

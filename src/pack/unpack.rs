@@ -41,7 +41,7 @@ pub fn unpack_tree_with(
     let t0 = Instant::now();
     read_marker(packed)?;
     if same_or_inside(packed, dst) {
-        return Err(Error::Invalid {
+        return Err(Error::Overlap {
             path: dst.to_path_buf(),
             what: "destination and pack must not contain each other".into(),
         });

@@ -188,7 +188,7 @@ impl Store {
             .num_threads(opts.threads.max(1))
             .thread_name(|i| format!("dcfs-decode-{i}"))
             .build()
-            .map_err(|e| Error::Invalid {
+            .map_err(|e| Error::Resources {
                 path: root.to_path_buf(),
                 what: format!("cannot start decode threads: {e}"),
             })?;
