@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use super::{Remote, RemoteOptions, RemoteUrl, Source};
+use super::{Remote, RemoteObject, RemoteOptions, RemoteUrl, Source};
 use crate::error::{Error, Result};
 use crate::format::manifest::{Kind, Manifest, ManifestEntry, MANIFEST, MAX_MANIFEST_LEN};
 use crate::format::tree::MARKER;
@@ -68,7 +68,13 @@ impl RemotePack {
     /// Opens the container of file entry `e`, and checks it is the one the manifest names
     /// (length, original size and digest) before anything is decoded.
     pub fn open_container(&self, e: &ManifestEntry) -> Result<Container> {
-        let obj = self.remote.open(&e.container())?;
+        self.open_object(e).map(|(_, c)| c)
+    }
+
+    /// Like [`open_container`](Self::open_container), and also hands back the object, so
+    /// a mount keeps reading the same pinned version after the container is dropped.
+    pub fn open_object(&self, e: &ManifestEntry) -> Result<(Arc<RemoteObject>, Container)> {
+        let obj = Arc::new(self.remote.open(&e.container())?);
         let name = obj.name().to_path_buf();
         if obj.len() != e.packed {
             return Err(Error::corrupt(
@@ -77,7 +83,7 @@ impl RemotePack {
                 format!("object is {} bytes, the manifest says {}", obj.len(), e.packed),
             ));
         }
-        let c = Container::from_source(Arc::new(obj))?;
+        let c = Container::from_source(obj.clone())?;
         if c.meta.size != e.size || Some(c.meta.blake3) != Manifest::digest(e) {
             return Err(Error::corrupt(
                 &name,
@@ -85,7 +91,7 @@ impl RemotePack {
                 "container disagrees with the manifest (size or digest)",
             ));
         }
-        Ok(c)
+        Ok((obj, c))
     }
 
     /// The file entries, in manifest order.

@@ -33,7 +33,9 @@ use crate::pack::read_marker;
 use cache::{Lookup, Outcome, Ticket};
 use decode::{Chunks, ContainerRef};
 use prefetch::Handles;
-use source::{ContainerSource, Identity, LocalSource};
+use crate::remote::pack::RemotePack;
+use crate::remote::{Remote, RemoteOptions, RemoteUrl};
+use source::{ContainerSource, Identity, LocalSource, RemoteSource};
 
 /// Chunks one read request decodes at once: enough to keep every decode thread busy on
 /// small chunks, few enough to bound what a request over tiny chunks holds in flight.
@@ -110,6 +112,18 @@ pub struct Store {
     gpu: Option<crate::gpu::Decoder>,
     packed_bytes: u64,
     original_bytes: u64,
+    /// The connection of a remote pack, for its network counters.
+    remote: Option<Arc<Remote>>,
+}
+
+/// What a local or remote open hands to [`Store::assemble`].
+struct Parts {
+    nodes: Vec<Node>,
+    files: Vec<PackedFile>,
+    source: Box<dyn ContainerSource>,
+    packed_bytes: u64,
+    original_bytes: u64,
+    remote: Option<Arc<Remote>>,
 }
 
 /// Container `fidx` of a store, as the shared decode path sees it.
@@ -176,6 +190,48 @@ impl Store {
                 raw_verified,
             });
         }
+        let parts = Parts {
+            nodes: t.nodes,
+            files,
+            source: Box::new(LocalSource::new(ids)),
+            packed_bytes: t.packed_bytes,
+            original_bytes: t.original_bytes,
+            remote: None,
+        };
+        Self::assemble(root.to_path_buf(), parts, opts, gpu)
+    }
+
+    /// Opens a pack on object storage (`s3://…`, `http(s)://…`) for serving: reads the
+    /// marker (a pack whose push did not finish is refused) and the manifest, opens every
+    /// container (one HEAD and a suffix GET each, several at once, ETags pinned) and builds
+    /// the node table from the manifest. Decoding runs on the CPU.
+    pub fn open_remote(url: &RemoteUrl, ropts: &RemoteOptions, opts: StoreOptions) -> Result<Arc<Store>> {
+        let pack = RemotePack::open(url, ropts)?;
+        let t = tree::RemoteTree::build(&pack)?;
+        let mut objs = Vec::with_capacity(t.containers.len());
+        let mut files = Vec::with_capacity(t.containers.len());
+        for c in t.containers {
+            objs.push(c.obj);
+            let raw_verified = (0..c.chunks.len()).map(|_| AtomicBool::new(false)).collect();
+            files.push(PackedFile {
+                meta: c.meta,
+                chunks: c.chunks,
+                raw_verified,
+            });
+        }
+        let parts = Parts {
+            nodes: t.nodes,
+            files,
+            source: Box::new(RemoteSource::new(objs)),
+            packed_bytes: t.packed_bytes,
+            original_bytes: t.original_bytes,
+            remote: Some(pack.remote.clone()),
+        };
+        Self::assemble(PathBuf::from(url.to_string()), parts, opts, None)
+    }
+
+    fn assemble(root: PathBuf, p: Parts, opts: StoreOptions, gpu: Option<crate::gpu::Decoder>) -> Result<Arc<Store>> {
+        let files = p.files;
         let largest = files.iter().flat_map(|f| &f.chunks).map(|e| e.orig_len).max();
         if let Some(l) = largest.filter(|&l| l as u64 + cache::ENTRY_OVERHEAD > opts.cache_bytes) {
             tracing::warn!(
@@ -189,14 +245,14 @@ impl Store {
             .thread_name(|i| format!("dcfs-decode-{i}"))
             .build()
             .map_err(|e| Error::Resources {
-                path: root.to_path_buf(),
+                path: root.clone(),
                 what: format!("cannot start decode threads: {e}"),
             })?;
         Ok(Arc::new(Store {
-            root: root.to_path_buf(),
-            nodes: t.nodes,
+            root,
+            nodes: p.nodes,
             files,
-            source: Box::new(LocalSource::new(ids)),
+            source: p.source,
             cache: ChunkCache::new(opts.cache_bytes),
             pool,
             stats: Stats::default(),
@@ -204,8 +260,9 @@ impl Store {
             logged: Mutex::new(HashSet::new()),
             prefetch: PrefetchConfig::with_window(opts.prefetch),
             gpu,
-            packed_bytes: t.packed_bytes,
-            original_bytes: t.original_bytes,
+            packed_bytes: p.packed_bytes,
+            original_bytes: p.original_bytes,
+            remote: p.remote,
         }))
     }
 
@@ -240,6 +297,14 @@ impl Store {
         s.files = self.files.len() as u64;
         s.packed_bytes = self.packed_bytes;
         s.original_bytes = self.original_bytes;
+        if let Some(r) = &self.remote {
+            let n = r.counts();
+            s.remote = true;
+            s.net_gets = n.gets;
+            s.net_bytes = n.bytes;
+            s.net_retries = n.retries;
+            s.net_errors = n.errors;
+        }
         s
     }
 

@@ -1,6 +1,6 @@
 //! Every read of container bytes the store makes goes through [`ContainerSource`]: the
 //! one seam between serving (prefetch, decode, cache) and where the containers live.
-//! [`LocalSource`] reads local files; a remote source (ranged GETs) can sit beside it.
+//! [`LocalSource`] reads local files; [`RemoteSource`] objects of a remote pack (ranged GETs).
 
 use std::fs::{self, File};
 use std::num::NonZeroUsize;
@@ -11,6 +11,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
+use crate::remote::{RemoteObject, Source};
 
 /// Containers kept open at once. A pack may hold far more files than the open-file limit
 /// (1024 by default), so the mount keeps chunk tables, not files, and reopens containers
@@ -124,6 +125,37 @@ impl ContainerSource for LocalSource {
     #[cfg(test)]
     fn open_count(&self) -> usize {
         self.open.lock().len()
+    }
+}
+
+/// Containers that are objects of a remote pack, each pinned to the version (ETag) seen
+/// at mount: a replaced object fails the read (EIO), never serves other bytes. There is no
+/// local descriptor, so every decode runs on the CPU.
+pub(crate) struct RemoteSource {
+    objs: Vec<Arc<RemoteObject>>,
+}
+
+impl RemoteSource {
+    pub fn new(objs: Vec<Arc<RemoteObject>>) -> RemoteSource {
+        RemoteSource { objs }
+    }
+}
+
+impl ContainerSource for RemoteSource {
+    fn path(&self, file: u32) -> &Path {
+        self.objs[file as usize].name()
+    }
+
+    fn len(&self, file: u32) -> u64 {
+        self.objs[file as usize].len()
+    }
+
+    fn read_exact_at(&self, file: u32, buf: &mut [u8], offset: u64) -> Result<()> {
+        self.objs[file as usize].read_exact_at(buf, offset)
+    }
+
+    fn local_file(&self, _file: u32) -> Result<Option<File>> {
+        Ok(None)
     }
 }
 

@@ -55,6 +55,20 @@ pub struct Snapshot {
     pub files: u64,
     pub packed_bytes: u64,
     pub original_bytes: u64,
+    /// The pack is on object storage; the `net_*` counters are its requests.
+    #[serde(default)]
+    pub remote: bool,
+    /// Ranged GETs sent (retries included).
+    #[serde(default)]
+    pub net_gets: u64,
+    /// Body bytes received.
+    #[serde(default)]
+    pub net_bytes: u64,
+    #[serde(default)]
+    pub net_retries: u64,
+    /// Requests that failed for good (after retries).
+    #[serde(default)]
+    pub net_errors: u64,
 }
 
 impl Stats {

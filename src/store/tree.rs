@@ -7,7 +7,15 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
 use crate::error::{Error, Result};
+use crate::format::manifest::{Kind, ManifestEntry};
+use crate::remote::pack::RemotePack;
+use crate::remote::RemoteObject;
 use crate::format::tree::{classify, walk, Entry, Packed};
 use crate::format::{ChunkEntry, Container, FileMeta};
 
@@ -190,6 +198,164 @@ impl Tree {
             original_bytes,
         })
     }
+}
+
+/// Containers opened at once while a remote pack mounts: each open is a HEAD and a
+/// suffix GET, so latency, not bandwidth, sets the pace.
+const REMOTE_OPENERS: usize = 8;
+
+/// A container of a remote pack: its pinned object and what serving needs of its index.
+pub(crate) struct RemoteContainer {
+    pub obj: Arc<RemoteObject>,
+    pub meta: FileMeta,
+    pub chunks: Vec<ChunkEntry>,
+}
+
+/// The node table of a remote pack and the containers its file nodes point at.
+pub(crate) struct RemoteTree {
+    pub nodes: Vec<Node>,
+    pub containers: Vec<RemoteContainer>,
+    pub packed_bytes: u64,
+    pub original_bytes: u64,
+}
+
+impl RemoteTree {
+    /// Builds the node table from the pack's validated manifest (object stores hold no
+    /// directories or symlinks, and a web server cannot list), opening every container
+    /// (several at once) and checking it against its entry. Files take mode and mtime from
+    /// their container's index; directories and symlinks the manifest's mode and the newest
+    /// file mtime, so every node that mounts the pack sees the same tree. Owner: the
+    /// mounting user.
+    pub fn build(pack: &RemotePack) -> Result<RemoteTree> {
+        let files: Vec<&ManifestEntry> = pack.files().collect();
+        let opened = open_all(pack, &files)?;
+        let newest = opened
+            .iter()
+            .map(|(_, c)| (c.meta.mtime_s, c.meta.mtime_ns))
+            .max()
+            .unwrap_or((0, 0));
+        // SAFETY: geteuid and getegid cannot fail and touch no memory of ours.
+        let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        let plain = |name: &str, kind: NodeKind, perm: u32, size: u64| Node {
+            ino: 0,
+            parent: 0,
+            name: OsString::from(name),
+            kind,
+            size,
+            perm: (perm & 0o7777) as u16,
+            mtime_s: newest.0,
+            mtime_ns: newest.1,
+            uid,
+            gid,
+            packed: 0,
+            blksize: 4096,
+        };
+        let dir = || NodeKind::Dir {
+            children: Vec::new(),
+            index: HashMap::new(),
+        };
+        let mut nodes = vec![plain("", dir(), 0o755, 4096)];
+        nodes[0].ino = ROOT_INO;
+        nodes[0].parent = ROOT_INO;
+        let mut by_path: HashMap<&str, u64> = HashMap::new();
+        by_path.insert("", ROOT_INO);
+        let mut opened = opened.into_iter().map(|(obj, c)| (obj, c.meta, c.chunks));
+        let mut containers = Vec::with_capacity(files.len());
+        let (mut packed_bytes, mut original_bytes) = (0, 0);
+        for e in &pack.manifest.entries {
+            let (parent_rel, name) = e.path.rsplit_once('/').unwrap_or(("", e.path.as_str()));
+            let mut node = match e.kind {
+                Kind::Dir => plain(name, dir(), e.mode, 4096),
+                Kind::Symlink => {
+                    let target = e.target.clone().unwrap_or_default();
+                    let size = target.len() as u64;
+                    plain(name, NodeKind::Symlink { target: target.into() }, 0o777, size)
+                }
+                Kind::File => {
+                    // `opened` follows `pack.files()`, which is manifest order.
+                    let Some((obj, meta, chunks)) = opened.next() else {
+                        return Err(Error::corrupt(pack.remote.name_of(&e.path), None, "container not opened"));
+                    };
+                    let file = containers.len() as u32;
+                    let mut n = plain(name, NodeKind::File { file }, meta.mode, meta.size);
+                    n.mtime_s = meta.mtime_s;
+                    n.mtime_ns = meta.mtime_ns;
+                    n.packed = e.packed;
+                    n.blksize = served_blksize(meta.chunk_size);
+                    packed_bytes += e.packed;
+                    original_bytes += meta.size;
+                    containers.push(RemoteContainer { obj, meta, chunks });
+                    n
+                }
+            };
+            // The manifest lists parents first (validated); a miss is skipped, not served.
+            let Some(&parent) = by_path.get(parent_rel) else {
+                continue;
+            };
+            let ino = nodes.len() as u64 + 1;
+            node.ino = ino;
+            node.parent = parent;
+            if let NodeKind::Dir { children, index } = &mut nodes[parent as usize - 1].kind {
+                if index.contains_key(&node.name) {
+                    tracing::warn!("{}: name served twice; keeping the first", e.path);
+                    continue;
+                }
+                children.push((node.name.clone(), ino));
+                index.insert(node.name.clone(), ino);
+            }
+            if matches!(node.kind, NodeKind::Dir { .. }) {
+                by_path.insert(&e.path, ino);
+            }
+            nodes.push(node);
+        }
+        for n in &mut nodes {
+            if let NodeKind::Dir { children, .. } = &mut n.kind {
+                children.sort();
+            }
+        }
+        Ok(RemoteTree {
+            nodes,
+            containers,
+            packed_bytes,
+            original_bytes,
+        })
+    }
+}
+
+/// Opens the containers of `files` on up to [`REMOTE_OPENERS`] threads, in `files` order;
+/// the first failure (in that order) fails the mount, as a bad local container does.
+fn open_all(pack: &RemotePack, files: &[&ManifestEntry]) -> Result<Vec<(Arc<RemoteObject>, Container)>> {
+    type Slot = Option<Result<(Arc<RemoteObject>, Container)>>;
+    let slots: Vec<Mutex<Slot>> = files.iter().map(|_| Mutex::new(None)).collect();
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        for _ in 0..REMOTE_OPENERS.min(files.len()) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= files.len() || failed.load(Ordering::Relaxed) {
+                    return;
+                }
+                let r = pack.open_object(files[i]);
+                if r.is_err() {
+                    failed.store(true, Ordering::Relaxed);
+                }
+                *slots[i].lock() = Some(r);
+            });
+        }
+    });
+    let mut slots: Vec<Slot> = slots.into_iter().map(Mutex::into_inner).collect();
+    // A slot left empty means an open failed elsewhere: report that failure.
+    if let Some(i) = slots.iter().position(|r| matches!(r, Some(Err(_)))) {
+        if let Some(Err(e)) = slots.swap_remove(i) {
+            return Err(e);
+        }
+    }
+    slots
+        .into_iter()
+        .zip(files)
+        .map(|(r, e)| r.unwrap_or_else(|| Err(Error::corrupt(pack.remote.name_of(&e.container()), None, "not opened"))))
+        .collect()
 }
 
 /// The node numbered `ino`, if any.
