@@ -9,9 +9,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 
+use super::push::{remote_url, RemoteArgs};
 use super::util::{default_threads, human, init_logging_to, one_line, open_log_file, parse_size, LogTarget};
 use super::Outcome;
 use dcfs::fs::{Mount, MountConfig, MountExtras, STATS_XATTR};
+use dcfs::remote::{RemoteOptions, RemoteUrl};
 use dcfs::store::{default_cache_bytes, Snapshot, Store, StoreOptions};
 
 /// Serve a pack read-only at MNT: the original files, byte for byte.
@@ -21,7 +23,8 @@ use dcfs::store::{default_cache_bytes, Snapshot, Store, StoreOptions};
 /// `-o cache_size=1G,threads=4,prefetch=8,readahead=4M,allow_other`.
 #[derive(Args)]
 pub struct MountArgs {
-    /// Packed directory (made by `dcfs pack`).
+    /// Packed directory (made by `dcfs pack`), or a pushed pack: s3://bucket/prefix,
+    /// http(s)://host/path.
     packed: PathBuf,
     /// Mount point (an existing, empty directory).
     mountpoint: PathBuf,
@@ -30,7 +33,8 @@ pub struct MountArgs {
     foreground: bool,
     /// Comma-separated options: cache_size=SIZE, threads=N, prefetch=N, readahead=SIZE,
     /// fuse_threads=N, allow_other, allow_root, auto_unmount, nonempty (mount over a
-    /// directory that has entries), gpu=auto|on|off, log=syslog|stderr, log_file=PATH, ro.
+    /// directory that has entries), gpu=auto|on|off, log=syslog|stderr, log_file=PATH, ro,
+    /// max_inflight=N (ranged GETs in flight at once, remote packs only).
     /// fstab-only options (defaults, noauto, nofail, _netdev, user, x-*) are accepted and
     /// ignored.
     #[arg(short = 'o', value_name = "OPTS")]
@@ -56,6 +60,23 @@ pub struct MountArgs {
     /// the GPU path has been measured on real hardware.
     #[arg(long, value_enum)]
     gpu: Option<super::gpu::GpuArg>,
+    #[command(flatten)]
+    remote: RemoteArgs,
+}
+
+/// The pack a mount serves.
+enum Pack {
+    Local(PathBuf),
+    Remote(RemoteUrl, RemoteOptions),
+}
+
+impl Pack {
+    fn name(&self) -> String {
+        match self {
+            Pack::Local(p) => p.display().to_string(),
+            Pack::Remote(u, _) => u.to_string(),
+        }
+    }
 }
 
 struct Settings {
@@ -66,6 +87,8 @@ struct Settings {
     nonempty: bool,
     gpu: super::gpu::GpuArg,
     log: LogChoice,
+    /// `-o max_inflight=N`: ranged GETs in flight at once (remote packs).
+    max_inflight: Option<usize>,
 }
 
 /// Where the mount logs: `-o log_file=PATH` wins, then `-o log=`; unset means stderr in
@@ -98,6 +121,7 @@ fn settings(a: &MountArgs) -> Result<Settings> {
     let mut gpu = None;
     let mut log = LogChoice::Auto;
     let mut log_file = None;
+    let mut max_inflight = None;
     for opt in a.options.iter().flat_map(|o| o.split(',')).filter(|o| !o.is_empty()) {
         let (k, v) = opt.split_once('=').map_or((opt, None), |(k, v)| (k, Some(v)));
         let need = || v.ok_or_else(|| anyhow!("mount option {k} needs a value ({k}=...)"));
@@ -111,6 +135,10 @@ fn settings(a: &MountArgs) -> Result<Settings> {
             "prefetch" => prefetch = Some(num(need()?)?),
             "readahead" => readahead = Some(parse_size(need()?).map_err(|e| anyhow!(e))?),
             "fuse_threads" => mount.fuse_threads = num(need()?)?,
+            "max_inflight" => match num(need()?)? {
+                0 => bail!("mount option max_inflight must be at least 1"),
+                n => max_inflight = Some(n),
+            },
             "allow_other" => mount.allow_other = true,
             "nonempty" => nonempty = true,
             "allow_root" => extras.allow_root = true,
@@ -175,12 +203,13 @@ fn settings(a: &MountArgs) -> Result<Settings> {
         nonempty,
         gpu: a.gpu.or(gpu).unwrap_or(super::gpu::GpuArg::Off),
         log,
+        max_inflight,
     })
 }
 
 /// Refuses a mount point that is missing, a stale FUSE mount, already mounted, or (unless
 /// `nonempty`) not empty: mounting there would hide its files.
-fn preflight(packed: &Path, mnt: &Path, nonempty: bool) -> Result<()> {
+fn preflight(packed: Option<&Path>, mnt: &Path, nonempty: bool) -> Result<()> {
     match std::fs::metadata(mnt) {
         Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => bail!(
             "{} is a stale mount (a dcfs that died?): run `dcfs umount -l {}` and mount again",
@@ -196,7 +225,9 @@ fn preflight(packed: &Path, mnt: &Path, nonempty: bool) -> Result<()> {
     // fstab's x-systemd.automount puts an autofs trigger here and runs us when it fires: we
     // mount over it. Its directory is never listed, since opening it would fire it again.
     if top.as_deref() == Some("autofs") {
-        dcfs::pack::read_marker(packed)?;
+        if let Some(p) = packed {
+            dcfs::pack::read_marker(p)?;
+        }
         return Ok(());
     }
     if let Some(fstype) = top {
@@ -216,7 +247,11 @@ fn preflight(packed: &Path, mnt: &Path, nonempty: bool) -> Result<()> {
             mnt.display()
         );
     }
-    dcfs::pack::read_marker(packed)?;
+    // A remote pack's marker is read when the daemon opens it; its answer comes back
+    // through the readiness pipe.
+    if let Some(p) = packed {
+        dcfs::pack::read_marker(p)?;
+    }
     Ok(())
 }
 
@@ -227,9 +262,23 @@ fn mounted_at(path: &Path) -> Option<String> {
 
 pub fn mount(a: MountArgs) -> Result<Outcome> {
     let s = settings(&a)?;
-    preflight(&a.packed, &a.mountpoint, s.nonempty)?;
+    let remote = remote_url(&a.packed)?;
+    preflight(
+        remote.is_none().then_some(a.packed.as_path()),
+        &a.mountpoint,
+        s.nonempty,
+    )?;
     // Absolute paths: the daemon changes its directory to /.
-    let packed = a.packed.canonicalize()?;
+    let packed = match remote {
+        Some(u) => {
+            let mut o = a.remote.options();
+            if let Some(n) = s.max_inflight {
+                o.max_inflight = n;
+            }
+            Pack::Remote(u, o)
+        }
+        None => Pack::Local(a.packed.canonicalize()?),
+    };
     let mnt = a.mountpoint.canonicalize()?;
     // Opened here, before detaching, so a bad path is reported to the caller.
     let file = match &s.log {
@@ -303,7 +352,7 @@ fn detach() {
 
 /// Opens the store, mounts, reports readiness through `ready`, then serves until unmounted
 /// (by `dcfs umount`, umount(8), or SIGINT/SIGTERM/SIGHUP).
-fn serve(packed: &Path, mnt: &Path, s: &Settings, ready: Option<OwnedFd>) -> Result<Outcome> {
+fn serve(pack: &Pack, mnt: &Path, s: &Settings, ready: Option<OwnedFd>) -> Result<Outcome> {
     let tell = |ready: Option<OwnedFd>, msg: &str| {
         if let Some(fd) = ready {
             let _ = std::fs::File::from(fd).write_all(msg.as_bytes());
@@ -313,24 +362,27 @@ fn serve(packed: &Path, mnt: &Path, s: &Settings, ready: Option<OwnedFd>) -> Res
     let set = stop_signals();
     // SAFETY: `set` is an initialised sigset_t; a null old-set pointer is allowed.
     unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-    let r = s
-        .gpu
-        .decoder(packed)
-        .and_then(|g| {
-            Store::open_with_gpu(packed, s.store.clone(), g).with_context(|| format!("opening {}", packed.display()))
-        })
-        .and_then(|store| {
-            Mount::new_with(store, mnt, &s.mount, &s.extras).with_context(|| format!("mounting at {}", mnt.display()))
-        });
+    let packed = pack.name();
+    let r = match pack {
+        Pack::Local(p) => s.gpu.decoder(p).and_then(|g| {
+            Store::open_with_gpu(p, s.store.clone(), g).with_context(|| format!("opening {}", p.display()))
+        }),
+        // The runtime behind the connection starts threads: it is made here, after the
+        // fork, never before.
+        Pack::Remote(u, o) => match s.gpu {
+            super::gpu::GpuArg::Off | super::gpu::GpuArg::Auto => {
+                Store::open_remote(u, o, s.store.clone()).with_context(|| format!("opening {u}"))
+            }
+            g => Err(anyhow!("--gpu {g:?}: a remote pack decodes on the CPU")),
+        },
+    }
+    .and_then(|store| {
+        Mount::new_with(store, mnt, &s.mount, &s.extras).with_context(|| format!("mounting at {}", mnt.display()))
+    });
     let mut m = match r {
         Ok(m) => m,
         Err(e) => {
-            tracing::error!(
-                "mount of {} at {} failed: {}",
-                packed.display(),
-                mnt.display(),
-                one_line(&e)
-            );
+            tracing::error!("mount of {} at {} failed: {}", packed, mnt.display(), one_line(&e));
             tell(ready, &format!("ERR {}", one_line(&e)));
             return Err(e);
         }
@@ -348,7 +400,7 @@ fn serve(packed: &Path, mnt: &Path, s: &Settings, ready: Option<OwnedFd>) -> Res
     })?;
     tracing::info!(
         "serving {} at {} (cache {}, {} decode threads, prefetch {})",
-        packed.display(),
+        packed,
         mnt.display(),
         human(s.store.cache_bytes),
         s.store.threads,
@@ -359,8 +411,8 @@ fn serve(packed: &Path, mnt: &Path, s: &Settings, ready: Option<OwnedFd>) -> Res
     let r = m.run().context("serving the mount");
     sd_notify("STOPPING=1");
     match &r {
-        Ok(()) => tracing::info!("unmounted {} from {}", packed.display(), mnt.display()),
-        Err(e) => tracing::error!("{} at {}: {}", packed.display(), mnt.display(), one_line(e)),
+        Ok(()) => tracing::info!("unmounted {} from {}", packed, mnt.display()),
+        Err(e) => tracing::error!("{} at {}: {}", packed, mnt.display(), one_line(e)),
     }
     r.map(|()| Outcome::Ok)
 }
@@ -515,6 +567,15 @@ pub fn stats(a: StatsArgs) -> Result<Outcome> {
     );
     println!("prefetch         {} issued, {} hit", s.prefetch_issued, s.prefetch_hits);
     println!("errors           {}", s.errors);
+    if s.remote {
+        println!(
+            "network          {} GETs, {} fetched, {} retries, {} errors",
+            s.net_gets,
+            human(s.net_bytes),
+            s.net_retries,
+            s.net_errors
+        );
+    }
     Ok(Outcome::Ok)
 }
 
@@ -553,5 +614,6 @@ pub fn mount_helper(args: Vec<String>) -> Result<Outcome> {
         readahead: None,
         allow_other: false,
         gpu: None,
+        remote: RemoteArgs::default(),
     })
 }

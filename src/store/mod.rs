@@ -30,11 +30,11 @@ use crate::chunk::ChunkCodec;
 use crate::error::{Error, Result};
 use crate::format::{chunk_hash, ChunkEntry, Container, FileMeta};
 use crate::pack::read_marker;
+use crate::remote::pack::RemotePack;
+use crate::remote::{Remote, RemoteOptions, RemoteUrl};
 use cache::{Lookup, Outcome, Ticket};
 use decode::{Chunks, ContainerRef};
 use prefetch::Handles;
-use crate::remote::pack::RemotePack;
-use crate::remote::{Remote, RemoteOptions, RemoteUrl};
 use source::{ContainerSource, Identity, LocalSource, RemoteSource};
 
 /// Chunks one read request decodes at once: enough to keep every decode thread busy on

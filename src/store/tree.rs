@@ -14,10 +14,10 @@ use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
 use crate::format::manifest::{Kind, ManifestEntry};
-use crate::remote::pack::RemotePack;
-use crate::remote::RemoteObject;
 use crate::format::tree::{classify, walk, Entry, Packed};
 use crate::format::{ChunkEntry, Container, FileMeta};
+use crate::remote::pack::RemotePack;
+use crate::remote::RemoteObject;
 
 pub const ROOT_INO: u64 = 1;
 
@@ -274,7 +274,11 @@ impl RemoteTree {
                 Kind::File => {
                     // `opened` follows `pack.files()`, which is manifest order.
                     let Some((obj, meta, chunks)) = opened.next() else {
-                        return Err(Error::corrupt(pack.remote.name_of(&e.path), None, "container not opened"));
+                        return Err(Error::corrupt(
+                            pack.remote.name_of(&e.path),
+                            None,
+                            "container not opened",
+                        ));
                     };
                     let file = containers.len() as u32;
                     let mut n = plain(name, NodeKind::File { file }, meta.mode, meta.size);
