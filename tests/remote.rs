@@ -494,3 +494,30 @@ fn a_half_pushed_pack_does_not_mount() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("did not finish"));
     assert!(!is_mounted(&mnt.canonicalize().unwrap()));
 }
+
+/// `dcfs mount http://…` on an anonymous server, through a proxy that breaks every 3rd
+/// container GET (503, truncated body, reset, delay): the retries hide it, and every
+/// file reads back as the source.
+#[test]
+fn a_plain_http_mount_through_transient_faults_serves_the_source() {
+    if !can_mount() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let Some((s, src)) = anonymous_pack(t.path()) else {
+        return;
+    };
+    let p = fault::FaultProxy::start(s.port, 3, false);
+    let http = format!("http://127.0.0.1:{}/pub/m", p.port);
+    let mnt = t.path().join("mnt");
+    let mut cmd = s.dcfs();
+    cmd.args(["mount", &http]).arg(&mnt);
+    let m = mount_with(cmd, &mnt);
+    assert_eq!(tree_state(&m.mnt), tree_state(&src));
+    let n = p.faults.load(std::sync::atomic::Ordering::Relaxed);
+    let st = m.stats();
+    eprintln!("{n} faults injected; stats {st}");
+    assert!(n >= 4, "only {n} faults injected");
+    // (503s are retried inside object_store, so `net_retries` may stay 0.)
+    assert_eq!(st["net_errors"], 0, "{st}");
+}
