@@ -521,3 +521,60 @@ fn a_plain_http_mount_through_transient_faults_serves_the_source() {
     // (503s are retried inside object_store, so `net_retries` may stay 0.)
     assert_eq!(st["net_errors"], 0, "{st}");
 }
+
+/// `Store::open_remote` (what the mount serves, without FUSE, so it runs without root):
+/// the node table is the manifest's tree, every file reads back as the source, and the
+/// network counters are in the stats.
+#[test]
+fn a_remote_store_serves_the_manifest_tree_and_the_source_bytes() {
+    use dcfs::store::{NodeKind, Store, StoreOptions, ROOT_INO};
+    let t = tempfile::tempdir().unwrap();
+    let Some(s) = S3Server::start(&t.path().join("s3"), &["bkt"], false) else {
+        return;
+    };
+    let src = t.path().join("src");
+    synth_tree(&src, 17);
+    let packed = t.path().join("packed");
+    pack(&src, &packed);
+    let u = url("bkt", "store");
+    let o = opts(&s);
+    dcfs::remote::pack::push(&packed, &u, &o, &dcfs::pack::NoProgress).unwrap();
+    let store = Store::open_remote(&u, &o, StoreOptions::default()).unwrap();
+    let p = RemotePack::open(&u, &o).unwrap();
+    assert_eq!(store.node_count(), p.manifest.entries.len() as u64 + 1);
+    let fh = store.open_handle();
+    for e in &p.manifest.entries {
+        let mut ino = ROOT_INO;
+        for part in e.path.split('/') {
+            ino = store
+                .lookup(ino, std::ffi::OsStr::new(part))
+                .unwrap_or_else(|| panic!("{} not served", e.path))
+                .ino;
+        }
+        let n = store.node(ino).unwrap();
+        let q = src.join(&e.path);
+        match (&n.kind, e.kind) {
+            (NodeKind::Dir { .. }, dcfs::format::manifest::Kind::Dir) => {}
+            (NodeKind::Symlink { target }, dcfs::format::manifest::Kind::Symlink) => {
+                assert_eq!(target, std::fs::read_link(&q).unwrap().as_os_str(), "{}", e.path);
+            }
+            (NodeKind::File { .. }, dcfs::format::manifest::Kind::File) => {
+                let want = std::fs::read(&q).unwrap();
+                assert_eq!(n.size, want.len() as u64, "{}", e.path);
+                let mut got = Vec::new();
+                loop {
+                    let d = store.read(ino, fh, got.len() as u64, 1 << 20).unwrap();
+                    if d.is_empty() {
+                        break;
+                    }
+                    got.extend_from_slice(&d);
+                }
+                assert!(got == want, "{}: bytes differ", e.path);
+            }
+            (k, want) => panic!("{}: served as {k:?}, the manifest says {want:?}", e.path),
+        }
+    }
+    let st = store.stats();
+    assert!(st.remote && st.net_gets > 0 && st.net_bytes > 0, "{st:?}");
+    assert_eq!(st.net_errors, 0, "{st:?}");
+}
