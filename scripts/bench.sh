@@ -9,6 +9,8 @@
 #            and for safetensors, dcfs.torch.load_file straight from the pack (no mount)
 #   fraction load time vs --compress-fraction, and the pick of --compress-fraction auto
 #   scale    synthetic BF16 models of 0.1-4 GB: pack/verify/mounted cat time, peak RSS
+#   ceiling  (opt-in) serving with no storage cost: page cache vs cold/warm mount, raw mount,
+#            verify, 1 vs 2 decode threads; DCFS_BENCH_BEFORE=BIN adds a before/after
 # Results: docs/bench/*.csv|json and docs/img/*.png (or --out DIR, DIR/img), tables in
 # docs/bench/tables.md (scripts/bench_plots.py redraws plots and tables from the results).
 #
@@ -36,7 +38,7 @@ while [[ $# -gt 0 ]]; do
     --out) OUT="$2"; IMG="$2/img"; shift ;;
     --only) ONLY="$2"; shift ;;
     --runs) RUNS="$2"; shift ;;
-    -h|--help) sed -n 2,19p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,24p "$0"; exit 0 ;;
     *) echo "bench: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
@@ -331,6 +333,60 @@ print(time.perf_counter() - t)' "$target" "$c")
     fi
   done
   echo "$DEV 0" > "$CG/blkio.throttle.read_bps_device"
+fi
+
+# --- ceiling (opt-in: --only ceiling) ----------------------------------------------
+# The serving ceiling with no storage cost: containers (and the originals) in the page
+# cache, a fresh mount each run (empty chunk cache), one sequential `dcfs bench read` of
+# every file (cold), then the same again on that mount (warm). Paths: the originals from
+# the page cache, the default pack and a `--codec raw` pack through the mount, `dcfs
+# verify` (MB/s of original bytes), and the mount at 1 and 2 decode threads. With
+# DCFS_BENCH_BEFORE=BINARY, the mount rows also run with that binary, interleaved, for a
+# before/after table. Env: DCFS_BENCH_CEILING_MODELS (default "minilm-bf16 minilm-f16").
+if want ceiling; then
+  read -r -a CMODELS <<< "${DCFS_BENCH_CEILING_MODELS:-minilm-bf16 minilm-f16}"
+  CSET="$WORK/ceiling-set"
+  rm -rf "$CSET"; mkdir -p "$CSET"
+  for m in "${CMODELS[@]}"; do cp -a "$M/$m" "$CSET/"; done
+  mkdir -p "$PK"
+  pack "$CSET" "$PK/ceiling.auto"
+  pack "$CSET" "$PK/ceiling.raw" --codec raw
+  CCSV="$OUT/ceiling.csv"
+  echo "binary,path,threads,state,run,mb_s" > "$CCSV"
+  BINS=(after)
+  [[ -n "${DCFS_BENCH_BEFORE:-}" ]] && BINS=(before after)
+  bin_of() { if [[ $1 == before ]]; then echo "$DCFS_BENCH_BEFORE"; else echo "$DCFS"; fi; }
+  mbs() { j 'd["runs"][0]["mb_per_s"]'; }
+  warm_files() { find "$1" -type f -exec cat {} + > /dev/null; }
+  for r in $(seq 1 "$RUNS"); do
+    warm_files "$CSET"
+    echo "page-cache,originals,0,warm,$r,$("$DCFS" bench read "$CSET" --runs 1 --json | mbs)" >> "$CCSV"
+    for b in "${BINS[@]}"; do
+      bin="$(bin_of "$b")"
+      for p in auto raw; do
+        for th in 2 1; do
+          [[ $p == raw && $th == 1 ]] && continue
+          warm_files "$PK/ceiling.$p"
+          log "ceiling: $b $p threads=$th run $r"
+          "$bin" mount "$PK/ceiling.$p" "$MNT" --threads "$th"
+          echo "$b,$p,$th,cold,$r,$("$DCFS" bench read "$MNT" --runs 1 --json | mbs)" >> "$CCSV"
+          [[ $th == 2 ]] && echo "$b,$p,$th,warm,$r,$("$DCFS" bench read "$MNT" --runs 1 --json | mbs)" >> "$CCSV"
+          umnt
+        done
+      done
+      warm_files "$PK/ceiling.auto"
+      orig=$(du -sb "$CSET" | cut -f1)
+      t0=$(date +%s.%N)
+      "$bin" verify "$PK/ceiling.auto" -j 2 > /dev/null
+      t1=$(date +%s.%N)
+      echo "$b,verify,2,cold,$r,$("$PY" -c "print($orig / 1e6 / ($t1 - $t0))")" >> "$CCSV"
+    done
+  done
+  # the decoder alone, for the same files: fastest of repeated passes over warm buffers
+  for m in "${CMODELS[@]}"; do
+    f="$(find "$M/$m" -maxdepth 1 -name '*.safetensors' | head -1)"
+    "$DCFS" bench codecs "$f" --json > "$OUT/ceiling-codecs-$m.json" 2>/dev/null || true
+  done
 fi
 
 # --- scale -------------------------------------------------------------------

@@ -214,6 +214,40 @@ if lr:
     fig.tight_layout()
     fig.savefig(os.path.join(IMG, "load.png"), dpi=110)
 
+# ---- serving ceiling (bench.sh --only ceiling) -----------------------------------------
+cr = rows("ceiling.csv")
+if cr:
+    g = defaultdict(list)
+    for r in cr:
+        g[(r["binary"], r["path"], int(r["threads"]), r["state"])].append(float(r["mb_s"]))
+    labels = [
+        (("page-cache", "originals", 0, "warm"), "page cache, the original files"),
+        (("{b}", "auto", 2, "warm"), "dcfs mount, warm (chunk cache hit)"),
+        (("{b}", "raw", 2, "cold"), "dcfs mount of a `--codec raw` pack, cold"),
+        (("{b}", "auto", 2, "cold"), "dcfs mount, default pack, cold, 2 decode threads"),
+        (("{b}", "auto", 1, "cold"), "dcfs mount, default pack, cold, 1 decode thread"),
+        (("{b}", "verify", 2, "cold"), "`dcfs verify -j 2` of the same pack"),
+    ]
+    bins = [b for b in ("before", "after") if any(k[0] == b for k in g)]
+    md.append("### Serving ceiling: MB/s of original bytes, median (min-max) of runs\n")
+    body = []
+    for key, name in labels:
+        row = [name]
+        for b in bins:
+            k = tuple(b if x == "{b}" else x for x in key)
+            row.append(fmt(g.get(k, []), 0) if g.get(k) else "-")
+        body.append(row)
+    table(["path"] + bins, body)
+    for b in bins:
+        med = {k: st.median(v) for k, v in g.items() if k[0] == b}
+        def ratio(a, c):
+            return f"{med[a] / med[c]:.2f}" if a in med and c in med else "-"
+        md.append(
+            f"{b}: default cold / raw cold = {ratio((b, 'auto', 2, 'cold'), (b, 'raw', 2, 'cold'))}; "
+            f"raw cold / warm = {ratio((b, 'raw', 2, 'cold'), (b, 'auto', 2, 'warm'))}; "
+            f"2 threads / 1 thread = {ratio((b, 'auto', 2, 'cold'), (b, 'auto', 1, 'cold'))}\n"
+        )
+
 # ---- fraction ----------------------------------------------------------------------
 fr = rows("fraction.csv")
 if fr:
