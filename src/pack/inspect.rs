@@ -109,10 +109,7 @@ fn candidates_of(dtype: Option<Dtype>) -> &'static [Transform] {
 
 /// Inspects a packed tree, a `.dcz` file, an unpacked model directory or a model file.
 pub fn inspect_path(path: &Path, opts: &PackOptions, progress: &dyn Progress) -> Result<InspectReport> {
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(opts.threads.max(1))
-        .build()
-        .expect("thread pool");
+    let pool = super::thread_pool(opts.threads);
     let mut files: Vec<(std::path::PathBuf, String)> = Vec::new();
     let packed_input;
     if path.is_dir() {
@@ -159,10 +156,7 @@ pub fn inspect_remote(
     threads: usize,
     progress: &dyn Progress,
 ) -> Result<InspectReport> {
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads.max(1))
-        .build()
-        .expect("thread pool");
+    let pool = super::thread_pool(threads);
     let mut report = InspectReport {
         packed_input: true,
         ..Default::default()

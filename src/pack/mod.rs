@@ -235,6 +235,14 @@ fn same_or_inside(a: &Path, b: &Path) -> bool {
     a.starts_with(&b) || b.starts_with(&a)
 }
 
+/// The worker pool of pack, unpack, verify and inspect: `threads` workers, at least one.
+pub(crate) fn thread_pool(threads: usize) -> rayon::ThreadPool {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads.max(1))
+        .build()
+        .expect("thread pool")
+}
+
 /// Packs the tree at `src` into `dst`.
 pub fn pack_tree(src: &Path, dst: &Path, opts: &PackOptions, progress: &dyn Progress) -> Result<PackReport> {
     let t0 = Instant::now();
@@ -337,10 +345,7 @@ pub fn pack_tree(src: &Path, dst: &Path, opts: &PackOptions, progress: &dyn Prog
     );
     report.outside_links = outside.len();
     report.dereferenced = deref.len();
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(opts.threads.max(1))
-        .build()
-        .expect("thread pool");
+    let pool = thread_pool(opts.threads);
     let mut dirs = vec![PathBuf::new()];
     root.remove_stale_temps()?;
     // The directory the last entry went into: entries come grouped by directory.

@@ -48,10 +48,7 @@ pub fn unpack_tree_with(
     }
     fs::create_dir_all(dst).map_err(|e| Error::io(dst, e))?;
     let root = DestDir::root(dst)?;
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads.max(1))
-        .build()
-        .expect("thread pool");
+    let pool = super::thread_pool(threads);
     let entries = walk(packed)?;
     let mut containers = Vec::new();
     let mut report = UnpackReport::default();
@@ -169,10 +166,7 @@ pub fn unpack_remote(
     let t0 = Instant::now();
     fs::create_dir_all(dst).map_err(|e| Error::io(dst, e))?;
     let root = DestDir::root(dst)?;
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads.max(1))
-        .build()
-        .expect("thread pool");
+    let pool = super::thread_pool(threads);
     let mut report = UnpackReport::default();
     progress.set_total(pack.files().map(|e| e.size).sum());
     // Paths are validated plain relative paths whose parents are listed directories.

@@ -148,10 +148,7 @@ pub fn verify_remote(
     progress: &dyn Progress,
 ) -> Result<VerifyReport> {
     let t0 = Instant::now();
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads.max(1))
-        .build()
-        .expect("thread pool");
+    let pool = super::thread_pool(threads);
     let mut report = VerifyReport::default();
     progress.set_total(pack.files().map(|e| e.size).sum());
     for e in pack.files() {
@@ -209,10 +206,7 @@ pub fn verify_tree_with(
     progress: &dyn Progress,
 ) -> Result<VerifyReport> {
     let t0 = Instant::now();
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads.max(1))
-        .build()
-        .expect("thread pool");
+    let pool = super::thread_pool(threads);
     let mut containers = Vec::new();
     let mut report = VerifyReport::default();
     if packed.is_file() {

@@ -86,6 +86,16 @@ struct PackedFile {
 }
 
 impl PackedFile {
+    /// A served file whose raw chunks are not checked yet.
+    fn new(meta: FileMeta, chunks: Vec<ChunkEntry>) -> PackedFile {
+        let raw_verified = (0..chunks.len()).map(|_| AtomicBool::new(false)).collect();
+        PackedFile {
+            meta,
+            chunks,
+            raw_verified,
+        }
+    }
+
     /// The chunk holding original byte `offset`, if inside the file.
     fn chunk_at(&self, offset: u64) -> Option<usize> {
         if offset >= self.meta.size {
@@ -183,12 +193,7 @@ impl Store {
                 ino: c.ino,
                 len: c.len,
             });
-            let raw_verified = (0..c.chunks.len()).map(|_| AtomicBool::new(false)).collect();
-            files.push(PackedFile {
-                meta: c.meta,
-                chunks: c.chunks,
-                raw_verified,
-            });
+            files.push(PackedFile::new(c.meta, c.chunks));
         }
         let parts = Parts {
             nodes: t.nodes,
@@ -212,12 +217,7 @@ impl Store {
         let mut files = Vec::with_capacity(t.containers.len());
         for c in t.containers {
             objs.push(c.obj);
-            let raw_verified = (0..c.chunks.len()).map(|_| AtomicBool::new(false)).collect();
-            files.push(PackedFile {
-                meta: c.meta,
-                chunks: c.chunks,
-                raw_verified,
-            });
+            files.push(PackedFile::new(c.meta, c.chunks));
         }
         let parts = Parts {
             nodes: t.nodes,
