@@ -18,6 +18,7 @@
 //! AWS_ENDPOINT_URL, web identity, instance metadata); it does not read `~/.aws/config`
 //! profiles.
 
+pub mod disk_cache;
 pub mod pack;
 
 use std::fmt;
@@ -32,6 +33,7 @@ use object_store::path::Path as ObjPath;
 use object_store::{GetOptions, GetRange, ObjectStore, PutPayload};
 
 use crate::error::{Error, Result};
+use disk_cache::{DiskCache, DiskCacheConfig, DiskCounts, Key};
 
 /// Bytes one ranged GET asks for at most: large enough that per-request latency is small
 /// against transfer time, small enough that many run in parallel (mountpoint-s3's part
@@ -177,6 +179,8 @@ pub struct RemoteOptions {
     /// Access key id and secret, for library callers; the CLI leaves this to the
     /// environment.
     pub keys: Option<(String, String)>,
+    /// A local disk cache of fetched ranges (`--cache-dir`); none by default.
+    pub disk_cache: Option<DiskCacheConfig>,
 }
 
 impl Default for RemoteOptions {
@@ -188,6 +192,7 @@ impl Default for RemoteOptions {
             max_inflight: DEFAULT_INFLIGHT,
             retry_budget: RETRY_BUDGET,
             keys: None,
+            disk_cache: None,
         }
     }
 }
@@ -219,6 +224,8 @@ pub struct Remote {
     inflight: Arc<tokio::sync::Semaphore>,
     retry_budget: Duration,
     pub stats: Arc<NetStats>,
+    /// Ranges fetched before, kept on local disk, keyed by object version.
+    disk: Option<DiskCache>,
 }
 
 impl fmt::Debug for Remote {
@@ -319,6 +326,7 @@ impl Remote {
             .enable_all()
             .build()
             .map_err(|e| Error::io("tokio runtime", e))?;
+        let disk = opts.disk_cache.as_ref().map(DiskCache::open).transpose()?;
         Ok(Arc::new(Remote {
             url: url.clone(),
             store,
@@ -326,6 +334,7 @@ impl Remote {
             inflight: Arc::new(tokio::sync::Semaphore::new(opts.max_inflight.max(1))),
             retry_budget: opts.retry_budget,
             stats: Arc::new(NetStats::default()),
+            disk,
         }))
     }
 
@@ -341,6 +350,11 @@ impl Remote {
             retries: s.retries.load(Ordering::Relaxed),
             errors: s.errors.load(Ordering::Relaxed),
         }
+    }
+
+    /// The disk cache's counters, when there is one.
+    pub fn disk_counts(&self) -> Option<DiskCounts> {
+        self.disk.as_ref().map(|d| d.counts())
     }
 
     /// The store location of `rel` (a `/`-separated path under the pack root).
@@ -433,6 +447,7 @@ impl Remote {
             name,
             len: meta.size,
             etag: meta.e_tag,
+            fresh: Default::default(),
         })
     }
 
@@ -502,6 +517,9 @@ pub struct RemoteObject {
     name: PathBuf,
     len: u64,
     etag: Option<String>,
+    /// Read from the network even where the disk cache holds the range (and replace the
+    /// entry): set while a read that failed its checks is tried once more.
+    fresh: std::sync::atomic::AtomicBool,
 }
 
 impl fmt::Debug for RemoteObject {
@@ -579,21 +597,32 @@ impl RemoteObject {
     }
 }
 
-impl Source for RemoteObject {
-    fn name(&self) -> &Path {
-        &self.name
+impl RemoteObject {
+    /// The disk-cache key of `len` bytes at `offset`, when this object's ranges may be
+    /// cached: there is a cache, and an ETag to tell this version from the next.
+    fn disk_key(&self, offset: u64, len: usize) -> Option<(&DiskCache, Key)> {
+        let disk = self.remote.disk.as_ref()?;
+        let etag = self.etag.as_deref()?;
+        Some((disk, Key::new(&self.name.to_string_lossy(), etag, offset, len as u64)))
     }
-    fn len(&self) -> u64 {
-        self.len
+
+    /// While set, reads skip the disk cache's copies (and replace them).
+    pub fn set_fresh(&self, on: bool) {
+        self.fresh.store(on, Ordering::Relaxed);
     }
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        let end = offset
-            .checked_add(buf.len() as u64)
-            .filter(|&e| e <= self.len)
-            .ok_or_else(|| Error::corrupt(&self.name, None, "read past the end of the object"))?;
-        if buf.is_empty() {
-            return Ok(());
+
+    /// Drops any cached copy of `len` bytes at `offset`, so the next read of them goes to
+    /// the network (they failed a check after they were read). True: a next read would
+    /// fetch them again, which may help.
+    pub fn forget(&self, offset: u64, len: usize) -> bool {
+        if let Some((disk, key)) = self.disk_key(offset, len) {
+            disk.forget(key);
         }
+        true
+    }
+
+    /// Fills `buf` from the network, in parallel parts, with retries.
+    fn read_from_network(&self, buf: &mut [u8], offset: u64, end: u64) -> Result<()> {
         let r = &self.remote;
         let deadline = Instant::now() + r.retry_budget;
         let parts: Vec<std::ops::Range<u64>> = (offset..end)
@@ -647,6 +676,35 @@ impl Source for RemoteObject {
             }
         }
         Ok(())
+    }
+}
+
+impl Source for RemoteObject {
+    fn name(&self) -> &Path {
+        &self.name
+    }
+    fn len(&self) -> u64 {
+        self.len
+    }
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        let end = offset
+            .checked_add(buf.len() as u64)
+            .filter(|&e| e <= self.len)
+            .ok_or_else(|| Error::corrupt(&self.name, None, "read past the end of the object"))?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        match self.disk_key(offset, buf.len()) {
+            Some((disk, key)) => {
+                if !self.fresh.load(Ordering::Relaxed) && disk.get(key, buf) {
+                    return Ok(());
+                }
+                self.read_from_network(buf, offset, end)?;
+                disk.put(key, buf);
+                Ok(())
+            }
+            None => self.read_from_network(buf, offset, end),
+        }
     }
 }
 
