@@ -115,6 +115,88 @@ fn push_then_verify_and_unpack_are_byte_identical() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--allow-http"));
 }
 
+/// `dcfs pack SRC s3://…` packs into a temporary directory under --tmp-dir, pushes it and
+/// removes it: the pushed pack verifies and unpacks byte-identical; a push that fails
+/// leaves nothing behind either.
+#[test]
+fn pack_to_s3_in_one_step_pushes_and_leaves_no_temporary() {
+    let t = tempfile::tempdir().unwrap();
+    let Some(s) = S3Server::start(&t.path().join("s3"), &["models"], false) else {
+        return;
+    };
+    let src = t.path().join("src");
+    synth_tree(&src, 19);
+    let tmp = t.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let ep = s.endpoint();
+    let u = "s3://models/one/step";
+    let out = run(s.dcfs().arg("pack").arg(&src).arg(u).arg("--tmp-dir").arg(&tmp).args([
+        "--endpoint",
+        &ep,
+        "-j",
+        "2",
+        "--json",
+    ]));
+    assert!(out.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("pack --json prints JSON");
+    assert!(report["push"]["files"].as_u64().unwrap() > 0, "{report}");
+    assert_eq!(
+        report["push"]["files"].as_u64(),
+        Some(report["files"].as_array().unwrap().len() as u64)
+    );
+    assert_eq!(
+        std::fs::read_dir(&tmp).unwrap().count(),
+        0,
+        "the temporary pack was left behind"
+    );
+    let out = run(s.dcfs().args(["verify", u, "--endpoint", &ep, "-j", "2"]));
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("0 failed"));
+    let back = t.path().join("back");
+    let out = run(s
+        .dcfs()
+        .args(["unpack", u])
+        .arg(&back)
+        .args(["--endpoint", &ep, "-j", "2"]));
+    assert!(out.status.success());
+    assert_eq!(
+        tree_state(&back),
+        tree_state(&src),
+        "pack-to-s3 then unpack differs from the source"
+    );
+
+    // A wrong secret key: packing succeeds, the push fails; the temporary goes.
+    let out = run(s
+        .dcfs()
+        .env("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+        .arg("pack")
+        .arg(&src)
+        .arg("s3://models/refused")
+        .arg("--tmp-dir")
+        .arg(&tmp)
+        .args(["--endpoint", &ep, "-j", "2"]));
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("pushing"),
+        "the push is what failed"
+    );
+    assert_eq!(
+        std::fs::read_dir(&tmp).unwrap().count(),
+        0,
+        "a failed push left its temporary pack"
+    );
+    // A plain http URL cannot take uploads; nothing is created.
+    let out = run(s
+        .dcfs()
+        .arg("pack")
+        .arg(&src)
+        .arg(format!("{ep}/models/x"))
+        .arg("--tmp-dir")
+        .arg(&tmp));
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
+}
+
 #[test]
 fn large_containers_go_up_in_parts() {
     let t = tempfile::tempdir().unwrap();
