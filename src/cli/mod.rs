@@ -1,6 +1,7 @@
 //! Command-line interface. Each command lives in its own file; errors travel up as
 //! `anyhow::Error` and are printed once, here.
 
+#[cfg(feature = "bench")]
 mod bench;
 mod gen;
 mod gpu;
@@ -59,6 +60,7 @@ enum Cmd {
     GpuDefines(gpu::GpuDefinesArgs),
     #[command(hide = true)]
     GpuBench(gpu::GpuBenchArgs),
+    #[cfg(feature = "bench")]
     Bench(bench::BenchArgs),
     /// Writes man pages and shell completions (used by the package build).
     #[command(hide = true)]
@@ -121,6 +123,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Cmd::GpuInfo(a) => gpu::gpu_info(a),
         Cmd::GpuDefines(a) => gpu::gpu_defines(a),
         Cmd::GpuBench(a) => gpu::gpu_bench(a),
+        #[cfg(feature = "bench")]
         Cmd::Bench(a) => bench::bench(a),
         Cmd::GenDocs(a) => gen::gen_docs(a),
     }
