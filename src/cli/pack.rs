@@ -393,6 +393,11 @@ pub fn unpack(a: UnpackArgs) -> Result<Outcome> {
 }
 
 /// Decode everything and check every chunk checksum and whole-file digest.
+///
+/// Exit status: 0 all verified; 1 damage found; 2 could not run; 3 a GPU defect: with
+/// `--gpu on`, every chunk passed on the CPU but the GPU decoder returned some unusable
+/// (flagged, failing its checksum, or a failed batch), so they were decoded again on the
+/// CPU. The bytes were right; the GPU path is not. (`--gpu auto` only warns.)
 #[derive(Args)]
 pub struct VerifyArgs {
     /// Packed directory, a single .dcz file, or a pushed pack (s3://bucket/prefix, http(s)://…).
@@ -417,6 +422,8 @@ pub fn verify(a: VerifyArgs) -> Result<Outcome> {
         Some(_) => None,
         None => a.gpu.decoder(&a.packed)?,
     };
+    // A GPU the user asked for must not hide its own failures behind the CPU fallback.
+    let gpu_required = matches!(a.gpu, GpuArg::On | GpuArg::Emulate);
     let bar = Bar::new(a.json);
     let r = match &remote {
         Some(u) => dcfs::remote::pack::RemotePack::open(u, &a.remote.options())
@@ -442,6 +449,25 @@ pub fn verify(a: VerifyArgs) -> Result<Outcome> {
             r.bytes as f64 / 1e6 / r.seconds.max(1e-9),
             r.failures()
         );
+        if gpu.is_some() {
+            println!(
+                "GPU: {} chunks decoded on the GPU, {} fell back to the CPU",
+                r.gpu_chunks, r.gpu_fallbacks
+            );
+        }
+    }
+    if r.gpu_defects > 0 {
+        eprintln!(
+            "dcfs: {}: the GPU decoder got {} chunks wrong that the CPU decoded and verified \
+             (GPU defect; the bytes checked were the CPU's){}",
+            if gpu_required { "error" } else { "warning" },
+            r.gpu_defects,
+            if gpu_required {
+                ""
+            } else {
+                "; use --gpu off to avoid it"
+            }
+        );
     }
     if r.failures() > 0 {
         if !a.json {
@@ -452,6 +478,9 @@ pub fn verify(a: VerifyArgs) -> Result<Outcome> {
             );
         }
         return Ok(Outcome::Failed);
+    }
+    if gpu_required && r.gpu_defects > 0 {
+        return Ok(Outcome::GpuDefect);
     }
     Ok(Outcome::Ok)
 }
