@@ -125,10 +125,11 @@ fn stream_chunks_tallied(
         let decoded: Vec<Result<Vec<u8>>> = if gpu.is_none() && c.is_remote() {
             decode_remote_window(c, pool, w)?
         } else {
-            match gpu {
-                None => pool.install(|| crate::store::decode::decode_chunks_vec(c, group, None)),
-                Some(g) => pool.install(|| decode_counted(c, group, g, tally)),
-            }
+            let on_gpu = |r: &crate::store::decode::BatchReport| {
+                tally.chunks.fetch_add(r.gpu_chunks, Relaxed);
+                tally.fallbacks.fetch_add(r.gpu_fallbacks, Relaxed);
+            };
+            pool.install(|| crate::store::decode::decode_chunks_vec(c, group, gpu, &on_gpu))
         };
         for (&i, d) in group.iter().zip(decoded) {
             let d = d?;
@@ -140,27 +141,6 @@ fn stream_chunks_tallied(
         return Err(Error::corrupt(c.path(), None, "whole-file BLAKE3 digest mismatch"));
     }
     Ok(())
-}
-
-/// The store's decode path (`decode_chunks`, as `decode_chunks_vec` calls it) on the GPU,
-/// with each batch's chunks and fallbacks added to `tally`.
-fn decode_counted(c: &Container, idx: &[usize], gpu: &gpu::Decoder, tally: &GpuTally) -> Vec<Result<Vec<u8>>> {
-    use crate::store::decode::{decode_chunks, BatchReport};
-    let slots: Vec<parking_lot::Mutex<Option<Result<Vec<u8>>>>> =
-        idx.iter().map(|_| parking_lot::Mutex::new(None)).collect();
-    let on_gpu = |r: &BatchReport| {
-        tally.chunks.fetch_add(r.gpu_chunks, Relaxed);
-        tally.fallbacks.fetch_add(r.gpu_fallbacks, Relaxed);
-    };
-    decode_chunks(c, idx, Some(gpu), &on_gpu, &|k, r, _| *slots[k].lock() = Some(r));
-    slots
-        .into_iter()
-        .zip(idx)
-        .map(|(s, &i)| {
-            s.into_inner()
-                .unwrap_or_else(|| Err(Error::corrupt(c.path(), Some(i as u32), "chunk not decoded")))
-        })
-        .collect()
 }
 
 /// Chunks per window of a remote container: 64 chunks of 1 MiB are several 8 MiB GETs.

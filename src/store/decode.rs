@@ -147,11 +147,16 @@ pub(crate) fn decode_chunks(
 }
 
 /// Decodes a batch and returns its results in order (for callers that consume a whole
-/// window at once, like `verify` and `unpack`).
-pub(crate) fn decode_chunks_vec(src: &dyn Chunks, idx: &[usize], gpu: Option<&gpu::Decoder>) -> Vec<Result<Vec<u8>>> {
+/// window at once, like `verify`); each GPU batch's report goes to `on_gpu`.
+pub(crate) fn decode_chunks_vec(
+    src: &dyn Chunks,
+    idx: &[usize],
+    gpu: Option<&gpu::Decoder>,
+    on_gpu: &dyn Fn(&BatchReport),
+) -> Vec<Result<Vec<u8>>> {
     let slots: Vec<parking_lot::Mutex<Option<Result<Vec<u8>>>>> =
         idx.iter().map(|_| parking_lot::Mutex::new(None)).collect();
-    decode_chunks(src, idx, gpu, &|_| {}, &|k, r, _| *slots[k].lock() = Some(r));
+    decode_chunks(src, idx, gpu, on_gpu, &|k, r, _| *slots[k].lock() = Some(r));
     slots
         .into_iter()
         .zip(idx)
