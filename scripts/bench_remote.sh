@@ -109,7 +109,7 @@ one() {
                     start_mount "$DCFS" mount -f s3://pub/packed "$MNT" --no-sign-request --cache-dir "$CACHE" ;;
         warm) start_mount "$DCFS" mount -f s3://pub/packed "$MNT" --no-sign-request --cache-dir "$CACHE" ;;
         local) start_mount "$DCFS" mount -f "$RPK" "$MNT" ;;
-        rclone) start_mount "${RCLONE[@]}" mount rb:pub/plain "$MNT" --read-only ;;
+        rclone) start_mount "${RCLONE[@]}" mount rb:pub/plain "$MNT" --read-only --low-level-retries 1 ;;
         s3fs) start_mount s3fs pub:/plain "$MNT" -f -o "url=$EP,use_path_request_style,public_bucket=1,ro,retries=1" ;;
       esac || return 1
       ls -R "$MNT" > /dev/null || return 1
