@@ -412,7 +412,9 @@ if want remote; then
   rm -rf "$RSET"; mkdir -p "$RSET"
   for m in "${RMODELS[@]}"; do cp -a "$M/$m" "$RSET/"; done
   mkdir -p "$PK"
-  pack "$RSET" "$PK/remote.auto"
+  # packed afresh every time: pack()'s reuse check cannot see a changed model list
+  rm -rf "$PK/remote.auto"
+  "$DCFS" pack "$RSET" "$PK/remote.auto" --json > "$OUT/remote-pack.json"
   export DCFS PY ROOT WORK MNT RUNS RSET S3S
   export RPK="$PK/remote.auto" CSV="$OUT/remote.csv" RATES="${DCFS_BENCH_RATES:-100 400 1000 0}"
   export RCONTENDERS="${DCFS_BENCH_REMOTE_CONTENDERS:-download cold cold-cache warm local rclone s3fs}"

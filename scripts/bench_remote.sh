@@ -51,7 +51,8 @@ log "push the pack, PUT the plain files"
 # what each workload reads, and its original and packed bytes
 (cd "$RSET" && find . -type f -printf '%P\n' | sort) > "$WORK/remote-read.list"
 grep '\.safetensors$' "$WORK/remote-read.list" > "$WORK/remote-st.list"
-sumsz() { local n=0 s; while read -r p; do s=$(stat -c %s "$1/$p$2"); n=$((n + s)); done < "$3"; echo "$n"; }
+# (a file identical to one packed before it has no container of its own: it counts 0)
+sumsz() { local n=0 s; while read -r p; do s=$(stat -c %s "$1/$p$2" 2>/dev/null || echo 0); n=$((n + s)); done < "$3"; echo "$n"; }
 
 ticks() { if [[ -r "/proc/$1/stat" ]]; then awk '{print $14 + $15}' "/proc/$1/stat"; else echo 0; fi; }
 secs() { "$PY" -c "print(round($1 / $HZ, 3))"; }
