@@ -261,6 +261,7 @@ if rr:
     wls = list(dict.fromkeys(k[1] for k in g))
     conts = [c for c in CONT if any(k[2] == c[0] for k in g)]
     rname = lambda b: f"{b} Mbit" if b else "unthrottled"  # noqa: E731
+    WLN = {"read": "read", "st": "safetensors"}
 
     def col(rs, k):
         return [float(r[k]) for r in rs if r.get(k) not in (None, "")]
@@ -273,14 +274,18 @@ if rr:
     body = []
     for w in wls:
         for b in rates:
-            body.append([w, rname(b)] + [fmt(col(g[(b, w, c)], "total_s")) if g.get((b, w, c)) else "-"
+            body.append([WLN.get(w, w), rname(b)] + [fmt(col(g[(b, w, c)], "total_s")) if g.get((b, w, c)) else "-"
                                          for c, _ in conts])
     table(["workload", "link"] + [n for _, n in conts], body)
+    md.append("### Of which mount time (mount until the tree lists; download: 0), seconds, median\n")
+    table(["workload", "link"] + [n for _, n in conts],
+          [[WLN.get(w, w), rname(b)] + [f"{med((b, w, c), 'mount_s'):.2f}" if g.get((b, w, c)) else "-" for c, _ in conts]
+           for w in wls for b in rates])
     md.append("### Bytes on the wire (MB, loopback tx in the namespace) / CPU s (loader + FUSE daemon), median\n")
     body = []
     for w in wls:
         for b in rates:
-            row = [w, rname(b)]
+            row = [WLN.get(w, w), rname(b)]
             for c, _ in conts:
                 rs = g.get((b, w, c))
                 if not rs:
@@ -308,7 +313,7 @@ if rr:
             dcpu = med((b, w, "cold"), "daemon_cpu_s")
             load = med((b, w, "cold"), "load_s")
             body.append([
-                w, rname(b), f"{ratio:.3f}",
+                WLN.get(w, w), rname(b), f"{ratio:.3f}",
                 f"{dl:.2f}" if dl else "-", f"{dl / ratio:.2f}" if dl else "-",
                 f"{cold:.2f}" if cold else "-",
                 f"{floor:.2f}" if floor else "-",
@@ -335,7 +340,7 @@ if rr:
         ax.set_xticklabels([rname(b) for b in rates])
         ax.set_yscale("log")
         ax.set_ylabel("seconds, mount + load (log)")
-        ax.set_title(f"workload: {w} ({int(rs0['orig_bytes']) / 1e6:.0f} MB)")
+        ax.set_title(f"workload: {WLN.get(w, w)} ({int(rs0['orig_bytes']) / 1e6:.0f} MB)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
