@@ -11,6 +11,12 @@
 # whatever is left mounted, on any exit). Needs root and /dev/fuse to mount: without them it
 # says SKIP and exits 0, like the Rust mount tests. Extra arguments go to pytest.
 #
+# The mount-based loader tests run twice: on a mount of the local pack, and on
+# `dcfs mount s3://loaders/models MNT` of the same pack pushed (`dcfs push`) to an s3s-fs
+# server this script starts on loopback (a free port, fresh keys, its own directory under
+# the temp dir; stopped by the trap). s3s-fs is found as $S3S_FS, on PATH, or where .ci/run
+# installs it; without it the remote runs are skipped (SKIP), or fail under CI=true.
+#
 # Env: DCFS_LOADER_VENV  venv path; DCFS_MODELS  models dir (default <repo>/models)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -82,19 +88,28 @@ echo "== loader-tests: building and installing the dcfs wheel (python/build-whee
 # --- pack, run, always unmount --------------------------------------------------------
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/dcfs-loaders.XXXXXX")"
 MNT="$WORK/mnt"
+S3S_PID=
 mounted() { awk -v p="$1" '$5 == p { found = 1 } END { exit !found }' /proc/self/mountinfo; }
+RMNT="$WORK/mnt-remote"
 cleanup() {
-  local rc=$?
-  if mounted "$MNT"; then
-    echo "loader-tests: unmounting $MNT"
-    "$DCFS" umount "$MNT" 2>/dev/null || "$DCFS" umount -l "$MNT" || true
-    for _ in $(seq 100); do mounted "$MNT" || break; sleep 0.05; done
+  local rc=$? m left=
+  for m in "$MNT" "$RMNT"; do
+    if mounted "$m"; then
+      echo "loader-tests: unmounting $m"
+      "$DCFS" umount "$m" 2>/dev/null || "$DCFS" umount -l "$m" || true
+      for _ in $(seq 100); do mounted "$m" || break; sleep 0.05; done
+    fi
+    if mounted "$m"; then
+      echo "loader-tests: $m still mounted; leaving $WORK" >&2
+      left=1
+    fi
+  done
+  # The server goes after the remote mount, so that mount's daemon never reads from a dead one.
+  if [[ -n "$S3S_PID" ]]; then
+    kill "$S3S_PID" 2>/dev/null || true
+    wait "$S3S_PID" 2>/dev/null || true
   fi
-  if mounted "$MNT"; then
-    echo "loader-tests: $MNT still mounted; leaving $WORK" >&2
-  else
-    rm -rf "$WORK"
-  fi
+  [[ -n "$left" ]] || rm -rf "$WORK"
   exit "$rc"
 }
 PYTEST_PID=
@@ -116,9 +131,40 @@ t0=$SECONDS
 "$DCFS" pack "$MODELS" "$WORK/packed" 2>&1 | tail -1
 echo "   packed in $((SECONDS - t0))s"
 
+# --- the same pack on a local S3 server (s3s-fs), for the remote-mount runs --------------
+S3S="${S3S_FS:-$(command -v s3s-fs || true)}"
+[[ -n "$S3S" ]] || S3S="${DCFS_S3S_ROOT:-$HOME/.cache/dcfs/s3s-fs}/bin/s3s-fs"
+REMOTE_URL=
+if [[ -x "$S3S" ]]; then
+  mkdir -p "$WORK/s3/loaders"
+  PORT="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+  export AWS_ACCESS_KEY_ID="AK$(od -An -N8 -tx8 /dev/urandom | tr -d ' ')"
+  export AWS_SECRET_ACCESS_KEY="SK$(od -An -N16 -tx8 /dev/urandom | tr -d ' \n')"
+  export AWS_ENDPOINT_URL="http://127.0.0.1:$PORT" AWS_ALLOW_HTTP=true AWS_REGION=us-east-1
+  unset AWS_SESSION_TOKEN AWS_PROFILE AWS_ENDPOINT
+  "$S3S" --host 127.0.0.1 --port "$PORT" --access-key "$AWS_ACCESS_KEY_ID" \
+    --secret-key "$AWS_SECRET_ACCESS_KEY" "$WORK/s3" >"$WORK/s3s-fs.log" 2>&1 &
+  S3S_PID=$!
+  for _ in $(seq 200); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
+    kill -0 "$S3S_PID" 2>/dev/null || die "s3s-fs exited: $(tail -5 "$WORK/s3s-fs.log")"
+    sleep 0.05
+  done
+  REMOTE_URL="s3://loaders/models"
+  echo "== loader-tests: dcfs push to $REMOTE_URL (s3s-fs on 127.0.0.1:$PORT)"
+  t0=$SECONDS
+  "$DCFS" push "$WORK/packed" "$REMOTE_URL" | tail -1
+  echo "   pushed in $((SECONDS - t0))s"
+elif [[ "${CI:-}" == true ]]; then
+  die "s3s-fs not found (set S3S_FS, put it on PATH, or run .ci/run to install it); the remote-mount runs need it"
+else
+  echo "SKIP loader tests on a remote mount: s3s-fs not found (cargo install s3s-fs@0.14.1 --features binary --locked)"
+fi
+
 echo "== loader-tests: pytest tests/loaders"
 # In the background so that a signal to this script is handled while pytest runs.
 DCFS_BIN="$DCFS" DCFS_MODELS="$MODELS" DCFS_LOADER_PACKED="$WORK/packed" DCFS_LOADER_MNT="$MNT" \
+  DCFS_LOADER_REMOTE="$REMOTE_URL" DCFS_LOADER_REMOTE_MNT="$RMNT" \
   DCFS_CT_OLDEST_DIR="$CT_OLDEST_DIR" \
   HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
   "$PY" -m pytest "$ROOT/tests/loaders" -p no:cacheprovider -rs -v -s "$@" &

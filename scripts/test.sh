@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The project's test command (README and .ci/run call exactly this):
-# fetch the real models, check formatting and lints, run every test (tests/remote.rs against a
+# fetch the real models, check formatting and lints, run every test (tests/remote.rs and tests/remote_cache.rs against a
 # real S3 server, s3s-fs, on loopback), the aarch64 check and the .deb packages (amd64, arm64),
 # then the real loaders
 # (safetensors, sentence-transformers, llama.cpp, transformers on a hub cache, DC-quantized
@@ -13,7 +13,7 @@ cd "$ROOT"
 
 echo "== fetch models"
 scripts/fetch-models.sh
-# The remote tests (tests/remote.rs) start s3s-fs on loopback; .ci/run installs it here.
+# The remote tests (tests/remote.rs, tests/remote_cache.rs) start s3s-fs on loopback; .ci/run installs it here.
 S3S_ROOT="${DCFS_S3S_ROOT:-$HOME/.cache/dcfs/s3s-fs}"
 if [[ -x "$S3S_ROOT/bin/s3s-fs" ]]; then
   export PATH="$S3S_ROOT/bin:$PATH"

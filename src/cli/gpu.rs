@@ -35,7 +35,17 @@ impl GpuArg {
             GpuArg::Auto => GpuMode::Auto,
             GpuArg::On => GpuMode::On,
             GpuArg::Off => GpuMode::Off,
-            GpuArg::Emulate => return Ok(Some(Decoder::emulated())),
+            // DCFS_GPU_EMU_BUG=garbage|flags plants a kernel bug in the emulation, so tests
+            // can show a broken GPU path is reported; only this hidden test mode reads it.
+            GpuArg::Emulate => {
+                return Ok(Some(match std::env::var("DCFS_GPU_EMU_BUG") {
+                    Err(_) => Decoder::emulated(),
+                    Ok(b) => Decoder::emulated_with_bug(
+                        gpu::PlantedBug::parse(&b)
+                            .with_context(|| format!("DCFS_GPU_EMU_BUG={b:?}: expected garbage or flags"))?,
+                    ),
+                }))
+            }
         };
         let dec = Decoder::new(mode).context("--gpu on")?;
         Ok(match (mode, dec) {

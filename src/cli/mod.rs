@@ -1,6 +1,7 @@
 //! Command-line interface. Each command lives in its own file; errors travel up as
 //! `anyhow::Error` and are printed once, here.
 
+#[cfg(feature = "bench")]
 mod bench;
 mod gen;
 mod gpu;
@@ -35,7 +36,8 @@ fn version() -> &'static str {
                   checksummed containers and serves them back byte for byte.\n\n\
                   Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=dcfs=debug) for more.\n\n\
                   Exit status: 0 success; 1 data damage found (verify, unpack, a corrupt pack); \
-                  2 could not run (bad arguments, I/O errors, missing files)."
+                  2 could not run (bad arguments, I/O errors, missing files); 3 a GPU defect \
+                  (verify --gpu on: the pack is sound, but the GPU decoder got chunks wrong)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -59,6 +61,7 @@ enum Cmd {
     GpuDefines(gpu::GpuDefinesArgs),
     #[command(hide = true)]
     GpuBench(gpu::GpuBenchArgs),
+    #[cfg(feature = "bench")]
     Bench(bench::BenchArgs),
     /// Writes man pages and shell completions (used by the package build).
     #[command(hide = true)]
@@ -71,11 +74,18 @@ const EXIT_DAMAGE: u8 = 1;
 /// missing files.
 const EXIT_CANNOT_RUN: u8 = 2;
 
+/// Exit status when the pack is sound but the GPU decoder got chunks wrong (`verify --gpu
+/// on`): the CPU fallback hid it from the bytes, so it must show here.
+const EXIT_GPU_DEFECT: u8 = 3;
+
 /// What a command tells `main` about how it went, beyond success.
 pub enum Outcome {
     Ok,
     /// The command ran but found problems (e.g. verify found damage): exit 1, no extra message.
     Failed,
+    /// The data is sound but the GPU decoder is not (verify --gpu on): exit 3; the command
+    /// has said so.
+    GpuDefect,
 }
 
 pub fn main() -> ExitCode {
@@ -91,6 +101,7 @@ pub fn main() -> ExitCode {
     match r {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,
         Ok(Outcome::Failed) => ExitCode::from(EXIT_DAMAGE),
+        Ok(Outcome::GpuDefect) => ExitCode::from(EXIT_GPU_DEFECT),
         Err(e) => {
             eprintln!("dcfs: error: {}", util::one_line(&e));
             // Damaged data stays apart from "could not run", so scripts can tell them apart.
@@ -121,6 +132,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Cmd::GpuInfo(a) => gpu::gpu_info(a),
         Cmd::GpuDefines(a) => gpu::gpu_defines(a),
         Cmd::GpuBench(a) => gpu::gpu_bench(a),
+        #[cfg(feature = "bench")]
         Cmd::Bench(a) => bench::bench(a),
         Cmd::GenDocs(a) => gen::gen_docs(a),
     }

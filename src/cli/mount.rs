@@ -13,6 +13,7 @@ use super::push::{remote_url, RemoteArgs};
 use super::util::{default_threads, human, init_logging_to, one_line, open_log_file, parse_size, LogTarget};
 use super::Outcome;
 use dcfs::fs::{Mount, MountConfig, MountExtras, STATS_XATTR};
+use dcfs::remote::disk_cache::DiskCacheConfig;
 use dcfs::remote::{RemoteOptions, RemoteUrl};
 use dcfs::store::{default_cache_bytes, Snapshot, Store, StoreOptions};
 
@@ -34,7 +35,10 @@ pub struct MountArgs {
     /// Comma-separated options: cache_size=SIZE, threads=N, prefetch=N, readahead=SIZE,
     /// fuse_threads=N, allow_other, allow_root, auto_unmount, nonempty (mount over a
     /// directory that has entries), gpu=auto|on|off, log=syslog|stderr, log_file=PATH, ro,
-    /// max_inflight=N (ranged GETs in flight at once, remote packs only).
+    /// and for remote packs: max_inflight=N (ranged GETs in flight at once),
+    /// cache_dir=DIR, disk_cache_size=SIZE, disk_cache_free=PERCENT (of the cache's
+    /// filesystem kept free; 5), endpoint=URL, allow_http, no_sign_request,
+    /// retry_timeout=SECS (how long a read retries a failing server before EIO; 30).
     /// fstab-only options (defaults, noauto, nofail, _netdev, user, x-*) are accepted and
     /// ignored.
     #[arg(short = 'o', value_name = "OPTS")]
@@ -60,6 +64,13 @@ pub struct MountArgs {
     /// the GPU path has been measured on real hardware.
     #[arg(long, value_enum)]
     gpu: Option<super::gpu::GpuArg>,
+    /// Keep fetched chunks of a remote pack in DIR (compressed, checked on every read):
+    /// a remount serves from it with no chunk fetches. Mounts on one node may share DIR.
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Bound on the disk cache (default: no bound but keeping 5% of its filesystem free).
+    #[arg(long, value_parser = parse_size, value_name = "SIZE", requires = "cache_dir")]
+    disk_cache_size: Option<u64>,
     #[command(flatten)]
     remote: RemoteArgs,
 }
@@ -89,6 +100,11 @@ struct Settings {
     log: LogChoice,
     /// `-o max_inflight=N`: ranged GETs in flight at once (remote packs).
     max_inflight: Option<usize>,
+    /// The disk cache of a remote pack (`--cache-dir`, `-o cache_dir=`).
+    disk_cache: Option<DiskCacheConfig>,
+    /// How to reach a remote pack: the flags, with `-o endpoint=`, `allow_http` and
+    /// `no_sign_request` (fstab lines have no flags).
+    remote: RemoteOptions,
 }
 
 /// Where the mount logs: `-o log_file=PATH` wins, then `-o log=`; unset means stderr in
@@ -122,6 +138,10 @@ fn settings(a: &MountArgs) -> Result<Settings> {
     let mut log = LogChoice::Auto;
     let mut log_file = None;
     let mut max_inflight = None;
+    let mut cache_dir = a.cache_dir.clone();
+    let mut disk_cache_size = None;
+    let mut disk_cache_free = None;
+    let mut remote = a.remote.options();
     for opt in a.options.iter().flat_map(|o| o.split(',')).filter(|o| !o.is_empty()) {
         let (k, v) = opt.split_once('=').map_or((opt, None), |(k, v)| (k, Some(v)));
         let need = || v.ok_or_else(|| anyhow!("mount option {k} needs a value ({k}=...)"));
@@ -139,6 +159,22 @@ fn settings(a: &MountArgs) -> Result<Settings> {
                 0 => bail!("mount option max_inflight must be at least 1"),
                 n => max_inflight = Some(n),
             },
+            "cache_dir" => cache_dir = Some(PathBuf::from(need()?)),
+            "disk_cache_size" => disk_cache_size = Some(parse_size(need()?).map_err(|e| anyhow!(e))?),
+            "disk_cache_free" => {
+                let v = need()?;
+                match v.trim_end_matches('%').parse::<f64>() {
+                    Ok(p) if (0.0..100.0).contains(&p) => disk_cache_free = Some(p / 100.0),
+                    _ => bail!("mount option disk_cache_free: {v:?} is not a percentage in [0, 100)"),
+                }
+            }
+            "endpoint" => remote.endpoint = Some(need()?.to_string()),
+            "retry_timeout" => match num(need()?)? {
+                0 => bail!("mount option retry_timeout must be at least 1 (seconds)"),
+                n => remote.retry_budget = std::time::Duration::from_secs(n as u64),
+            },
+            "allow_http" => remote.allow_http = true,
+            "no_sign_request" => remote.no_sign_request = true,
             "allow_other" => mount.allow_other = true,
             "nonempty" => nonempty = true,
             "allow_root" => extras.allow_root = true,
@@ -178,7 +214,17 @@ fn settings(a: &MountArgs) -> Result<Settings> {
         mount.readahead_kb = (r > 0).then_some((r / 1024) as u32);
     }
     store.threads = store.threads.max(1);
+    if let Some(n) = max_inflight {
+        remote.max_inflight = n;
+    }
+    let prefetch_given = prefetch.is_some();
     store.prefetch = prefetch.unwrap_or_else(|| dcfs::store::default_prefetch(store.threads));
+    if !prefetch_given && a.packed.to_str().is_some_and(|p| p.contains("://")) {
+        // A remote reader waits on the network, not on decode threads: keep as many
+        // chunks ahead as GETs may be in flight (the window still ramps up, and the
+        // cache share still caps it).
+        store.prefetch = store.prefetch.max(remote.max_inflight);
+    }
     if store.cache_bytes < (4 << 20) {
         bail!("cache size {} is too small (at least 4M)", human(store.cache_bytes));
     }
@@ -196,6 +242,18 @@ fn settings(a: &MountArgs) -> Result<Settings> {
     if let Some(f) = log_file {
         log = LogChoice::File(f);
     }
+    let disk_cache_size = a.disk_cache_size.or(disk_cache_size);
+    if (disk_cache_size.is_some() || disk_cache_free.is_some()) && cache_dir.is_none() {
+        bail!("disk_cache_size and disk_cache_free need a cache directory (--cache-dir DIR or -o cache_dir=DIR)");
+    }
+    let disk_cache = cache_dir.map(|dir| {
+        let d = DiskCacheConfig::new(dir);
+        DiskCacheConfig {
+            max_bytes: disk_cache_size,
+            min_free: disk_cache_free.unwrap_or(d.min_free),
+            ..d
+        }
+    });
     Ok(Settings {
         store,
         mount,
@@ -204,6 +262,8 @@ fn settings(a: &MountArgs) -> Result<Settings> {
         gpu: a.gpu.or(gpu).unwrap_or(super::gpu::GpuArg::Off),
         log,
         max_inflight,
+        disk_cache,
+        remote,
     })
 }
 
@@ -255,6 +315,27 @@ fn preflight(packed: Option<&Path>, mnt: &Path, nonempty: bool) -> Result<()> {
     Ok(())
 }
 
+/// `p` with its longest existing prefix resolved (the rest may not exist yet).
+fn real_prefix(p: &Path) -> PathBuf {
+    let mut rest = Vec::new();
+    let mut cur = p.to_path_buf();
+    loop {
+        if let Ok(c) = cur.canonicalize() {
+            return rest
+                .into_iter()
+                .rev()
+                .fold(c, |acc, part: std::ffi::OsString| acc.join(part));
+        }
+        match (cur.file_name().map(|n| n.to_os_string()), cur.parent()) {
+            (Some(n), Some(parent)) => {
+                rest.push(n);
+                cur = parent.to_path_buf();
+            }
+            _ => return p.to_path_buf(),
+        }
+    }
+}
+
 /// The filesystem type mounted exactly at `path` (the topmost, if stacked).
 fn mounted_at(path: &Path) -> Option<String> {
     dcfs::fs::top_mount_at(path).map(|m| m.fstype)
@@ -271,13 +352,35 @@ pub fn mount(a: MountArgs) -> Result<Outcome> {
     // Absolute paths: the daemon changes its directory to /.
     let packed = match remote {
         Some(u) => {
-            let mut o = a.remote.options();
-            if let Some(n) = s.max_inflight {
-                o.max_inflight = n;
+            let mut o = s.remote.clone();
+            if let Some(c) = &s.disk_cache {
+                // Absolute: the daemon changes its directory to /.
+                let mut c = c.clone();
+                c.dir = std::path::absolute(&c.dir).with_context(|| format!("cache directory {}", c.dir.display()))?;
+                // Inside the mount it would be served by the daemon that writes it: a
+                // read-only tree at best, a deadlock at worst.
+                let real = real_prefix(&c.dir);
+                let mnt = a.mountpoint.canonicalize()?;
+                if real.starts_with(&mnt) {
+                    bail!(
+                        "cache directory {} is inside the mount point {}; put it elsewhere",
+                        c.dir.display(),
+                        mnt.display()
+                    );
+                }
+                o.disk_cache = Some(c);
             }
             Pack::Remote(u, o)
         }
-        None => Pack::Local(a.packed.canonicalize()?),
+        None => {
+            if s.disk_cache.is_some() {
+                bail!("a disk cache (--cache-dir) is for remote packs; a local pack is read from its own disk");
+            }
+            if s.max_inflight.is_some() {
+                tracing::info!("max_inflight applies to remote packs only; ignoring it");
+            }
+            Pack::Local(a.packed.canonicalize()?)
+        }
     };
     let mnt = a.mountpoint.canonicalize()?;
     // Opened here, before detaching, so a bad path is reported to the caller.
@@ -575,6 +678,22 @@ pub fn stats(a: StatsArgs) -> Result<Outcome> {
             s.net_retries,
             s.net_errors
         );
+        if s.refetches > 0 {
+            println!("refetches        {} (chunks that failed their check once)", s.refetches);
+        }
+    }
+    if s.disk_cache {
+        println!(
+            "disk cache       {} hits ({}), {} misses, {} written, {} skipped, {} torn, {} evicted, {} used",
+            s.disk_hits,
+            human(s.disk_hit_bytes),
+            s.disk_misses,
+            s.disk_writes,
+            s.disk_skipped,
+            s.disk_torn,
+            s.disk_evictions,
+            human(s.disk_usage)
+        );
     }
     Ok(Outcome::Ok)
 }
@@ -614,6 +733,8 @@ pub fn mount_helper(args: Vec<String>) -> Result<Outcome> {
         readahead: None,
         allow_other: false,
         gpu: None,
+        cache_dir: None,
+        disk_cache_size: None,
         remote: RemoteArgs::default(),
     })
 }

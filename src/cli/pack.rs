@@ -11,6 +11,7 @@ use super::util::{default_threads, human, parse_size, Bar};
 use super::Outcome;
 use dcfs::chunk::{CodecChoice, EncodeOptions};
 use dcfs::pack::{self, adaptive, PackOptions};
+use dcfs::remote::RemoteUrl;
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum CodecArg {
@@ -119,13 +120,24 @@ impl EncodeArgs {
     }
 }
 
-/// Pack a model directory into a directory of .dcz containers (SRC is only read).
+/// Pack a model directory into a directory of .dcz containers (SRC is only read), or
+/// straight to object storage (DST s3://bucket/prefix).
 #[derive(Args)]
 pub struct PackArgs {
     /// Model directory to pack.
     src: PathBuf,
-    /// Output directory (created; must be empty or an earlier pack).
+    /// Output directory (created; must be empty or an earlier pack), or s3://bucket/prefix:
+    /// then SRC is packed into a temporary directory under --tmp-dir, pushed as by
+    /// `dcfs push`, and the temporary directory removed (also when packing or the push
+    /// fails).
     dst: PathBuf,
+    /// Where the temporary pack of an s3:// DST goes (default $TMPDIR, else /tmp). It needs
+    /// the packed size free: about the model's size divided by the ratio.
+    #[arg(long, value_name = "DIR")]
+    tmp_dir: Option<PathBuf>,
+    /// How to reach an s3:// DST (as for `dcfs push`).
+    #[command(flatten)]
+    remote: RemoteArgs,
     #[command(flatten)]
     enc: EncodeArgs,
     /// Pack the targets of symlinks that point outside SRC as regular files (e.g. a Hugging
@@ -204,12 +216,45 @@ pub fn pack(a: PackArgs) -> Result<Outcome> {
     } else if a.enc.storage_bw.is_some() || a.enc.mount_rates.is_some() {
         bail!("--storage-bw and --mount-rates only apply to --compress-fraction auto");
     }
+    // An s3:// DST: pack into a temporary directory (removed when `_tmp` drops, on success
+    // and on every error return), then push it.
+    let remote_dst = match remote_url(&a.dst)? {
+        None => None,
+        Some(u @ RemoteUrl::S3 { .. }) => Some(u),
+        Some(RemoteUrl::Http { .. }) => {
+            bail!("pack to a URL needs s3://bucket/prefix; a plain http server cannot take uploads")
+        }
+    };
+    let _tmp;
+    let dst = match &remote_dst {
+        None => a.dst.clone(),
+        Some(_) => {
+            let under = a.tmp_dir.clone().unwrap_or_else(std::env::temp_dir);
+            let t = TempPack::new(&under)?;
+            let d = t.0.join("packed");
+            _tmp = t;
+            d
+        }
+    };
     let bar = Bar::new(a.json);
-    let r = pack::pack_tree(&a.src, &a.dst, &opts, &bar);
+    let r = pack::pack_tree(&a.src, &dst, &opts, &bar);
     bar.finish();
-    let r = r.with_context(|| format!("packing {} into {}", a.src.display(), a.dst.display()))?;
+    let r = r.with_context(|| format!("packing {} into {}", a.src.display(), dst.display()))?;
+    let pushed = match &remote_dst {
+        None => None,
+        Some(url) => {
+            let bar = Bar::new(a.json);
+            let p = dcfs::remote::pack::push(&dst, url, &a.remote.options(), &bar);
+            bar.finish();
+            Some(p.with_context(|| format!("pushing the pack of {} to {url}", a.src.display()))?)
+        }
+    };
     if a.json {
-        println!("{}", super::util::json_text(&r, true)?);
+        let mut v = serde_json::to_value(&r)?;
+        if let (Some(o), Some(p)) = (v.as_object_mut(), &pushed) {
+            o.insert("push".into(), serde_json::to_value(p)?);
+        }
+        println!("{}", super::util::json_text(&v, true)?);
         return Ok(Outcome::Ok);
     }
     println!(
@@ -254,7 +299,47 @@ pub fn pack(a: PackArgs) -> Result<Outcome> {
         r.seconds,
         r.original_bytes as f64 / 1e6 / r.seconds.max(1e-9)
     );
+    if let (Some(p), Some(url)) = (&pushed, &remote_dst) {
+        println!(
+            "pushed {} files ({} dirs, {} symlinks), {} in {:.1}s to {url}",
+            p.files,
+            p.dirs,
+            p.symlinks,
+            human(p.bytes),
+            p.seconds
+        );
+    }
     Ok(Outcome::Ok)
+}
+
+/// A private temporary directory for `pack SRC s3://…`, removed with everything in it when
+/// dropped: after the push, and on every error path (not when the process is killed).
+struct TempPack(PathBuf);
+
+impl TempPack {
+    fn new(under: &std::path::Path) -> Result<TempPack> {
+        use std::os::unix::fs::DirBuilderExt;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let p = under.join(format!(".dcfs-pack-{}-{nanos:08x}", std::process::id()));
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&p)
+            .with_context(|| format!("creating the temporary pack directory {} (--tmp-dir)", p.display()))?;
+        Ok(TempPack(p))
+    }
+}
+
+impl Drop for TempPack {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.0) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                eprintln!("warning: could not remove the temporary pack {}: {e}", self.0.display());
+            }
+        }
+    }
 }
 
 /// Restore the original files (byte-identical, with mode and mtime) from a pack.
@@ -308,6 +393,11 @@ pub fn unpack(a: UnpackArgs) -> Result<Outcome> {
 }
 
 /// Decode everything and check every chunk checksum and whole-file digest.
+///
+/// Exit status: 0 all verified; 1 damage found; 2 could not run; 3 a GPU defect: with
+/// `--gpu on`, every chunk passed on the CPU but the GPU decoder returned some unusable
+/// (flagged, failing its checksum, or a failed batch), so they were decoded again on the
+/// CPU. The bytes were right; the GPU path is not. (`--gpu auto` only warns.)
 #[derive(Args)]
 pub struct VerifyArgs {
     /// Packed directory, a single .dcz file, or a pushed pack (s3://bucket/prefix, http(s)://…).
@@ -332,6 +422,8 @@ pub fn verify(a: VerifyArgs) -> Result<Outcome> {
         Some(_) => None,
         None => a.gpu.decoder(&a.packed)?,
     };
+    // A GPU the user asked for must not hide its own failures behind the CPU fallback.
+    let gpu_required = matches!(a.gpu, GpuArg::On | GpuArg::Emulate);
     let bar = Bar::new(a.json);
     let r = match &remote {
         Some(u) => dcfs::remote::pack::RemotePack::open(u, &a.remote.options())
@@ -357,6 +449,25 @@ pub fn verify(a: VerifyArgs) -> Result<Outcome> {
             r.bytes as f64 / 1e6 / r.seconds.max(1e-9),
             r.failures()
         );
+        if gpu.is_some() {
+            println!(
+                "GPU: {} chunks decoded on the GPU, {} fell back to the CPU",
+                r.gpu_chunks, r.gpu_fallbacks
+            );
+        }
+    }
+    if r.gpu_defects > 0 {
+        eprintln!(
+            "dcfs: {}: the GPU decoder got {} chunks wrong that the CPU decoded and verified \
+             (GPU defect; the bytes checked were the CPU's){}",
+            if gpu_required { "error" } else { "warning" },
+            r.gpu_defects,
+            if gpu_required {
+                ""
+            } else {
+                "; use --gpu off to avoid it"
+            }
+        );
     }
     if r.failures() > 0 {
         if !a.json {
@@ -367,6 +478,9 @@ pub fn verify(a: VerifyArgs) -> Result<Outcome> {
             );
         }
         return Ok(Outcome::Failed);
+    }
+    if gpu_required && r.gpu_defects > 0 {
+        return Ok(Outcome::GpuDefect);
     }
     Ok(Outcome::Ok)
 }

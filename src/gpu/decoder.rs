@@ -32,8 +32,32 @@ struct CudaRt {
 enum Backend {
     Cuda(CudaRt),
     /// The CPU model of the kernels: proves the pipeline without a GPU (slow). Its arena
-    /// is reused between batches like the device's.
-    Emulated(Mutex<Vec<u8>>),
+    /// is reused between batches like the device's. With a planted bug, for tests that
+    /// must see a broken kernel caught.
+    Emulated(Mutex<Vec<u8>>, Option<PlantedBug>),
+}
+
+/// A kernel bug planted in the emulation, so that tests can show a broken GPU path is
+/// reported (fallbacks counted, `verify --gpu` failing) rather than hidden by the CPU
+/// fallback's right bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlantedBug {
+    /// The kernel writes a wrong byte into the first chunk of every batch and raises no
+    /// flag: only the host checksum can catch it.
+    Garbage,
+    /// The kernel flags every chunk of a batch as broken.
+    Flags,
+}
+
+impl PlantedBug {
+    /// `garbage` or `flags`.
+    pub fn parse(s: &str) -> Option<PlantedBug> {
+        match s {
+            "garbage" => Some(PlantedBug::Garbage),
+            "flags" => Some(PlantedBug::Flags),
+            _ => None,
+        }
+    }
 }
 
 /// Decodes batches of chunks on the GPU, falling back to the CPU per chunk.
@@ -125,7 +149,15 @@ impl Decoder {
     /// flags and fallbacks as the GPU, for tests and for measuring per-lane work.
     pub fn emulated() -> Decoder {
         Decoder {
-            backend: Backend::Emulated(Mutex::new(Vec::new())),
+            backend: Backend::Emulated(Mutex::new(Vec::new()), None),
+        }
+    }
+
+    /// [`emulated`](Self::emulated) with `bug` planted in its kernels (tests only: the
+    /// bytes stay right through the CPU fallback, which must be counted and reported).
+    pub fn emulated_with_bug(bug: PlantedBug) -> Decoder {
+        Decoder {
+            backend: Backend::Emulated(Mutex::new(Vec::new()), Some(bug)),
         }
     }
 
@@ -140,7 +172,8 @@ impl Decoder {
                 rt.cuda.driver_version / 1000,
                 (rt.cuda.driver_version % 1000) / 10
             ),
-            Backend::Emulated(_) => "CPU emulation of the GPU kernels".into(),
+            Backend::Emulated(_, None) => "CPU emulation of the GPU kernels".into(),
+            Backend::Emulated(_, Some(bug)) => format!("CPU emulation of the GPU kernels, planted bug {bug:?}"),
         }
     }
 
@@ -223,10 +256,21 @@ impl Decoder {
             return;
         }
         let executed = match &self.backend {
-            Backend::Emulated(arena) => {
+            Backend::Emulated(arena, bug) => {
                 let mut arena = arena.lock();
-                let flags = emu::run_in(&mut arena, plan, &mut stats.warp);
-                Ok((arena[plan.out.start as usize..plan.out.end as usize].to_vec(), flags))
+                let mut flags = emu::run_in(&mut arena, plan, &mut stats.warp);
+                let mut out = arena[plan.out.start as usize..plan.out.end as usize].to_vec();
+                match bug {
+                    None => {}
+                    Some(PlantedBug::Garbage) => {
+                        let first = &plan.slots[0].out;
+                        if first.end > first.start {
+                            out[(first.start - plan.out.start) as usize] ^= 0x5a;
+                        }
+                    }
+                    Some(PlantedBug::Flags) => flags.iter_mut().for_each(|f| *f |= 1),
+                }
+                Ok((out, flags))
             }
             Backend::Cuda(rt) => rt.execute(plan, stats).and_then(|(arena, flags)| {
                 let mut out = vec![0u8; (plan.out.end - plan.out.start) as usize];

@@ -20,7 +20,7 @@ pub mod plan;
 
 mod decoder;
 
-pub use decoder::{BatchStats, Decoder, DeviceTensor};
+pub use decoder::{BatchStats, Decoder, DeviceTensor, PlantedBug};
 
 use crate::codec::rans_layout as L;
 use crate::transform::Transform;

@@ -2,6 +2,7 @@
 
 use std::ops::Range;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
 
 use serde::Serialize;
@@ -29,12 +30,26 @@ pub struct VerifyReport {
     pub files: Vec<FileVerify>,
     pub bytes: u64,
     pub seconds: f64,
+    /// Chunks decoded on the GPU (and checked on the host); 0 without one.
+    pub gpu_chunks: u64,
+    /// Chunks given to the GPU that came back unusable and were decoded on the CPU.
+    pub gpu_fallbacks: u64,
+    /// Those of `gpu_fallbacks` in files that verified: the CPU found the chunks sound, so
+    /// the GPU decoder got them wrong. Any is a GPU defect.
+    pub gpu_defects: u64,
 }
 
 impl VerifyReport {
     pub fn failures(&self) -> usize {
         self.files.iter().filter(|f| f.error.is_some()).count()
     }
+}
+
+/// GPU batches of one container, counted while it streams.
+#[derive(Debug, Default)]
+struct GpuTally {
+    chunks: AtomicU64,
+    fallbacks: AtomicU64,
 }
 
 /// Chunks per GPU batch: enough sub-blocks to fill a large GPU (64 x 1 MiB chunks of
@@ -79,6 +94,17 @@ pub fn stream_chunks(
     c: &Container,
     pool: &rayon::ThreadPool,
     gpu: Option<&gpu::Decoder>,
+    sink: impl FnMut(usize, &[u8]) -> Result<()>,
+) -> Result<()> {
+    stream_chunks_tallied(c, pool, gpu, &GpuTally::default(), sink)
+}
+
+/// [`stream_chunks`], counting the GPU's chunks and fallbacks into `tally`.
+fn stream_chunks_tallied(
+    c: &Container,
+    pool: &rayon::ThreadPool,
+    gpu: Option<&gpu::Decoder>,
+    tally: &GpuTally,
     mut sink: impl FnMut(usize, &[u8]) -> Result<()>,
 ) -> Result<()> {
     let mut hasher = blake3::Hasher::new();
@@ -99,7 +125,10 @@ pub fn stream_chunks(
         let decoded: Vec<Result<Vec<u8>>> = if gpu.is_none() && c.is_remote() {
             decode_remote_window(c, pool, w)?
         } else {
-            pool.install(|| crate::store::decode::decode_chunks_vec(c, group, gpu))
+            match gpu {
+                None => pool.install(|| crate::store::decode::decode_chunks_vec(c, group, None)),
+                Some(g) => pool.install(|| decode_counted(c, group, g, tally)),
+            }
         };
         for (&i, d) in group.iter().zip(decoded) {
             let d = d?;
@@ -111,6 +140,27 @@ pub fn stream_chunks(
         return Err(Error::corrupt(c.path(), None, "whole-file BLAKE3 digest mismatch"));
     }
     Ok(())
+}
+
+/// The store's decode path (`decode_chunks`, as `decode_chunks_vec` calls it) on the GPU,
+/// with each batch's chunks and fallbacks added to `tally`.
+fn decode_counted(c: &Container, idx: &[usize], gpu: &gpu::Decoder, tally: &GpuTally) -> Vec<Result<Vec<u8>>> {
+    use crate::store::decode::{decode_chunks, BatchReport};
+    let slots: Vec<parking_lot::Mutex<Option<Result<Vec<u8>>>>> =
+        idx.iter().map(|_| parking_lot::Mutex::new(None)).collect();
+    let on_gpu = |r: &BatchReport| {
+        tally.chunks.fetch_add(r.gpu_chunks, Relaxed);
+        tally.fallbacks.fetch_add(r.gpu_fallbacks, Relaxed);
+    };
+    decode_chunks(c, idx, Some(gpu), &on_gpu, &|k, r, _| *slots[k].lock() = Some(r));
+    slots
+        .into_iter()
+        .zip(idx)
+        .map(|(s, &i)| {
+            s.into_inner()
+                .unwrap_or_else(|| Err(Error::corrupt(c.path(), Some(i as u32), "chunk not decoded")))
+        })
+        .collect()
 }
 
 /// Chunks per window of a remote container: 64 chunks of 1 MiB are several 8 MiB GETs.
@@ -177,15 +227,16 @@ pub fn verify_remote(
     Ok(report)
 }
 
-/// Verifies one container.
-pub fn verify_container(
+/// Verifies one container, counting its GPU batches into `tally`.
+fn verify_container(
     path: &Path,
     pool: &rayon::ThreadPool,
     gpu: Option<&gpu::Decoder>,
+    tally: &GpuTally,
     progress: &dyn Progress,
 ) -> Result<Container> {
     let c = Container::open(path)?;
-    stream_chunks(&c, pool, gpu, |i, _| {
+    stream_chunks_tallied(&c, pool, gpu, tally, |i, _| {
         progress.advance(c.chunks[i].orig_len as u64);
         Ok(())
     })?;
@@ -240,7 +291,15 @@ pub fn verify_tree_with(
     progress.set_total(total);
     for (p, name) in containers {
         progress.message(&name);
-        let (size, packed_len, chunks, error) = match verify_container(&p, &pool, gpu, progress) {
+        let tally = GpuTally::default();
+        let r = verify_container(&p, &pool, gpu, &tally, progress);
+        let fallbacks = tally.fallbacks.load(Relaxed);
+        report.gpu_chunks += tally.chunks.load(Relaxed);
+        report.gpu_fallbacks += fallbacks;
+        if r.is_ok() {
+            report.gpu_defects += fallbacks;
+        }
+        let (size, packed_len, chunks, error) = match r {
             Ok(c) => (c.meta.size, c.packed_len(), c.chunks.len(), None),
             Err(e) => {
                 let (s, pl, n) =

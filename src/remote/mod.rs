@@ -11,13 +11,16 @@
 //!   `get_ranges` would merge neighbours into one long GET), at most `max_inflight` at
 //!   once across the whole process;
 //! - checks every response's length, retries transient failures (resets, truncated bodies,
-//!   5xx, 503 with backoff) within a time budget, then fails.
+//!   5xx, 503 with backoff) within a time budget, then fails. The retry loop is ours alone
+//!   ([`retrying`]; object_store's is off), so every request (HEAD, GET, PUT, DELETE) goes
+//!   through it, every retry is counted in [`NetStats`], and one budget bounds them.
 //!
 //! Credentials and endpoint come from the environment as object_store reads it
 //! (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION,
 //! AWS_ENDPOINT_URL, web identity, instance metadata); it does not read `~/.aws/config`
 //! profiles.
 
+pub mod disk_cache;
 pub mod pack;
 
 use std::fmt;
@@ -32,6 +35,7 @@ use object_store::path::Path as ObjPath;
 use object_store::{GetOptions, GetRange, ObjectStore, PutPayload};
 
 use crate::error::{Error, Result};
+use disk_cache::{DiskCache, DiskCacheConfig, DiskCounts, Key};
 
 /// Bytes one ranged GET asks for at most: large enough that per-request latency is small
 /// against transfer time, small enough that many run in parallel (mountpoint-s3's part
@@ -45,6 +49,11 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long one read keeps retrying transient failures before it fails.
 pub const RETRY_BUDGET: Duration = Duration::from_secs(30);
+/// First wait before a retry; doubled after each failure up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+/// First wait after a 503 or 429 (the server asks to slow down): longer than for a reset.
+const SLOW_DOWN_BACKOFF: Duration = Duration::from_millis(250);
+const MAX_BACKOFF: Duration = Duration::from_secs(4);
 
 /// A container's bytes: a length and exact reads at an offset, from any thread.
 pub trait Source: Send + Sync + fmt::Debug {
@@ -177,6 +186,8 @@ pub struct RemoteOptions {
     /// Access key id and secret, for library callers; the CLI leaves this to the
     /// environment.
     pub keys: Option<(String, String)>,
+    /// A local disk cache of fetched ranges (`--cache-dir`); none by default.
+    pub disk_cache: Option<DiskCacheConfig>,
 }
 
 impl Default for RemoteOptions {
@@ -188,6 +199,7 @@ impl Default for RemoteOptions {
             max_inflight: DEFAULT_INFLIGHT,
             retry_budget: RETRY_BUDGET,
             keys: None,
+            disk_cache: None,
         }
     }
 }
@@ -219,6 +231,8 @@ pub struct Remote {
     inflight: Arc<tokio::sync::Semaphore>,
     retry_budget: Duration,
     pub stats: Arc<NetStats>,
+    /// Ranges fetched before, kept on local disk, keyed by object version.
+    disk: Option<DiskCache>,
 }
 
 impl fmt::Debug for Remote {
@@ -246,7 +260,78 @@ fn classify(e: object_store::Error) -> Fault {
         E::PermissionDenied { .. } | E::Unauthenticated { .. } | E::InvalidPath { .. } | E::NotSupported { .. } => {
             Fault::Fatal(e.to_string())
         }
-        e => Fault::Transient(e.to_string()),
+        e => {
+            let w = e.to_string();
+            match http_status(&w) {
+                // Other client errors (400, 405, 416, ...) do not heal by asking again.
+                Some(s) if (400..500).contains(&s) && s != 408 && s != 429 => Fault::Fatal(w),
+                _ => Fault::Transient(w),
+            }
+        }
+    }
+}
+
+/// The HTTP status object_store's message names ("... status code: 503 ..."), if any.
+/// object_store does not expose its request error type, so its text is what there is.
+fn http_status(msg: &str) -> Option<u16> {
+    let at = msg.find("status code: ")? + "status code: ".len();
+    let d = msg.get(at..at + 3)?;
+    d.bytes().all(|b| b.is_ascii_digit()).then(|| d.parse().ok())?
+}
+
+/// Whether the server asked us to slow down (503 Slow Down / Service Unavailable, 429).
+fn is_slow_down(msg: &str) -> bool {
+    matches!(http_status(msg), Some(503 | 429)) || msg.contains("SlowDown")
+}
+
+/// The one retry loop every request goes through (object_store's own is off: its
+/// `max_retries` is 0). Runs `op` until it succeeds or fails for good; a transient fault is
+/// retried after an exponential backoff (starting longer when the server asked to slow
+/// down), with jitter so parallel requests do not retry in step, while the wait ends before
+/// the deadline. The deadline is `deadline`, or when `None`, `budget` after the first
+/// failure (for an upload, whose own length is not the retries' fault). Each retry is
+/// counted in `stats.retries`, each final failure other than "not found" in `stats.errors`.
+async fn retrying<T, F, Fut>(
+    stats: &NetStats,
+    budget: Duration,
+    mut deadline: Option<Instant>,
+    what: &str,
+    mut op: F,
+) -> std::result::Result<T, Fault>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<T, Fault>>,
+{
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        let w = match op().await {
+            Ok(v) => return Ok(v),
+            Err(Fault::Transient(w)) => w,
+            Err(Fault::NotFound) => return Err(Fault::NotFound),
+            Err(f) => {
+                stats.errors.fetch_add(1, Ordering::Relaxed);
+                return Err(f);
+            }
+        };
+        if is_slow_down(&w) {
+            backoff = backoff.max(SLOW_DOWN_BACKOFF);
+        }
+        // Jitter: wait between 1/2 and all of the backoff.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let wait = backoff / 2 + backoff.mul_f64(f64::from(nanos % 1000) / 2000.0);
+        let end = *deadline.get_or_insert_with(|| Instant::now() + budget);
+        if Instant::now() + wait >= end {
+            stats.errors.fetch_add(1, Ordering::Relaxed);
+            return Err(Fault::Transient(format!(
+                "{w} (gave up: retrying would exceed the {budget:?} budget)"
+            )));
+        }
+        tracing::debug!("{what}: {w}; retrying in {wait:?}");
+        stats.retries.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(wait).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }
 
@@ -262,16 +347,12 @@ impl Remote {
             .with_connect_timeout(CONNECT_TIMEOUT)
             .with_timeout(REQUEST_TIMEOUT)
             .with_allow_http(allow_http);
-        // object_store retries 5xx (503 included) with exponential backoff; bounded by the
-        // same budget as our own retries of bodies that break off.
+        // No retries inside object_store: ours ([`retrying`]) count each one and share one
+        // budget; two nested loops would multiply the attempts and hide them from the stats.
         let retry = object_store::RetryConfig {
-            backoff: object_store::BackoffConfig {
-                init_backoff: Duration::from_millis(100),
-                max_backoff: Duration::from_secs(4),
-                base: 2.0,
-            },
-            max_retries: 10,
+            max_retries: 0,
             retry_timeout: opts.retry_budget,
+            ..Default::default()
         };
         let store: Arc<dyn ObjectStore> = match url {
             RemoteUrl::S3 { bucket, .. } => {
@@ -319,6 +400,7 @@ impl Remote {
             .enable_all()
             .build()
             .map_err(|e| Error::io("tokio runtime", e))?;
+        let disk = opts.disk_cache.as_ref().map(DiskCache::open).transpose()?;
         Ok(Arc::new(Remote {
             url: url.clone(),
             store,
@@ -326,6 +408,7 @@ impl Remote {
             inflight: Arc::new(tokio::sync::Semaphore::new(opts.max_inflight.max(1))),
             retry_budget: opts.retry_budget,
             stats: Arc::new(NetStats::default()),
+            disk,
         }))
     }
 
@@ -341,6 +424,11 @@ impl Remote {
             retries: s.retries.load(Ordering::Relaxed),
             errors: s.errors.load(Ordering::Relaxed),
         }
+    }
+
+    /// The disk cache's counters, when there is one.
+    pub fn disk_counts(&self) -> Option<DiskCounts> {
+        self.disk.as_ref().map(|d| d.counts())
     }
 
     /// The store location of `rel` (a `/`-separated path under the pack root).
@@ -361,20 +449,27 @@ impl Remote {
     pub fn get_small(&self, rel: &str, cap: u64) -> Result<Option<Vec<u8>>> {
         let loc = self.location(rel);
         let name = self.name_of(rel);
-        let store = self.store.clone();
-        let stats = self.stats.clone();
-        let r = self.rt.block_on(async move {
-            stats.gets.fetch_add(1, Ordering::Relaxed);
-            let opts = GetOptions {
-                range: Some(GetRange::Bounded(0..cap + 1)),
-                ..Default::default()
-            };
-            let res = store.get_opts(&loc, opts).await?;
-            res.bytes().await
-        });
+        let (store, stats) = (self.store.clone(), self.stats.clone());
+        let what = loc.to_string();
+        let deadline = Some(Instant::now() + self.retry_budget);
+        let r = self
+            .rt
+            .block_on(retrying(&self.stats, self.retry_budget, deadline, &what, || {
+                let (store, loc, stats) = (store.clone(), loc.clone(), stats.clone());
+                async move {
+                    stats.gets.fetch_add(1, Ordering::Relaxed);
+                    let opts = GetOptions {
+                        range: Some(GetRange::Bounded(0..cap + 1)),
+                        ..Default::default()
+                    };
+                    let res = store.get_opts(&loc, opts).await.map_err(classify)?;
+                    let b = res.bytes().await.map_err(classify)?;
+                    stats.bytes.fetch_add(b.len() as u64, Ordering::Relaxed);
+                    Ok(b)
+                }
+            }));
         match r {
             Ok(b) => {
-                self.stats.bytes.fetch_add(b.len() as u64, Ordering::Relaxed);
                 if b.len() as u64 > cap {
                     return Err(Error::corrupt(
                         name,
@@ -384,13 +479,10 @@ impl Remote {
                 }
                 Ok(Some(b.to_vec()))
             }
-            Err(e) => match classify(e) {
-                Fault::NotFound => Ok(None),
-                Fault::Transient(w) | Fault::Changed(w) | Fault::Fatal(w) => {
-                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                    Err(Error::io(name, std::io::Error::other(w)))
-                }
-            },
+            Err(Fault::NotFound) => Ok(None),
+            Err(Fault::Transient(w) | Fault::Changed(w) | Fault::Fatal(w)) => {
+                Err(Error::io(name, std::io::Error::other(w)))
+            }
         }
     }
 
@@ -398,33 +490,33 @@ impl Remote {
     pub fn open(self: &Arc<Self>, rel: &str) -> Result<RemoteObject> {
         let loc = self.location(rel);
         let name = self.name_of(rel);
-        let store = self.store.clone();
-        self.stats.gets.fetch_add(1, Ordering::Relaxed);
-        let l2 = loc.clone();
-        let r = self.rt.block_on(async move {
-            store
-                .get_opts(
-                    &l2,
-                    GetOptions {
+        let (store, stats) = (self.store.clone(), self.stats.clone());
+        let what = loc.to_string();
+        let deadline = Some(Instant::now() + self.retry_budget);
+        let r = self
+            .rt
+            .block_on(retrying(&self.stats, self.retry_budget, deadline, &what, || {
+                let (store, loc, stats) = (store.clone(), loc.clone(), stats.clone());
+                async move {
+                    stats.gets.fetch_add(1, Ordering::Relaxed);
+                    let head = GetOptions {
                         head: true,
                         ..Default::default()
-                    },
-                )
-                .await
-        });
+                    };
+                    store.get_opts(&loc, head).await.map(|r| r.meta).map_err(classify)
+                }
+            }));
         let meta = match r {
-            Ok(r) => r.meta,
-            Err(e) => {
+            Ok(m) => m,
+            Err(Fault::NotFound) => {
                 self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                return Err(match classify(e) {
-                    Fault::NotFound => Error::NotFound {
-                        path: name,
-                        what: "no such object (a pack listed in the manifest must hold it)".into(),
-                    },
-                    Fault::Transient(w) | Fault::Changed(w) | Fault::Fatal(w) => {
-                        Error::io(name, std::io::Error::other(w))
-                    }
+                return Err(Error::NotFound {
+                    path: name,
+                    what: "no such object (a pack listed in the manifest must hold it)".into(),
                 });
+            }
+            Err(Fault::Transient(w) | Fault::Changed(w) | Fault::Fatal(w)) => {
+                return Err(Error::io(name, std::io::Error::other(w)))
             }
         };
         Ok(RemoteObject {
@@ -433,6 +525,7 @@ impl Remote {
             name,
             len: meta.size,
             etag: meta.e_tag,
+            fresh: Default::default(),
         })
     }
 
@@ -440,10 +533,30 @@ impl Remote {
     pub fn put(&self, rel: &str, data: Vec<u8>) -> Result<()> {
         let loc = self.location(rel);
         let store = self.store.clone();
+        let payload = PutPayload::from(data);
+        let what = loc.to_string();
+        let deadline = Some(Instant::now() + self.retry_budget);
         self.rt
-            .block_on(async move { store.put_opts(&loc, PutPayload::from(data), Default::default()).await })
-            .map(|_| ())
-            .map_err(|e| Error::io(self.name_of(rel), std::io::Error::other(e.to_string())))
+            .block_on(retrying(&self.stats, self.retry_budget, deadline, &what, || {
+                let (store, loc, payload) = (store.clone(), loc.clone(), payload.clone());
+                async move {
+                    store
+                        .put_opts(&loc, payload, Default::default())
+                        .await
+                        .map(|_| ())
+                        .map_err(classify)
+                }
+            }))
+            .map_err(|f| self.fault_error(rel, f))
+    }
+
+    /// The error for a request on `rel` that failed for good.
+    fn fault_error(&self, rel: &str, f: Fault) -> Error {
+        let w = match f {
+            Fault::NotFound => "not found".into(),
+            Fault::Transient(w) | Fault::Changed(w) | Fault::Fatal(w) => w,
+        };
+        Error::io(self.name_of(rel), std::io::Error::other(w))
     }
 
     /// Uploads the local file `path` as object `rel`: one PUT when small, else a
@@ -455,31 +568,51 @@ impl Remote {
             return self.put(rel, data);
         }
         let loc = self.location(rel);
-        let name = self.name_of(rel);
         let store = self.store.clone();
-        let file = File::open(path).map_err(|e| Error::io(path, e))?;
-        let path = path.to_path_buf();
-        let net = |e: object_store::Error| Error::io(&name, std::io::Error::other(e.to_string()));
-        self.rt.block_on(async {
-            let upload = store.put_multipart_opts(&loc, Default::default()).await.map_err(net)?;
-            let mut w = object_store::WriteMultipart::new_with_chunk_size(upload, part);
-            let mut buf = vec![0u8; part];
-            let mut at = 0u64;
-            while at < len {
-                let n = (len - at).min(part as u64) as usize;
-                if let Err(e) = file.read_exact_at(&mut buf[..n], at) {
-                    let _ = w.abort().await;
-                    return Err(Error::io(&path, e));
+        let file = Arc::new(File::open(path).map_err(|e| Error::io(path, e))?);
+        // A local read error ends the upload at once: retrying will not mend the file.
+        let local_err: Arc<parking_lot::Mutex<Option<std::io::Error>>> = Default::default();
+        let what = loc.to_string();
+        // A failed multipart upload is aborted and started again from its first part (a
+        // failed part cannot be sent again under its number), within the budget counted
+        // from the first failure: a long upload is not itself a reason to give up.
+        let r = self
+            .rt
+            .block_on(retrying(&self.stats, self.retry_budget, None, &what, || {
+                let (store, loc, file, local_err) = (store.clone(), loc.clone(), file.clone(), local_err.clone());
+                async move {
+                    let upload = store
+                        .put_multipart_opts(&loc, Default::default())
+                        .await
+                        .map_err(classify)?;
+                    let mut w = object_store::WriteMultipart::new_with_chunk_size(upload, part);
+                    let mut buf = vec![0u8; part];
+                    let mut at = 0u64;
+                    while at < len {
+                        let n = (len - at).min(part as u64) as usize;
+                        if let Err(e) = file.read_exact_at(&mut buf[..n], at) {
+                            let _ = w.abort().await;
+                            let msg = e.to_string();
+                            *local_err.lock() = Some(e);
+                            return Err(Fault::Fatal(msg));
+                        }
+                        if let Err(e) = w.wait_for_capacity(8).await {
+                            let _ = w.abort().await;
+                            return Err(classify(e));
+                        }
+                        w.write(&buf[..n]);
+                        at += n as u64;
+                    }
+                    w.finish().await.map(|_| ()).map_err(classify)
                 }
-                if let Err(e) = w.wait_for_capacity(8).await {
-                    let _ = w.abort().await;
-                    return Err(net(e));
-                }
-                w.write(&buf[..n]);
-                at += n as u64;
-            }
-            w.finish().await.map(|_| ()).map_err(net)
-        })
+            }));
+        match r {
+            Ok(()) => Ok(()),
+            Err(f) => match local_err.lock().take() {
+                Some(e) => Err(Error::io(path, e)),
+                None => Err(self.fault_error(rel, f)),
+            },
+        }
     }
 
     /// Deletes object `rel`; a missing one is fine.
@@ -487,10 +620,17 @@ impl Remote {
         use object_store::ObjectStoreExt;
         let loc = self.location(rel);
         let store = self.store.clone();
-        match self.rt.block_on(async move { store.delete(&loc).await }) {
-            Ok(()) => Ok(()),
-            Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(Error::io(self.name_of(rel), std::io::Error::other(e.to_string()))),
+        let what = loc.to_string();
+        let deadline = Some(Instant::now() + self.retry_budget);
+        let r = self
+            .rt
+            .block_on(retrying(&self.stats, self.retry_budget, deadline, &what, || {
+                let (store, loc) = (store.clone(), loc.clone());
+                async move { store.delete(&loc).await.map_err(classify) }
+            }));
+        match r {
+            Ok(()) | Err(Fault::NotFound) => Ok(()),
+            Err(f) => Err(self.fault_error(rel, f)),
         }
     }
 }
@@ -502,6 +642,9 @@ pub struct RemoteObject {
     name: PathBuf,
     len: u64,
     etag: Option<String>,
+    /// Read from the network even where the disk cache holds the range (and replace the
+    /// entry): set while a read that failed its checks is tried once more.
+    fresh: std::sync::atomic::AtomicBool,
 }
 
 impl fmt::Debug for RemoteObject {
@@ -529,73 +672,72 @@ impl RemoteObject {
         etag: Option<String>,
         range: std::ops::Range<u64>,
         stats: Arc<NetStats>,
+        budget: Duration,
         deadline: Instant,
     ) -> std::result::Result<Vec<u8>, Fault> {
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            stats.gets.fetch_add(1, Ordering::Relaxed);
-            let opts = GetOptions {
-                range: Some(GetRange::Bounded(range.clone())),
-                if_match: etag.clone(),
-                ..Default::default()
-            };
-            let fault = match store.get_opts(&loc, opts).await {
-                Ok(res) => {
-                    if etag.is_some() && res.meta.e_tag.is_some() && res.meta.e_tag != etag {
-                        Fault::Changed(format!("ETag now {:?}, opened as {etag:?}", res.meta.e_tag))
-                    } else {
-                        match res.bytes().await {
-                            Ok(b) if b.len() as u64 == range.end - range.start => {
-                                stats.bytes.fetch_add(b.len() as u64, Ordering::Relaxed);
-                                return Ok(b.to_vec());
-                            }
-                            Ok(b) => {
-                                stats.bytes.fetch_add(b.len() as u64, Ordering::Relaxed);
-                                Fault::Transient(format!(
-                                    "got {} bytes for a {}-byte range",
-                                    b.len(),
-                                    range.end - range.start
-                                ))
-                            }
-                            Err(e) => classify(e),
-                        }
-                    }
+        let what = loc.to_string();
+        retrying(&stats, budget, Some(deadline), &what, || {
+            let (store, loc, etag, range, stats) =
+                (store.clone(), loc.clone(), etag.clone(), range.clone(), stats.clone());
+            async move {
+                stats.gets.fetch_add(1, Ordering::Relaxed);
+                let opts = GetOptions {
+                    range: Some(GetRange::Bounded(range.clone())),
+                    if_match: etag.clone(),
+                    ..Default::default()
+                };
+                let res = store.get_opts(&loc, opts).await.map_err(classify)?;
+                if etag.is_some() && res.meta.e_tag.is_some() && res.meta.e_tag != etag {
+                    return Err(Fault::Changed(format!(
+                        "ETag now {:?}, opened as {etag:?}",
+                        res.meta.e_tag
+                    )));
                 }
-                Err(e) => classify(e),
-            };
-            match fault {
-                Fault::Transient(w) if Instant::now() + backoff < deadline => {
-                    tracing::debug!("{loc}: {w}; retrying");
-                    stats.retries.fetch_add(1, Ordering::Relaxed);
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                let b = res.bytes().await.map_err(classify)?;
+                stats.bytes.fetch_add(b.len() as u64, Ordering::Relaxed);
+                if b.len() as u64 != range.end - range.start {
+                    return Err(Fault::Transient(format!(
+                        "got {} bytes for a {}-byte range",
+                        b.len(),
+                        range.end - range.start
+                    )));
                 }
-                f => {
-                    stats.errors.fetch_add(1, Ordering::Relaxed);
-                    return Err(f);
-                }
+                Ok(b.to_vec())
             }
-        }
+        })
+        .await
     }
 }
 
-impl Source for RemoteObject {
-    fn name(&self) -> &Path {
-        &self.name
+impl RemoteObject {
+    /// The disk-cache key of `len` bytes at `offset`, when this object's ranges may be
+    /// cached: there is a cache, and an ETag to tell this version from the next.
+    fn disk_key(&self, offset: u64, len: usize) -> Option<(&DiskCache, Key)> {
+        let disk = self.remote.disk.as_ref()?;
+        let etag = self.etag.as_deref()?;
+        Some((disk, Key::new(&self.name.to_string_lossy(), etag, offset, len as u64)))
     }
-    fn len(&self) -> u64 {
-        self.len
+
+    /// While set, reads skip the disk cache's copies (and replace them).
+    pub fn set_fresh(&self, on: bool) {
+        self.fresh.store(on, Ordering::Relaxed);
     }
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        let end = offset
-            .checked_add(buf.len() as u64)
-            .filter(|&e| e <= self.len)
-            .ok_or_else(|| Error::corrupt(&self.name, None, "read past the end of the object"))?;
-        if buf.is_empty() {
-            return Ok(());
+
+    /// Drops any cached copy of `len` bytes at `offset`, so the next read of them goes to
+    /// the network (they failed a check after they were read). True: a next read would
+    /// fetch them again, which may help.
+    pub fn forget(&self, offset: u64, len: usize) -> bool {
+        if let Some((disk, key)) = self.disk_key(offset, len) {
+            disk.forget(key);
         }
+        true
+    }
+
+    /// Fills `buf` from the network, in parallel parts, with retries.
+    fn read_from_network(&self, buf: &mut [u8], offset: u64, end: u64) -> Result<()> {
         let r = &self.remote;
-        let deadline = Instant::now() + r.retry_budget;
+        let budget = r.retry_budget;
+        let deadline = Instant::now() + budget;
         let parts: Vec<std::ops::Range<u64>> = (offset..end)
             .step_by(PART_LEN as usize)
             .map(|s| s..(s + PART_LEN).min(end))
@@ -613,7 +755,7 @@ impl Source for RemoteObject {
                 let p = p.clone();
                 tasks.push(tokio::spawn(async move {
                     let _permit = sem.acquire_owned().await.map_err(|e| Fault::Fatal(e.to_string()))?;
-                    Self::fetch(store, loc, etag, p, stats, deadline).await
+                    Self::fetch(store, loc, etag, p, stats, budget, deadline).await
                 }));
             }
             let mut out = Vec::with_capacity(tasks.len());
@@ -647,6 +789,35 @@ impl Source for RemoteObject {
             }
         }
         Ok(())
+    }
+}
+
+impl Source for RemoteObject {
+    fn name(&self) -> &Path {
+        &self.name
+    }
+    fn len(&self) -> u64 {
+        self.len
+    }
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        let end = offset
+            .checked_add(buf.len() as u64)
+            .filter(|&e| e <= self.len)
+            .ok_or_else(|| Error::corrupt(&self.name, None, "read past the end of the object"))?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        match self.disk_key(offset, buf.len()) {
+            Some((disk, key)) => {
+                if !self.fresh.load(Ordering::Relaxed) && disk.get(key, buf) {
+                    return Ok(());
+                }
+                self.read_from_network(buf, offset, end)?;
+                disk.put(key, buf);
+                Ok(())
+            }
+            None => self.read_from_network(buf, offset, end),
+        }
     }
 }
 
@@ -693,6 +864,70 @@ mod tests {
             prefix: "p".into(),
         };
         assert_eq!(u.to_string(), "s3://b/p");
+    }
+
+    #[test]
+    fn statuses_are_read_from_object_store_messages() {
+        let m =
+            "Error performing GET http://h/x in 2ms - Server returned non-2xx status code: 503 Service Unavailable: ";
+        assert_eq!(http_status(m), Some(503));
+        assert!(is_slow_down(m));
+        assert!(is_slow_down("... <Code>SlowDown</Code> ..."));
+        assert_eq!(http_status("status code: 40"), None);
+        assert_eq!(http_status("connection reset"), None);
+        assert!(!is_slow_down("status code: 500 Internal Server Error"));
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn retrying_counts_each_retry_and_gives_up_within_the_budget() {
+        // Three 503s, then success: three retries, no error.
+        let stats = NetStats::default();
+        let mut left = 3;
+        let r = rt().block_on(retrying(&stats, Duration::from_secs(20), None, "x", || {
+            let fail = left > 0;
+            left -= 1;
+            async move {
+                if fail {
+                    Err(Fault::Transient("status code: 503 Service Unavailable".into()))
+                } else {
+                    Ok(7)
+                }
+            }
+        }));
+        assert!(matches!(r, Ok(7)));
+        assert_eq!(stats.retries.load(Ordering::Relaxed), 3);
+        assert_eq!(stats.errors.load(Ordering::Relaxed), 0);
+        // Always failing: gives up before the deadline, one error.
+        let stats = NetStats::default();
+        let deadline = Instant::now() + Duration::from_millis(600);
+        let r: std::result::Result<(), _> =
+            rt().block_on(retrying(&stats, Duration::ZERO, Some(deadline), "x", || async {
+                Err(Fault::Transient("reset".into()))
+            }));
+        assert!(matches!(r, Err(Fault::Transient(w)) if w.contains("gave up")));
+        assert!(stats.retries.load(Ordering::Relaxed) >= 2);
+        assert_eq!(stats.errors.load(Ordering::Relaxed), 1);
+        // Fatal and not-found are not retried; only fatal counts as an error.
+        let stats = NetStats::default();
+        let r: std::result::Result<(), _> =
+            rt().block_on(retrying(&stats, Duration::from_secs(20), None, "x", || async {
+                Err(Fault::Fatal("403".into()))
+            }));
+        assert!(matches!(r, Err(Fault::Fatal(_))));
+        let r: std::result::Result<(), _> =
+            rt().block_on(retrying(&stats, Duration::from_secs(20), None, "x", || async {
+                Err(Fault::NotFound)
+            }));
+        assert!(matches!(r, Err(Fault::NotFound)));
+        assert_eq!(stats.retries.load(Ordering::Relaxed), 0);
+        assert_eq!(stats.errors.load(Ordering::Relaxed), 1);
     }
 
     #[test]

@@ -83,7 +83,19 @@ impl RemotePack {
                 format!("object is {} bytes, the manifest says {}", obj.len(), e.packed),
             ));
         }
-        let c = Container::from_source(obj.clone())?;
+        let c = match Container::from_source(obj.clone()) {
+            // A footer or index that fails its checks may have been damaged in transit (or
+            // on the disk cache): read it once more from the network before calling the
+            // pack damaged.
+            Err(e) if e.is_corrupt() => {
+                tracing::warn!("{e}; fetching its footer and index once more");
+                obj.set_fresh(true);
+                let c = Container::from_source(obj.clone());
+                obj.set_fresh(false);
+                c?
+            }
+            r => r?,
+        };
         if c.meta.size != e.size || Some(c.meta.blake3) != Manifest::digest(e) {
             return Err(Error::corrupt(
                 &name,

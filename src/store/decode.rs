@@ -23,6 +23,12 @@ pub(crate) trait Chunks: Sync {
     fn read_payload_into(&self, i: usize, buf: &mut [u8]) -> Result<()>;
     /// The container as the GPU decoder takes it; `None` where its bytes are not local.
     fn container(&self) -> Result<Option<ContainerRef<'_>>>;
+    /// Chunk `i`'s stored bytes failed their check: drop any copy of them kept on the way
+    /// (a disk cache) so the next read fetches them afresh. True when a second read may
+    /// differ from the first (a network source); false for local files.
+    fn refetch(&self, _i: usize) -> bool {
+        false
+    }
 }
 
 /// A container borrowed, or rebuilt for one batch.
@@ -166,7 +172,15 @@ fn decode_one(src: &dyn Chunks, i: usize) -> Result<Vec<u8>> {
     if payload.len() < plen {
         payload.resize(plen, 0);
     }
-    let r = decode_payload(src, i, e, &mut payload[..plen]);
+    let mut r = decode_payload(src, i, e, &mut payload[..plen]);
+    // Bytes that came over a network (or out of a cache of what it sent) get one more
+    // fetch before they count as damage: a flipped bit in transit is not a damaged pack.
+    if let Err(err) = &r {
+        if err.is_corrupt() && src.refetch(i) {
+            tracing::warn!("{err}; fetching chunk {i} once more");
+            r = decode_payload(src, i, e, &mut payload[..plen]);
+        }
+    }
     if payload.capacity() <= MAX_KEPT_PAYLOAD {
         PAYLOAD.with(|c| c.replace(payload));
     }

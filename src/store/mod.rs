@@ -41,6 +41,11 @@ use source::{ContainerSource, Identity, LocalSource, RemoteSource};
 /// small chunks, few enough to bound what a request over tiny chunks holds in flight.
 const READ_WINDOW: usize = 256;
 
+/// Chunks a remote pack's reader prefetches on its first sequential request: one GET
+/// beside the reader's own, then the window doubles per request (see
+/// [`PrefetchConfig::initial_window`]).
+const REMOTE_INITIAL_WINDOW: usize = 2;
+
 /// What the mount (and any other server of a pack) may tune. The defaults live here and
 /// in [`PrefetchConfig`], nowhere else.
 #[derive(Clone, Debug)]
@@ -153,6 +158,17 @@ impl Chunks for FileChunks<'_> {
         let e = &self.store.files[self.fidx as usize].chunks[i];
         self.store.source.read_exact_at(self.fidx, buf, e.payload_offset)
     }
+    fn refetch(&self, i: usize) -> bool {
+        let e = &self.store.files[self.fidx as usize].chunks[i];
+        let again = self
+            .store
+            .source
+            .forget(self.fidx, e.payload_offset, e.payload_len as usize);
+        if again {
+            self.store.stats.refetch();
+        }
+        again
+    }
     fn container(&self) -> Result<Option<ContainerRef<'_>>> {
         let src = &self.store.source;
         let Some(file) = src.local_file(self.fidx)? else {
@@ -258,7 +274,11 @@ impl Store {
             stats: Stats::default(),
             handles: Handles::default(),
             logged: Mutex::new(HashSet::new()),
-            prefetch: PrefetchConfig::with_window(opts.prefetch),
+            prefetch: if p.remote.is_some() {
+                PrefetchConfig::ramped(opts.prefetch, REMOTE_INITIAL_WINDOW)
+            } else {
+                PrefetchConfig::with_window(opts.prefetch)
+            },
             gpu,
             packed_bytes: p.packed_bytes,
             original_bytes: p.original_bytes,
@@ -304,6 +324,17 @@ impl Store {
             s.net_bytes = n.bytes;
             s.net_retries = n.retries;
             s.net_errors = n.errors;
+            if let Some(d) = r.disk_counts() {
+                s.disk_cache = true;
+                s.disk_hits = d.hits;
+                s.disk_hit_bytes = d.hit_bytes;
+                s.disk_misses = d.misses;
+                s.disk_writes = d.writes;
+                s.disk_skipped = d.skipped;
+                s.disk_torn = d.torn;
+                s.disk_evictions = d.evictions;
+                s.disk_usage = d.usage;
+            }
         }
         s
     }
@@ -374,8 +405,8 @@ impl Store {
             let v = self.read(ino, fh, offset, size)?;
             return Ok(f(&v));
         };
-        if self.handles.observe(&self.prefetch, fh, offset, end) {
-            self.prefetch(fidx, i + 1, c.chunks[i].orig_len as u64 + cache::ENTRY_OVERHEAD);
+        if let Some(w) = self.handles.observe(&self.prefetch, fh, offset, end) {
+            self.prefetch(fidx, i + 1, c.chunks[i].orig_len as u64 + cache::ENTRY_OVERHEAD, w);
         }
         let e = &c.chunks[i];
         match p.get() {
@@ -413,12 +444,15 @@ impl Store {
         while lo <= last {
             let hi = last.min(lo + READ_WINDOW - 1);
             let pending: Vec<Option<Pending>> = (lo..=hi).map(|i| self.request(fidx, i as u32)).collect();
-            if lo == first && self.handles.observe(&self.prefetch, fh, offset, end) {
+            if let Some(w) = (lo == first)
+                .then(|| self.handles.observe(&self.prefetch, fh, offset, end))
+                .flatten()
+            {
                 let current = c.chunks[first..=last]
                     .iter()
                     .map(|e| e.orig_len as u64 + cache::ENTRY_OVERHEAD)
                     .sum();
-                self.prefetch(fidx, last + 1, current);
+                self.prefetch(fidx, last + 1, current, w);
             }
             for (i, p) in (lo..=hi).zip(pending) {
                 let e = &c.chunks[i];
@@ -445,13 +479,19 @@ impl Store {
     }
 
     /// Starts decodes ahead of a sequential reader of file `fidx`, from chunk `from` on,
-    /// whose current chunks cost `current` bytes of cache: batches of one on the CPU, of
-    /// up to [`PrefetchConfig::gpu_batch`] on the GPU.
-    fn prefetch(self: &Arc<Self>, fidx: u32, from: usize, current: u64) {
+    /// whose current chunks cost `current` bytes of cache, `window` chunks ahead: batches
+    /// of one on the CPU, of up to [`PrefetchConfig::gpu_batch`] on the GPU.
+    fn prefetch(self: &Arc<Self>, fidx: u32, from: usize, current: u64, window: usize) {
         let c = &self.files[fidx as usize];
-        let want = prefetch::plan(&self.prefetch, &c.chunks, from, current, self.cache.capacity(), |i| {
-            c.chunks[i].codec == ChunkCodec::Raw || self.cache.contains((fidx, i as u32))
-        });
+        let want = prefetch::plan(
+            &self.prefetch,
+            window,
+            &c.chunks,
+            from,
+            current,
+            self.cache.capacity(),
+            |i| self.raw_direct(&c.chunks[i]) || self.cache.contains((fidx, i as u32)),
+        );
         let mut claimed = Vec::with_capacity(want.len());
         for i in want {
             if let Lookup::Claimed(t) = self.cache.lookup_or_claim((fidx, i as u32)) {
@@ -472,11 +512,18 @@ impl Store {
         }
     }
 
+    /// Whether chunk `e` is served by plain reads of its container, not through the
+    /// cache: raw chunks of local containers. Remote ones go through the cache, so each is
+    /// fetched once (and kept on disk), not once per read.
+    fn raw_direct(&self, e: &ChunkEntry) -> bool {
+        e.codec == ChunkCodec::Raw && self.source.is_local()
+    }
+
     /// Looks a coded chunk up for a reader, or starts its decode on the pool (a batch of
     /// one). `None` for raw chunks.
     fn request(self: &Arc<Self>, fidx: u32, i: u32) -> Option<Pending> {
         let e = &self.files[fidx as usize].chunks[i as usize];
-        if e.codec == ChunkCodec::Raw {
+        if self.raw_direct(e) {
             return None;
         }
         Some(match self.cache.lookup_or_claim((fidx, i)) {

@@ -36,6 +36,11 @@ pub struct PrefetchConfig {
     pub cache_share: u64,
     /// Chunks sent to the GPU as one batch (the CPU takes batches of one).
     pub gpu_batch: usize,
+    /// The window of a reader's first sequential request; it doubles with each further
+    /// one, up to `window`, and falls back here on a seek. Equal to `window` for local
+    /// packs (no ramp); small for remote ones, so a reader's first fetch is not queued
+    /// behind a burst of read-ahead GETs (mountpoint-s3 ramps its window the same way).
+    pub initial_window: usize,
 }
 
 impl PrefetchConfig {
@@ -47,6 +52,16 @@ impl PrefetchConfig {
             slack_bytes: 4 << 20,
             cache_share: 2,
             gpu_batch: 64,
+            initial_window: window,
+        }
+    }
+
+    /// Like [`with_window`](Self::with_window), with a window that starts at `initial`
+    /// chunks and grows.
+    pub fn ramped(window: usize, initial: usize) -> PrefetchConfig {
+        PrefetchConfig {
+            initial_window: initial.clamp(1, window.max(1)),
+            ..PrefetchConfig::with_window(window)
         }
     }
 }
@@ -63,6 +78,8 @@ struct Handle {
     last_start: u64,
     last_end: u64,
     run: u32,
+    /// The reader's current prefetch window (0 until its first sequential request).
+    window: usize,
 }
 
 /// The open handles of a mount.
@@ -84,11 +101,12 @@ impl Handles {
         self.map.lock().remove(&fh);
     }
 
-    /// Records a read of `[start, end)` on `fh`; true when the reader has now been
-    /// sequential for `cfg.run_threshold` requests in a row.
-    pub fn observe(&self, cfg: &PrefetchConfig, fh: u64, start: u64, end: u64) -> bool {
+    /// Records a read of `[start, end)` on `fh`. When the reader has now been sequential
+    /// for `cfg.run_threshold` requests in a row, the window to prefetch now: it starts at
+    /// `cfg.initial_window` and doubles per sequential request up to `cfg.window`.
+    pub fn observe(&self, cfg: &PrefetchConfig, fh: u64, start: u64, end: u64) -> Option<usize> {
         if cfg.window == 0 {
-            return false;
+            return None;
         }
         let mut hs = self.map.lock();
         let h = hs.entry(fh).or_default();
@@ -96,15 +114,24 @@ impl Handles {
         h.run = if seq { h.run.saturating_add(1) } else { 0 };
         h.last_start = start;
         h.last_end = if seq { h.last_end.max(end) } else { end };
-        h.run >= cfg.run_threshold.max(1)
+        if h.run < cfg.run_threshold.max(1) {
+            h.window = 0;
+            return None;
+        }
+        h.window = match h.window {
+            0 => cfg.initial_window.clamp(1, cfg.window),
+            w => w.saturating_mul(2).min(cfg.window),
+        };
+        Some(h.window)
     }
 }
 
 /// The chunks to decode ahead, from chunk `from` on, for a reader whose current chunks
-/// cost `current` bytes of cache: at most `cfg.window` of them, within the cache share,
+/// cost `current` bytes of cache: at most `window` of them, within the cache share,
 /// skipping chunks that `skip` says need no decode (raw, cached or in flight).
 pub(crate) fn plan(
     cfg: &PrefetchConfig,
+    window: usize,
     chunks: &[ChunkEntry],
     from: usize,
     current: u64,
@@ -114,7 +141,7 @@ pub(crate) fn plan(
     let budget = capacity / cfg.cache_share.max(1);
     let mut bytes = current;
     let mut out = Vec::new();
-    for i in from..from.saturating_add(cfg.window).min(chunks.len()) {
+    for i in from..from.saturating_add(window.min(cfg.window)).min(chunks.len()) {
         bytes += chunks[i].orig_len as u64 + ENTRY_OVERHEAD;
         if bytes > budget {
             break;
@@ -137,16 +164,39 @@ mod tests {
         let fh = h.open();
         assert!(fh != 0);
         // A reader starting at the front counts as sequential at once.
-        assert!(h.observe(&cfg, fh, 0, 4096));
-        assert!(h.observe(&cfg, fh, 4096, 8192));
-        assert!(h.observe(&cfg, fh, 8192, 16384));
-        assert!(
-            !h.observe(&cfg, fh, 100 << 20, (100 << 20) + 4096),
+        assert_eq!(h.observe(&cfg, fh, 0, 4096), Some(4));
+        assert_eq!(h.observe(&cfg, fh, 4096, 8192), Some(4));
+        assert_eq!(h.observe(&cfg, fh, 8192, 16384), Some(4));
+        assert_eq!(
+            h.observe(&cfg, fh, 100 << 20, (100 << 20) + 4096),
+            None,
             "a far seek resets the run"
         );
-        assert!(!h.observe(&cfg, fh, 0, 4096), "a backward seek resets the run");
+        assert_eq!(h.observe(&cfg, fh, 0, 4096), None, "a backward seek resets the run");
         let off = PrefetchConfig::with_window(0);
-        assert!(!h.observe(&off, fh, 4096, 8192), "window 0 never prefetches");
+        assert_eq!(h.observe(&off, fh, 4096, 8192), None, "window 0 never prefetches");
+    }
+
+    #[test]
+    fn a_ramped_window_starts_small_doubles_and_resets_on_a_seek() {
+        let cfg = PrefetchConfig::ramped(16, 2);
+        let h = Handles::default();
+        let fh = h.open();
+        let mut at = 0u64;
+        let mut seen = Vec::new();
+        for _ in 0..6 {
+            seen.push(h.observe(&cfg, fh, at, at + 4096));
+            at += 4096;
+        }
+        assert_eq!(seen, [Some(2), Some(4), Some(8), Some(16), Some(16), Some(16)]);
+        assert_eq!(h.observe(&cfg, fh, 1 << 40, (1 << 40) + 1), None);
+        assert_eq!(
+            h.observe(&cfg, fh, (1 << 40) + 1, (1 << 40) + 2),
+            Some(2),
+            "back to the start"
+        );
+        // An initial window above the window is clamped.
+        assert_eq!(PrefetchConfig::ramped(4, 100).initial_window, 4);
     }
 
     #[test]
@@ -174,17 +224,17 @@ mod tests {
         let chunks: Vec<ChunkEntry> = (0..20).map(|_| e(1000)).collect();
         let cfg = PrefetchConfig::with_window(8);
         assert_eq!(
-            plan(&cfg, &chunks, 2, 0, 1 << 30, |_| false),
+            plan(&cfg, 8, &chunks, 2, 0, 1 << 30, |_| false),
             (2..10).collect::<Vec<_>>()
         );
         // Half of a cache of 4 entries' cost: two chunks fit.
         let cap = 4 * (1000 + ENTRY_OVERHEAD);
-        assert_eq!(plan(&cfg, &chunks, 0, 0, cap, |_| false), [0, 1]);
+        assert_eq!(plan(&cfg, 8, &chunks, 0, 0, cap, |_| false), [0, 1]);
         // What the reader holds now counts against the share.
-        assert_eq!(plan(&cfg, &chunks, 0, 1000 + ENTRY_OVERHEAD, cap, |_| false), [0]);
+        assert_eq!(plan(&cfg, 8, &chunks, 0, 1000 + ENTRY_OVERHEAD, cap, |_| false), [0]);
         // Skipped chunks still count (they may be cached), but are not planned.
-        assert_eq!(plan(&cfg, &chunks, 0, 0, 1 << 30, |i| i % 2 == 0), [1, 3, 5, 7]);
-        assert!(plan(&cfg, &chunks, 19, 0, 1 << 30, |_| false) == [19]);
-        assert!(plan(&cfg, &chunks, 25, 0, 1 << 30, |_| false).is_empty());
+        assert_eq!(plan(&cfg, 8, &chunks, 0, 0, 1 << 30, |i| i % 2 == 0), [1, 3, 5, 7]);
+        assert!(plan(&cfg, 8, &chunks, 19, 0, 1 << 30, |_| false) == [19]);
+        assert!(plan(&cfg, 8, &chunks, 25, 0, 1 << 30, |_| false).is_empty());
     }
 }

@@ -32,6 +32,17 @@ pub(crate) trait ContainerSource: Send + Sync {
     /// A local descriptor of the container, for decoders that need one (GPU batches);
     /// `None` when the bytes are not local, and the caller decodes on the CPU instead.
     fn local_file(&self, file: u32) -> Result<Option<File>>;
+    /// `len` bytes at `offset` of container `file` failed a check after they were read:
+    /// forget any copy kept of them. True when reading them again may give other bytes
+    /// (a network source), so one more try is worth it; false for local files.
+    fn forget(&self, _file: u32, _offset: u64, _len: usize) -> bool {
+        false
+    }
+    /// Whether bytes come from local files: raw chunks are then served by plain reads of
+    /// the container; otherwise they go through the chunk cache like coded ones.
+    fn is_local(&self) -> bool {
+        true
+    }
     /// Containers held open now (for tests of the open-file bound).
     #[cfg(test)]
     fn open_count(&self) -> usize {
@@ -156,6 +167,14 @@ impl ContainerSource for RemoteSource {
 
     fn local_file(&self, _file: u32) -> Result<Option<File>> {
         Ok(None)
+    }
+
+    fn forget(&self, file: u32, offset: u64, len: usize) -> bool {
+        self.objs[file as usize].forget(offset, len)
+    }
+
+    fn is_local(&self) -> bool {
+        false
     }
 }
 

@@ -20,6 +20,7 @@ pub struct Stats {
     errors: AtomicU64,
     gpu_chunks: AtomicU64,
     gpu_fallbacks: AtomicU64,
+    refetches: AtomicU64,
 }
 
 /// A point-in-time copy, as served to `dcfs stats`.
@@ -69,6 +70,31 @@ pub struct Snapshot {
     /// Requests that failed for good (after retries).
     #[serde(default)]
     pub net_errors: u64,
+    /// Chunks whose fetched bytes failed their check and were fetched once more.
+    #[serde(default)]
+    pub refetches: u64,
+    /// A disk cache is in use (`--cache-dir`); the `disk_*` counters are its.
+    #[serde(default)]
+    pub disk_cache: bool,
+    #[serde(default)]
+    pub disk_hits: u64,
+    #[serde(default)]
+    pub disk_hit_bytes: u64,
+    #[serde(default)]
+    pub disk_misses: u64,
+    #[serde(default)]
+    pub disk_writes: u64,
+    /// Entries not written (no room, or the write failed).
+    #[serde(default)]
+    pub disk_skipped: u64,
+    /// Entries found torn or damaged, deleted and fetched again.
+    #[serde(default)]
+    pub disk_torn: u64,
+    #[serde(default)]
+    pub disk_evictions: u64,
+    /// Bytes of entries as this mount last counted them.
+    #[serde(default)]
+    pub disk_usage: u64,
 }
 
 impl Stats {
@@ -105,6 +131,9 @@ impl Stats {
         self.gpu_chunks.fetch_add(chunks, Relaxed);
         self.gpu_fallbacks.fetch_add(fallbacks, Relaxed);
     }
+    pub fn refetch(&self) {
+        self.refetches.fetch_add(1, Relaxed);
+    }
     pub fn error(&self) {
         self.errors.fetch_add(1, Relaxed);
     }
@@ -125,6 +154,7 @@ impl Stats {
             errors: self.errors.load(Relaxed),
             gpu_chunks: self.gpu_chunks.load(Relaxed),
             gpu_fallbacks: self.gpu_fallbacks.load(Relaxed),
+            refetches: self.refetches.load(Relaxed),
             ..Default::default()
         }
     }

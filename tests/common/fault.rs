@@ -1,7 +1,8 @@
 //! A fault-injecting HTTP proxy for the remote tests: forwards each request to an
 //! upstream server on its own connection and, on every `every`-th GET of a container
 //! (`….dcz`), answers with a fault instead: a 503, a body cut short, a connection reset
-//! after the headers, a delay, or (when `flips`) one flipped bit in the body.
+//! after the headers, a delay, or (when `flips`) one flipped bit in the body. Or, made by
+//! [`FaultProxy::unavailable`], a 503 for each of the first N container GETs.
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
@@ -25,8 +26,27 @@ enum Fault {
     Flip,
 }
 
+/// What the proxy does to container GETs.
+#[derive(Clone, Copy, Debug)]
+enum Plan {
+    /// Every `every`-th gets a fault of a rotating kind (flipped bits among them if set).
+    Every { every: u64, flips: bool },
+    /// The first `n` get a 503, the rest pass (`u64::MAX`: all of them).
+    Unavailable { n: u64 },
+}
+
 impl FaultProxy {
     pub fn start(upstream: u16, every: u64, flips: bool) -> FaultProxy {
+        Self::with_plan(upstream, Plan::Every { every, flips })
+    }
+
+    /// Answers the first `n` container GETs with 503 Service Unavailable and passes the
+    /// rest; `u64::MAX` makes the store permanently unavailable.
+    pub fn unavailable(upstream: u16, n: u64) -> FaultProxy {
+        Self::with_plan(upstream, Plan::Unavailable { n })
+    }
+
+    fn with_plan(upstream: u16, plan: Plan) -> FaultProxy {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         let faults = Arc::new(AtomicU64::new(0));
@@ -41,7 +61,7 @@ impl FaultProxy {
                 let Ok(c) = c else { continue };
                 let (f3, n3) = (f2.clone(), counter.clone());
                 std::thread::spawn(move || {
-                    let _ = serve(c, upstream, every, flips, &n3, &f3);
+                    let _ = serve(c, upstream, plan, &n3, &f3);
                 });
             }
         });
@@ -85,14 +105,7 @@ fn content_length(head: &[u8]) -> usize {
 }
 
 /// One request per connection: the client reconnects for the next.
-fn serve(
-    mut c: TcpStream,
-    upstream: u16,
-    every: u64,
-    flips: bool,
-    n: &AtomicU64,
-    faults: &AtomicU64,
-) -> std::io::Result<()> {
+fn serve(mut c: TcpStream, upstream: u16, plan: Plan, n: &AtomicU64, faults: &AtomicU64) -> std::io::Result<()> {
     let head = read_head(&mut c)?;
     let text = String::from_utf8_lossy(&head).into_owned();
     let first = text.lines().next().unwrap_or_default().to_string();
@@ -115,21 +128,13 @@ fn serve(
     };
     let mut body = vec![0u8; len];
     u.read_exact(&mut body)?;
-    let fault = if is_get_dcz && (n.fetch_add(1, Ordering::Relaxed) + 1) % every == 0 {
-        let kinds: &[Fault] = if flips {
-            &[
-                Fault::Flip,
-                Fault::Unavailable,
-                Fault::Truncate,
-                Fault::Reset,
-                Fault::Delay,
-            ]
-        } else {
-            &[Fault::Unavailable, Fault::Truncate, Fault::Reset, Fault::Delay]
-        };
-        Some(kinds[(faults.fetch_add(1, Ordering::Relaxed) as usize) % kinds.len()])
-    } else {
-        None
+    let fault = match plan {
+        _ if !is_get_dcz => None,
+        Plan::Unavailable { n: limit } => (n.fetch_add(1, Ordering::Relaxed) < limit).then(|| {
+            faults.fetch_add(1, Ordering::Relaxed);
+            Fault::Unavailable
+        }),
+        Plan::Every { every, flips } => pick(every, flips, n, faults),
     };
     let rhead = String::from_utf8_lossy(&rhead)
         .split("\r\n")
@@ -166,4 +171,23 @@ fn serve(
     }
     c.flush()?;
     c.shutdown(Shutdown::Both)
+}
+
+/// For [`Plan::Every`]: whether this container GET gets a fault, and which.
+fn pick(every: u64, flips: bool, n: &AtomicU64, faults: &AtomicU64) -> Option<Fault> {
+    if (n.fetch_add(1, Ordering::Relaxed) + 1) % every != 0 {
+        return None;
+    }
+    let kinds: &[Fault] = if flips {
+        &[
+            Fault::Flip,
+            Fault::Unavailable,
+            Fault::Truncate,
+            Fault::Reset,
+            Fault::Delay,
+        ]
+    } else {
+        &[Fault::Unavailable, Fault::Truncate, Fault::Reset, Fault::Delay]
+    };
+    Some(kinds[(faults.fetch_add(1, Ordering::Relaxed) as usize) % kinds.len()])
 }

@@ -55,7 +55,19 @@ impl S3Server {
     }
 
     fn spawn(bin: PathBuf, dir: &Path, keys: Option<(String, String)>) -> S3Server {
-        let port = free_port();
+        Self::spawn_on(bin, dir, keys, free_port())
+    }
+
+    /// Starts the server again after [`stop`](Self::stop), on the same port, directory and
+    /// keys (what it stored survives: a server that came back).
+    pub fn restart(&mut self) {
+        let bin = s3s_fs().expect("s3s-fs ran before");
+        let fresh = Self::spawn_on(bin, &self.dir.clone(), self.keys.clone(), self.port);
+        // The old handle's child is dead already; dropping it only reaps it.
+        drop(std::mem::replace(self, fresh));
+    }
+
+    fn spawn_on(bin: PathBuf, dir: &Path, keys: Option<(String, String)>, port: u16) -> S3Server {
         let mut cmd = Command::new(bin);
         cmd.args(["--host", "127.0.0.1", "--port", &port.to_string()]);
         if let Some((ak, sk)) = &keys {

@@ -6,6 +6,11 @@ Environment (scripts/loader-tests.sh sets these):
   DCFS_MODELS         the unpacked models dir (default <repo>/models)
   DCFS_LOADER_PACKED  an existing `dcfs pack` of DCFS_MODELS; packed into a temp dir if unset
   DCFS_LOADER_MNT     mount point to use (default: a temp dir)
+  DCFS_LOADER_REMOTE  s3://bucket/prefix where DCFS_LOADER_PACKED was pushed (`dcfs push`);
+                      the loaders then also run on `dcfs mount` of that URL, reached through
+                      AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and
+                      AWS_ALLOW_HTTP=true. Unset: those runs are skipped (a SKIP line says so).
+  DCFS_LOADER_REMOTE_MNT  mount point for that remote mount (default: a temp dir)
 """
 
 import json
@@ -35,9 +40,12 @@ def _mounted(path: Path) -> bool:
 
 
 class Mount:
-    """A daemonised `dcfs mount PACKED MNT`; stop() unmounts and waits for the daemon."""
+    """A daemonised `dcfs mount PACKED MNT`; stop() unmounts and waits for the daemon.
 
-    def __init__(self, packed: Path, mnt: Path):
+    `packed` is a local pack directory or a remote pack URL (kept as a string: Path would
+    fold the `//` of `s3://`)."""
+
+    def __init__(self, packed, mnt: Path):
         self.packed = packed
         self.mnt = mnt
 
@@ -101,8 +109,27 @@ def mount(packed, tmp_path_factory, request) -> Mount:
 
 
 @pytest.fixture(scope="session")
-def mnt(mount) -> Path:
-    return mount.mnt
+def remote_mount(tmp_path_factory, request) -> Mount:
+    """`dcfs mount s3://bucket/prefix MNT` of the same pack, pushed by scripts/loader-tests.sh."""
+    url = os.environ.get("DCFS_LOADER_REMOTE")
+    if not url:
+        pytest.skip("SKIP: DCFS_LOADER_REMOTE unset (scripts/loader-tests.sh pushes the pack to a local S3 server)")
+    if os.geteuid() != 0 or not Path("/dev/fuse").exists():
+        pytest.skip(f"SKIP: mounting needs root and /dev/fuse (euid={os.geteuid()})")
+    m = Mount(url, Path(os.environ.get("DCFS_LOADER_REMOTE_MNT") or tmp_path_factory.mktemp("mnt-remote")))
+    request.addfinalizer(m.stop)
+    m.start()
+    return m
+
+
+# Where the mount-based loader tests read from: the local pack, and the same pack pushed
+# to object storage and mounted from there. Same comparisons against the unpacked files.
+SOURCES = ["local", "s3"]
+
+
+@pytest.fixture(scope="session", params=SOURCES)
+def mnt(request) -> Path:
+    return request.getfixturevalue("mount" if request.param == "local" else "remote_mount").mnt
 
 
 def pytest_configure(config):
