@@ -11,6 +11,13 @@
 #   scale    synthetic BF16 models of 0.1-4 GB: pack/verify/mounted cat time, peak RSS
 #   ceiling  (opt-in) serving with no storage cost: page cache vs cold/warm mount, raw mount,
 #            verify, 1 vs 2 decode threads; DCFS_BENCH_BEFORE=BIN adds a before/after
+#   remote   (opt-in) packs on object storage, in a private network namespace with the
+#            loopback throttled by tc tbf (DCFS_BENCH_RATES Mbit, default "100 400 1000 0",
+#            0 = no limit): an anonymous s3s-fs serves the pushed pack and the plain files;
+#            a parallel download (8 MiB ranged GETs, 8 in flight) vs a cold `dcfs mount
+#            s3://`, with an empty --cache-dir, a warm remount on that cache, a local-pack
+#            mount, and rclone / s3fs FUSE mounts of the plain files (scripts/bench_remote.*).
+#            Env: DCFS_BENCH_REMOTE_MODELS, DCFS_BENCH_REMOTE_CONTENDERS, S3S_FS
 # Results: docs/bench/*.csv|json and docs/img/*.png (or --out DIR, DIR/img), tables in
 # docs/bench/tables.md (scripts/bench_plots.py redraws plots and tables from the results).
 #
@@ -38,7 +45,7 @@ while [[ $# -gt 0 ]]; do
     --out) OUT="$2"; IMG="$2/img"; shift ;;
     --only) ONLY="$2"; shift ;;
     --runs) RUNS="$2"; shift ;;
-    -h|--help) sed -n 2,24p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,31p "$0"; exit 0 ;;
     *) echo "bench: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
@@ -387,6 +394,33 @@ if want ceiling; then
     f="$(find "$M/$m" -maxdepth 1 -name '*.safetensors' | head -1)"
     "$DCFS" bench codecs "$f" --json > "$OUT/ceiling-codecs-$m.json" 2>/dev/null || true
   done
+fi
+
+# --- remote (opt-in: --only remote) -------------------------------------------------
+# Everything that touches the network runs in scripts/bench_remote.sh under `unshare -n`:
+# its own loopback, throttled there, gone when it exits. s3s-fs 0.14.1 is found as $S3S_FS,
+# in .ci/run's cache ($DCFS_S3S_ROOT, default ~/.cache/dcfs/s3s-fs) or on PATH.
+if want remote; then
+  S3S="${S3S_FS:-${DCFS_S3S_ROOT:-$HOME/.cache/dcfs/s3s-fs}/bin/s3s-fs}"
+  [[ -x "$S3S" ]] || S3S="$(command -v s3s-fs || true)"
+  [[ -x "$S3S" ]] || { echo "bench: remote needs s3s-fs: cargo install s3s-fs@0.14.1 --features binary --locked" >&2; exit 1; }
+  for t in rclone s3fs; do
+    command -v "$t" >/dev/null || apt-get install -y -q "$t" >/dev/null 2>&1 || log "remote: could not install $t"
+  done
+  read -r -a RMODELS <<< "${DCFS_BENCH_REMOTE_MODELS:-${MODELS[*]}}"
+  RSET="$WORK/remote-set"
+  rm -rf "$RSET"; mkdir -p "$RSET"
+  for m in "${RMODELS[@]}"; do cp -a "$M/$m" "$RSET/"; done
+  mkdir -p "$PK"
+  # packed afresh every time: pack()'s reuse check cannot see a changed model list
+  rm -rf "$PK/remote.auto"
+  "$DCFS" pack "$RSET" "$PK/remote.auto" --json > "$OUT/remote-pack.json"
+  export DCFS PY ROOT WORK MNT RUNS RSET S3S
+  export RPK="$PK/remote.auto" CSV="$OUT/remote.csv" RATES="${DCFS_BENCH_RATES:-100 400 1000 0}"
+  export RCONTENDERS="${DCFS_BENCH_REMOTE_CONTENDERS:-download cold cold-cache warm local rclone s3fs}"
+  [[ $QUICK -eq 1 ]] && RATES="${DCFS_BENCH_RATES:-400}"
+  log "remote: rates ${RATES} Mbit, models ${RMODELS[*]}"
+  unshare -n bash "$ROOT/scripts/bench_remote.sh"
 fi
 
 # --- scale -------------------------------------------------------------------
