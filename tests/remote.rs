@@ -723,3 +723,112 @@ fn a_remote_store_serves_the_manifest_tree_and_the_source_bytes() {
     assert!(st.remote && st.net_gets > 0 && st.net_bytes > 0, "{st:?}");
     assert_eq!(st.net_errors, 0, "{st:?}");
 }
+
+/// A sequential reader of a remote pack is served by a few large GETs, not one per chunk:
+/// the prefetch window is refilled by halves and neighbouring chunks share one GET (of up
+/// to 8 MiB), while the bytes on the wire stay the packed bytes read.
+#[test]
+fn a_sequential_reader_is_served_by_few_large_gets() {
+    use dcfs::store::{Store, StoreOptions, ROOT_INO};
+    let t = tempfile::tempdir().unwrap();
+    let Some(s) = S3Server::start(&t.path().join("s3"), &["bkt"], false) else {
+        return;
+    };
+    let src = t.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let want = bf16_bytes(&weights(&mut Rng::new(5), 24 << 20));
+    std::fs::write(src.join("w.bin"), &want).unwrap();
+    let packed = t.path().join("packed");
+    pack(&src, &packed);
+    let u = url("bkt", "seq");
+    let o = opts(&s);
+    dcfs::remote::pack::push(&packed, &u, &o, &dcfs::pack::NoProgress).unwrap();
+    let p = RemotePack::open(&u, &o).unwrap();
+    let e = p.files().next().unwrap().clone();
+    let chunks = p.open_container(&e).unwrap().chunks.len() as u64;
+    assert!(chunks >= 40, "{chunks} chunks: the test needs a long file");
+    let so = StoreOptions {
+        prefetch: 64,
+        ..Default::default()
+    };
+    let store = Store::open_remote(&u, &o, so).unwrap();
+    let ino = store.lookup(ROOT_INO, std::ffi::OsStr::new("w.bin")).unwrap().ino;
+    let before = store.stats();
+    let fh = store.open_handle();
+    let mut got = Vec::with_capacity(want.len());
+    loop {
+        let d = store.read(ino, fh, got.len() as u64, 128 << 10).unwrap();
+        if d.is_empty() {
+            break;
+        }
+        got.extend_from_slice(&d);
+    }
+    assert!(got == want, "bytes differ");
+    let st = store.stats();
+    let (gets, bytes) = (st.net_gets - before.net_gets, st.net_bytes - before.net_bytes);
+    eprintln!("{chunks} chunks, {} packed bytes: {gets} GETs, {bytes} bytes", e.packed);
+    // One GET per chunk (the old path) fails this.
+    assert!(gets * 3 <= chunks, "{gets} GETs for {chunks} chunks");
+    assert!(
+        bytes * 100 <= e.packed * 105,
+        "{bytes} bytes fetched for {} packed",
+        e.packed
+    );
+}
+
+/// Without a disk cache, opening a container is one GET of its tail (footer and index;
+/// plus its header in parallel when the tail does not reach it), and a file whose whole
+/// container fits in that tail is then served with no request.
+#[test]
+fn a_mount_opens_each_container_with_one_get_and_small_files_need_none() {
+    use dcfs::store::{Store, StoreOptions, ROOT_INO};
+    let t = tempfile::tempdir().unwrap();
+    let Some(s) = S3Server::start(&t.path().join("s3"), &["bkt"], false) else {
+        return;
+    };
+    let src = t.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..6 {
+        std::fs::write(
+            src.join(format!("small{i}.json")),
+            format!("{{\"layer\": {i}}}\n").repeat(50 * (i + 1)),
+        )
+        .unwrap();
+    }
+    std::fs::write(src.join("big.bin"), bf16_bytes(&weights(&mut Rng::new(9), 1 << 20))).unwrap();
+    let packed = t.path().join("packed");
+    pack(&src, &packed);
+    let u = url("bkt", "tails");
+    let o = opts(&s);
+    dcfs::remote::pack::push(&packed, &u, &o, &dcfs::pack::NoProgress).unwrap();
+    let store = Store::open_remote(&u, &o, StoreOptions::default()).unwrap();
+    let at_mount = store.stats().net_gets;
+    // The marker, the manifest, one GET per container, and for the one container longer
+    // than the tail a GET of its header, sent beside it.
+    assert_eq!(
+        at_mount,
+        2 + 7 + 1,
+        "requests to mount 7 containers: {:?}",
+        store.stats()
+    );
+    let fh = store.open_handle();
+    for i in 0..6 {
+        let name = format!("small{i}.json");
+        let ino = store.lookup(ROOT_INO, std::ffi::OsStr::new(&name)).unwrap().ino;
+        let got = store.read(ino, fh, 0, 1 << 20).unwrap();
+        assert!(got == std::fs::read(src.join(&name)).unwrap(), "{name} differs");
+    }
+    assert_eq!(store.stats().net_gets, at_mount, "small files fetched again");
+    // A file longer than the tail still needs GETs, and reads right.
+    let ino = store.lookup(ROOT_INO, std::ffi::OsStr::new("big.bin")).unwrap().ino;
+    let mut got = Vec::new();
+    loop {
+        let d = store.read(ino, fh, got.len() as u64, 1 << 20).unwrap();
+        if d.is_empty() {
+            break;
+        }
+        got.extend_from_slice(&d);
+    }
+    assert!(got == std::fs::read(src.join("big.bin")).unwrap());
+    assert!(store.stats().net_gets > at_mount);
+}

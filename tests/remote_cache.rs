@@ -169,7 +169,7 @@ fn a_crash_while_filling_the_cache_and_torn_entries_are_repaired_on_remount() {
     let cache = x.cache();
     let cache_arg = cache.to_str().unwrap().to_string();
     // The daemon dies (SIGKILL) between writing its first entry and renaming it into
-    // place: the mount never comes up, and a temporary is left behind.
+    // place: the mount never comes up, and temporaries are left behind.
     let e = x
         .mount(
             "crash",
@@ -180,7 +180,9 @@ fn a_crash_while_filling_the_cache_and_torn_entries_are_repaired_on_remount() {
         .expect("the daemon was killed before the mount was ready");
     eprintln!("crashed mount: {e}");
     let tmp = cache.join(SUBDIR).join("tmp");
-    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 1, "one temporary left");
+    // (Containers open in parallel: other openers may have written one before it died.)
+    let left = std::fs::read_dir(&tmp).unwrap().count();
+    assert!(left >= 1, "a temporary is left behind");
     assert!(entries(&cache).is_empty(), "no entry was renamed into place");
     // Fill the cache with a clean mount.
     {

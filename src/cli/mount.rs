@@ -50,7 +50,7 @@ pub struct MountArgs {
     #[arg(long)]
     threads: Option<usize>,
     /// Chunks decoded ahead of a sequential reader (0 disables prefetch; default: 2 x
-    /// threads, at least 8).
+    /// threads, at least 8; for remote packs 4 x max_inflight, fetched by halves).
     #[arg(long)]
     prefetch: Option<usize>,
     /// The mount's kernel readahead (bdi read_ahead_kb); 0 keeps the kernel default of 128K.
@@ -220,10 +220,10 @@ fn settings(a: &MountArgs) -> Result<Settings> {
     let prefetch_given = prefetch.is_some();
     store.prefetch = prefetch.unwrap_or_else(|| dcfs::store::default_prefetch(store.threads));
     if !prefetch_given && a.packed.to_str().is_some_and(|p| p.contains("://")) {
-        // A remote reader waits on the network, not on decode threads: keep as many
-        // chunks ahead as GETs may be in flight (the window still ramps up, and the
-        // cache share still caps it).
-        store.prefetch = store.prefetch.max(remote.max_inflight);
+        // A remote reader waits on the network, not on decode threads: keep enough
+        // chunks ahead that the half of the window refilled at once spans several GETs
+        // (the window still ramps up, and the cache share still caps it).
+        store.prefetch = store.prefetch.max(remote.max_inflight.saturating_mul(4));
     }
     if store.cache_bytes < (4 << 20) {
         bail!("cache size {} is too small (at least 4M)", human(store.cache_bytes));

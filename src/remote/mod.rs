@@ -27,7 +27,7 @@ use std::fmt;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,12 +35,18 @@ use object_store::path::Path as ObjPath;
 use object_store::{GetOptions, GetRange, ObjectStore, PutPayload};
 
 use crate::error::{Error, Result};
+use crate::format::HEADER_LEN;
 use disk_cache::{DiskCache, DiskCacheConfig, DiskCounts, Key};
 
 /// Bytes one ranged GET asks for at most: large enough that per-request latency is small
 /// against transfer time, small enough that many run in parallel (mountpoint-s3's part
 /// size).
 pub const PART_LEN: u64 = 8 << 20;
+/// Bytes of an object's end fetched when it is opened (no disk cache): its footer and the
+/// index of a container of up to about a thousand chunks, or all of a small file's.
+pub const TAIL_LEN: u64 = 64 << 10;
+/// Whole small objects kept in memory per remote pack (their tails), at most.
+pub const SMALL_OBJECTS_BUDGET: u64 = 64 << 20;
 /// Ranged GETs in flight at once, by default, across the process.
 pub const DEFAULT_INFLIGHT: usize = 16;
 /// Connect timeout.
@@ -227,12 +233,24 @@ pub struct NetCounts {
 pub struct Remote {
     url: RemoteUrl,
     store: Arc<dyn ObjectStore>,
-    rt: tokio::runtime::Runtime,
+    /// Always `Some` until drop, which shuts it down without blocking: the last handle
+    /// may be dropped on one of its own threads (a background fetch's delivery).
+    rt: Option<tokio::runtime::Runtime>,
     inflight: Arc<tokio::sync::Semaphore>,
     retry_budget: Duration,
     pub stats: Arc<NetStats>,
     /// Ranges fetched before, kept on local disk, keyed by object version.
-    disk: Option<DiskCache>,
+    disk: Option<Arc<DiskCache>>,
+    /// Bytes of whole small objects kept in memory (against [`SMALL_OBJECTS_BUDGET`]).
+    small_kept: AtomicU64,
+}
+
+impl Drop for Remote {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 impl fmt::Debug for Remote {
@@ -400,16 +418,21 @@ impl Remote {
             .enable_all()
             .build()
             .map_err(|e| Error::io("tokio runtime", e))?;
-        let disk = opts.disk_cache.as_ref().map(DiskCache::open).transpose()?;
+        let disk = opts.disk_cache.as_ref().map(DiskCache::open).transpose()?.map(Arc::new);
         Ok(Arc::new(Remote {
             url: url.clone(),
             store,
-            rt,
+            rt: Some(rt),
             inflight: Arc::new(tokio::sync::Semaphore::new(opts.max_inflight.max(1))),
             retry_budget: opts.retry_budget,
             stats: Arc::new(NetStats::default()),
             disk,
+            small_kept: AtomicU64::new(0),
         }))
+    }
+
+    fn rt(&self) -> &tokio::runtime::Runtime {
+        self.rt.as_ref().expect("the runtime lives until drop")
     }
 
     pub fn url(&self) -> &RemoteUrl {
@@ -453,7 +476,7 @@ impl Remote {
         let what = loc.to_string();
         let deadline = Some(Instant::now() + self.retry_budget);
         let r = self
-            .rt
+            .rt()
             .block_on(retrying(&self.stats, self.retry_budget, deadline, &what, || {
                 let (store, loc, stats) = (store.clone(), loc.clone(), stats.clone());
                 async move {
@@ -488,25 +511,80 @@ impl Remote {
 
     /// Opens object `rel`: one HEAD for its length and ETag.
     pub fn open(self: &Arc<Self>, rel: &str) -> Result<RemoteObject> {
+        self.open_expecting(rel, None)
+    }
+
+    /// Opens object `rel`, which the manifest says is `len` bytes long. Without a disk
+    /// cache, the opening request is then a GET of the object's last [`TAIL_LEN`] bytes
+    /// (a bounded range: some servers refuse a suffix range longer than the object): it
+    /// brings the length and ETag a HEAD would, plus the footer and index (and all of a
+    /// small object) in the same round trip. With a disk cache, or no length, a HEAD: a
+    /// warm remount then reads those from the disk and moves no bytes.
+    pub fn open_expecting(self: &Arc<Self>, rel: &str, len: Option<u64>) -> Result<RemoteObject> {
         let loc = self.location(rel);
         let name = self.name_of(rel);
         let (store, stats) = (self.store.clone(), self.stats.clone());
         let what = loc.to_string();
         let deadline = Some(Instant::now() + self.retry_budget);
+        let tail = len
+            .filter(|&l| l > 0 && self.disk.is_none())
+            .map(|l| l.saturating_sub(TAIL_LEN)..l);
         let r = self
-            .rt
+            .rt()
             .block_on(retrying(&self.stats, self.retry_budget, deadline, &what, || {
-                let (store, loc, stats) = (store.clone(), loc.clone(), stats.clone());
+                let (store, loc, stats, tail) = (store.clone(), loc.clone(), stats.clone(), tail.clone());
                 async move {
                     stats.gets.fetch_add(1, Ordering::Relaxed);
-                    let head = GetOptions {
-                        head: true,
+                    let opts = GetOptions {
+                        head: tail.is_none(),
+                        range: tail.clone().map(GetRange::Bounded),
                         ..Default::default()
                     };
-                    store.get_opts(&loc, head).await.map(|r| r.meta).map_err(classify)
+                    // An object longer than the tail: its header beside it, in parallel.
+                    let head_span = tail.clone().filter(|t| t.start > 0).map(|_| 0..HEADER_LEN);
+                    let get = |range: std::ops::Range<u64>| {
+                        let (store, loc, stats) = (store.clone(), loc.clone(), stats.clone());
+                        async move {
+                            stats.gets.fetch_add(1, Ordering::Relaxed);
+                            let opts = GetOptions {
+                                range: Some(GetRange::Bounded(range)),
+                                ..Default::default()
+                            };
+                            store.get_opts(&loc, opts).await.map_err(classify)
+                        }
+                    };
+                    let (res, head) = match head_span.clone() {
+                        Some(h) => {
+                            let (a, b) = tokio::join!(store.get_opts(&loc, opts), get(h));
+                            (a.map_err(classify)?, Some(b?))
+                        }
+                        None => (store.get_opts(&loc, opts).await.map_err(classify)?, None),
+                    };
+                    let meta = res.meta.clone();
+                    // Another length than the manifest's: the caller says so.
+                    let Some(want) = tail.filter(|t| t.end == meta.size) else {
+                        return Ok((meta, Vec::new()));
+                    };
+                    let mut kept = Vec::new();
+                    for (r, span) in std::iter::once((res, want)).chain(head.zip(head_span)) {
+                        if r.meta.e_tag != meta.e_tag {
+                            return Err(Fault::Transient("the object changed while it was opened".into()));
+                        }
+                        let b = r.bytes().await.map_err(classify)?;
+                        stats.bytes.fetch_add(b.len() as u64, Ordering::Relaxed);
+                        if b.len() as u64 != span.end - span.start {
+                            return Err(Fault::Transient(format!(
+                                "got {} bytes for the {}-byte range {span:?}",
+                                b.len(),
+                                span.end - span.start
+                            )));
+                        }
+                        kept.push((span.start, b.to_vec()));
+                    }
+                    Ok((meta, kept))
                 }
             }));
-        let meta = match r {
+        let (meta, kept) = match r {
             Ok(m) => m,
             Err(Fault::NotFound) => {
                 self.stats.errors.fetch_add(1, Ordering::Relaxed);
@@ -526,6 +604,7 @@ impl Remote {
             len: meta.size,
             etag: meta.e_tag,
             fresh: Default::default(),
+            kept: parking_lot::RwLock::new(kept),
         })
     }
 
@@ -536,7 +615,7 @@ impl Remote {
         let payload = PutPayload::from(data);
         let what = loc.to_string();
         let deadline = Some(Instant::now() + self.retry_budget);
-        self.rt
+        self.rt()
             .block_on(retrying(&self.stats, self.retry_budget, deadline, &what, || {
                 let (store, loc, payload) = (store.clone(), loc.clone(), payload.clone());
                 async move {
@@ -577,7 +656,7 @@ impl Remote {
         // failed part cannot be sent again under its number), within the budget counted
         // from the first failure: a long upload is not itself a reason to give up.
         let r = self
-            .rt
+            .rt()
             .block_on(retrying(&self.stats, self.retry_budget, None, &what, || {
                 let (store, loc, file, local_err) = (store.clone(), loc.clone(), file.clone(), local_err.clone());
                 async move {
@@ -623,7 +702,7 @@ impl Remote {
         let what = loc.to_string();
         let deadline = Some(Instant::now() + self.retry_budget);
         let r = self
-            .rt
+            .rt()
             .block_on(retrying(&self.stats, self.retry_budget, deadline, &what, || {
                 let (store, loc) = (store.clone(), loc.clone());
                 async move { store.delete(&loc).await.map_err(classify) }
@@ -645,6 +724,11 @@ pub struct RemoteObject {
     /// Read from the network even where the disk cache holds the range (and replace the
     /// entry): set while a read that failed its checks is tried once more.
     fresh: std::sync::atomic::AtomicBool,
+    /// Spans of the object fetched when it was opened (its tail, and its header when the
+    /// tail does not reach it): (where each starts, its bytes). Reads inside one need no
+    /// request. Kept for small objects only (all their bytes); dropped by
+    /// [`trim_tail`](Self::trim_tail) otherwise.
+    kept: parking_lot::RwLock<Vec<(u64, Vec<u8>)>>,
 }
 
 impl fmt::Debug for RemoteObject {
@@ -718,6 +802,37 @@ impl RemoteObject {
         Some((disk, Key::new(&self.name.to_string_lossy(), etag, offset, len as u64)))
     }
 
+    /// After the footer and index were read: keeps the opening GET's bytes only when
+    /// they are the whole object and the pack's budget for small objects allows.
+    pub fn trim_tail(&self) {
+        let mut k = self.kept.write();
+        let whole = matches!(k.as_slice(), [(0, b)] if b.len() as u64 == self.len);
+        let small = &self.remote.small_kept;
+        if !(whole && small.fetch_add(self.len, Ordering::Relaxed) + self.len <= SMALL_OBJECTS_BUDGET) {
+            if whole {
+                small.fetch_sub(self.len, Ordering::Relaxed);
+            }
+            *k = Vec::new();
+        }
+    }
+
+    /// Copies `buf.len()` bytes at `offset` from a kept span, when one holds them.
+    fn read_tail(&self, buf: &mut [u8], offset: u64) -> bool {
+        if self.fresh.load(Ordering::Relaxed) {
+            return false;
+        }
+        let k = self.kept.read();
+        let Some((at, b)) = k
+            .iter()
+            .find(|(at, b)| offset >= *at && offset - at + buf.len() as u64 <= b.len() as u64)
+        else {
+            return false;
+        };
+        let from = (offset - at) as usize;
+        buf.copy_from_slice(&b[from..from + buf.len()]);
+        true
+    }
+
     /// While set, reads skip the disk cache's copies (and replace them).
     pub fn set_fresh(&self, on: bool) {
         self.fresh.store(on, Ordering::Relaxed);
@@ -730,65 +845,251 @@ impl RemoteObject {
         if let Some((disk, key)) = self.disk_key(offset, len) {
             disk.forget(key);
         }
+        self.kept
+            .write()
+            .retain(|(at, b)| offset >= at + b.len() as u64 || offset + len as u64 <= *at);
         true
+    }
+
+    /// What a network task needs to fetch ranges of this object, owned.
+    fn fetcher(&self) -> Fetcher {
+        let r = &self.remote;
+        Fetcher {
+            store: r.store.clone(),
+            loc: self.location.clone(),
+            etag: self.etag.clone(),
+            stats: r.stats.clone(),
+            inflight: r.inflight.clone(),
+            budget: r.retry_budget,
+            name: self.name.clone(),
+        }
     }
 
     /// Fills `buf` from the network, in parallel parts, with retries.
     fn read_from_network(&self, buf: &mut [u8], offset: u64, end: u64) -> Result<()> {
-        let r = &self.remote;
-        let budget = r.retry_budget;
-        let deadline = Instant::now() + budget;
-        let parts: Vec<std::ops::Range<u64>> = (offset..end)
-            .step_by(PART_LEN as usize)
-            .map(|s| s..(s + PART_LEN).min(end))
-            .collect();
-        let results = r.rt.block_on(async {
-            let mut tasks = Vec::with_capacity(parts.len());
-            for p in &parts {
-                let (store, loc, etag, stats) = (
-                    r.store.clone(),
-                    self.location.clone(),
-                    self.etag.clone(),
-                    r.stats.clone(),
-                );
-                let sem = r.inflight.clone();
-                let p = p.clone();
-                tasks.push(tokio::spawn(async move {
-                    let _permit = sem.acquire_owned().await.map_err(|e| Fault::Fatal(e.to_string()))?;
-                    Self::fetch(store, loc, etag, p, stats, budget, deadline).await
-                }));
-            }
-            let mut out = Vec::with_capacity(tasks.len());
-            for t in tasks {
-                out.push(t.await.unwrap_or_else(|e| Err(Fault::Fatal(e.to_string()))));
-            }
-            out
+        let f = self.fetcher();
+        let deadline = Instant::now() + f.budget;
+        let bytes = self.remote.rt().block_on(f.span(offset..end, deadline))?;
+        buf.copy_from_slice(&bytes);
+        Ok(())
+    }
+
+    /// Starts fetching `ranges` of this object in the background and returns at once.
+    /// `done(k, bytes)` is called exactly once per range, on a network thread, as soon as
+    /// range `k` is here (from the disk cache or the network) or has failed. Ranges that
+    /// miss the disk cache and follow one another (one ends where the next starts) go out
+    /// together as one GET of up to [`PART_LEN`], so a reader's window of small chunks
+    /// costs a few large requests, not one per chunk; each range is still cached on its
+    /// own, under the key a single read of it uses.
+    pub fn fetch_many(&self, ranges: Vec<std::ops::Range<u64>>, done: Delivery) {
+        let out = Arc::new(Deliveries {
+            given: ranges.iter().map(|_| AtomicBool::new(false)).collect(),
+            done,
+            name: self.name.clone(),
         });
-        for (p, res) in parts.iter().zip(results) {
-            let at = (p.start - offset) as usize;
-            match res {
-                Ok(b) => buf[at..at + b.len()].copy_from_slice(&b),
-                Err(Fault::Changed(w)) => {
-                    return Err(Error::Changed {
-                        file: self.name.clone(),
-                        what: format!("the object was replaced after it was opened ({w})"),
-                    })
-                }
-                Err(Fault::NotFound) => {
-                    return Err(Error::Changed {
-                        file: self.name.clone(),
-                        what: "the object was deleted after it was opened".into(),
-                    })
-                }
-                Err(Fault::Transient(w)) | Err(Fault::Fatal(w)) => {
-                    return Err(Error::io(
-                        &self.name,
-                        std::io::Error::other(format!("bytes {}..{}: {w}", p.start, p.end)),
-                    ))
-                }
+        for (k, r) in ranges.iter().enumerate() {
+            if r.start > r.end || r.end > self.len {
+                out.give(
+                    k,
+                    Err(Error::corrupt(&self.name, None, "read past the end of the object")),
+                );
+                continue;
+            }
+            if self.kept.read().is_empty() {
+                continue;
+            }
+            let mut b = vec![0u8; (r.end - r.start) as usize];
+            if self.read_tail(&mut b, r.start) {
+                out.give(k, Ok(b));
             }
         }
-        Ok(())
+        let keys: Vec<Option<Key>> = ranges
+            .iter()
+            .map(|r| self.disk_key(r.start, (r.end - r.start) as usize).map(|(_, k)| k))
+            .collect();
+        let disk = self.remote.disk.clone().filter(|_| self.etag.is_some());
+        let fresh = self.fresh.load(Ordering::Relaxed);
+        let f = self.fetcher();
+        let ranges = Arc::new(ranges);
+        self.remote.rt().spawn(async move {
+            // The disk cache first: file reads, off the async workers; each hit is handed
+            // on as soon as it is read.
+            let misses: Vec<usize> = match (&disk, fresh) {
+                (Some(d), false) => {
+                    let (d, keys, ranges, out) = (d.clone(), keys.clone(), ranges.clone(), out.clone());
+                    tokio::task::spawn_blocking(move || {
+                        (0..ranges.len())
+                            .filter(|&k| {
+                                if out.is_given(k) {
+                                    return false;
+                                }
+                                let Some(key) = keys[k] else { return true };
+                                let mut b = vec![0u8; (ranges[k].end - ranges[k].start) as usize];
+                                if !d.get(key, &mut b) {
+                                    return true;
+                                }
+                                out.give(k, Ok(b));
+                                false
+                            })
+                            .collect()
+                    })
+                    .await
+                    .unwrap_or_default()
+                }
+                _ => (0..ranges.len()).filter(|&k| !out.is_given(k)).collect(),
+            };
+            let deadline = Instant::now() + f.budget;
+            for run in coalesce(&ranges, &misses, PART_LEN) {
+                let (f, out, ranges, keys, disk) = (f.clone(), out.clone(), ranges.clone(), keys.clone(), disk.clone());
+                tokio::spawn(async move {
+                    let span = ranges[run[0]].start..ranges[run[run.len() - 1]].end;
+                    let bytes = match f.span(span.clone(), deadline).await {
+                        Ok(b) => b,
+                        Err(e) => {
+                            for &k in &run {
+                                out.give(k, Err(e.clone()));
+                            }
+                            return;
+                        }
+                    };
+                    let at = move |k: usize| {
+                        let r = &ranges[k];
+                        (r.start - span.start) as usize..(r.end - span.start) as usize
+                    };
+                    for &k in &run {
+                        out.give(k, Ok(bytes[at(k)].to_vec()));
+                    }
+                    if let Some(d) = disk {
+                        let _ = tokio::task::spawn_blocking(move || {
+                            for &k in &run {
+                                if let Some(key) = keys[k] {
+                                    d.put(key, &bytes[at(k)]);
+                                }
+                            }
+                        })
+                        .await;
+                    }
+                });
+            }
+        });
+    }
+}
+
+/// Called once per range of [`RemoteObject::fetch_many`]: its position and its bytes.
+pub type Delivery = Arc<dyn Fn(usize, Result<Vec<u8>>) + Send + Sync>;
+
+/// The ranges of one [`RemoteObject::fetch_many`] not yet delivered. Each is delivered
+/// once; whatever is still undelivered when the last task lets go (a task cancelled at
+/// shutdown) is delivered as an error, so no reader waits forever.
+struct Deliveries {
+    given: Vec<AtomicBool>,
+    done: Delivery,
+    name: PathBuf,
+}
+
+impl Deliveries {
+    fn give(&self, k: usize, r: Result<Vec<u8>>) {
+        if !self.given[k].swap(true, Ordering::AcqRel) {
+            (self.done)(k, r);
+        }
+    }
+
+    fn is_given(&self, k: usize) -> bool {
+        self.given[k].load(Ordering::Acquire)
+    }
+}
+
+impl Drop for Deliveries {
+    fn drop(&mut self) {
+        for k in 0..self.given.len() {
+            let e = Error::io(&self.name, std::io::Error::other("the fetch was cancelled"));
+            self.give(k, Err(e));
+        }
+    }
+}
+
+/// Groups ranges `which` (positions in `ranges`, in order) into runs to fetch as one GET:
+/// each range follows the one before it with no gap, and a run holds at most `max` bytes
+/// unless a single range is larger.
+fn coalesce(ranges: &[std::ops::Range<u64>], which: &[usize], max: u64) -> Vec<Vec<usize>> {
+    let mut runs: Vec<Vec<usize>> = Vec::new();
+    let mut bytes = 0;
+    for &k in which {
+        let r = &ranges[k];
+        let len = r.end - r.start;
+        match runs.last_mut() {
+            Some(run) if ranges[run[run.len() - 1]].end == r.start && bytes + len <= max => {
+                run.push(k);
+                bytes += len;
+            }
+            _ => {
+                runs.push(vec![k]);
+                bytes = len;
+            }
+        }
+    }
+    runs
+}
+
+/// What a network task needs to fetch ranges of one object, owned: tasks hold no
+/// [`Remote`], whose runtime they run on.
+#[derive(Clone)]
+struct Fetcher {
+    store: Arc<dyn ObjectStore>,
+    loc: ObjPath,
+    etag: Option<String>,
+    stats: Arc<NetStats>,
+    inflight: Arc<tokio::sync::Semaphore>,
+    budget: Duration,
+    name: PathBuf,
+}
+
+impl Fetcher {
+    /// Fetches `range` as parallel GETs of at most [`PART_LEN`], each holding one of the
+    /// process's in-flight permits, with retries until `deadline`.
+    async fn span(&self, range: std::ops::Range<u64>, deadline: Instant) -> Result<Vec<u8>> {
+        let parts: Vec<std::ops::Range<u64>> = (range.start..range.end)
+            .step_by(PART_LEN as usize)
+            .map(|s| s..(s + PART_LEN).min(range.end))
+            .collect();
+        let mut tasks = Vec::with_capacity(parts.len());
+        for p in &parts {
+            let (me, p) = (self.clone(), p.clone());
+            tasks.push(tokio::spawn(async move {
+                let _permit = me
+                    .inflight
+                    .acquire_owned()
+                    .await
+                    .map_err(|e| Fault::Fatal(e.to_string()))?;
+                RemoteObject::fetch(me.store, me.loc, me.etag, p, me.stats, me.budget, deadline).await
+            }));
+        }
+        let mut out = Vec::with_capacity((range.end - range.start) as usize);
+        for (p, t) in parts.iter().zip(tasks) {
+            match t.await.unwrap_or_else(|e| Err(Fault::Fatal(e.to_string()))) {
+                Ok(b) if parts.len() == 1 => return Ok(b),
+                Ok(b) => out.extend_from_slice(&b),
+                Err(f) => return Err(self.error(p, f)),
+            }
+        }
+        Ok(out)
+    }
+
+    fn error(&self, p: &std::ops::Range<u64>, f: Fault) -> Error {
+        match f {
+            Fault::Changed(w) => Error::Changed {
+                file: self.name.clone(),
+                what: format!("the object was replaced after it was opened ({w})"),
+            },
+            Fault::NotFound => Error::Changed {
+                file: self.name.clone(),
+                what: "the object was deleted after it was opened".into(),
+            },
+            Fault::Transient(w) | Fault::Fatal(w) => Error::io(
+                &self.name,
+                std::io::Error::other(format!("bytes {}..{}: {w}", p.start, p.end)),
+            ),
+        }
     }
 }
 
@@ -804,7 +1105,7 @@ impl Source for RemoteObject {
             .checked_add(buf.len() as u64)
             .filter(|&e| e <= self.len)
             .ok_or_else(|| Error::corrupt(&self.name, None, "read past the end of the object"))?;
-        if buf.is_empty() {
+        if buf.is_empty() || self.read_tail(buf, offset) {
             return Ok(());
         }
         match self.disk_key(offset, buf.len()) {
@@ -824,6 +1125,25 @@ impl Source for RemoteObject {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn neighbours_coalesce_into_runs_of_at_most_max_bytes() {
+        let r = |a: u64, b: u64| a..b;
+        let ranges = [r(0, 10), r(10, 20), r(20, 30), r(40, 50), r(50, 75), r(75, 80)];
+        // A gap (30..40) starts a new run; so does the byte bound.
+        assert_eq!(
+            coalesce(&ranges, &[0, 1, 2, 3, 4, 5], 30),
+            [vec![0, 1, 2], vec![3], vec![4, 5]]
+        );
+        assert_eq!(
+            coalesce(&ranges, &[0, 1, 2, 3, 4, 5], 1000),
+            [vec![0, 1, 2], vec![3, 4, 5]]
+        );
+        // Ranges left out (cached) split runs; a range above the bound stands alone.
+        assert_eq!(coalesce(&ranges, &[0, 2], 1000), [vec![0], vec![2]]);
+        assert_eq!(coalesce(&ranges, &[3, 4, 5], 5), [vec![3], vec![4], vec![5]]);
+        assert!(coalesce(&ranges, &[], 10).is_empty());
+    }
 
     #[test]
     fn urls_parse() {

@@ -74,7 +74,7 @@ impl RemotePack {
     /// Like [`open_container`](Self::open_container), and also hands back the object, so
     /// a mount keeps reading the same pinned version after the container is dropped.
     pub fn open_object(&self, e: &ManifestEntry) -> Result<(Arc<RemoteObject>, Container)> {
-        let obj = Arc::new(self.remote.open(&e.container())?);
+        let obj = Arc::new(self.remote.open_expecting(&e.container(), Some(e.packed))?);
         let name = obj.name().to_path_buf();
         if obj.len() != e.packed {
             return Err(Error::corrupt(
@@ -96,6 +96,7 @@ impl RemotePack {
             }
             r => r?,
         };
+        obj.trim_tail();
         if c.meta.size != e.size || Some(c.meta.blake3) != Manifest::digest(e) {
             return Err(Error::corrupt(
                 &name,

@@ -62,6 +62,39 @@ impl Chunks for Container {
     }
 }
 
+/// `inner`, with chunk `chunk`'s payload already fetched (by a background fetch): the
+/// first read of it takes those bytes; a later one (after a failed check asked for a
+/// refetch) goes to `inner` afresh. No container: it decodes on the CPU, from the bytes.
+pub(crate) struct Fetched<'a> {
+    pub inner: &'a dyn Chunks,
+    pub chunk: usize,
+    pub payload: parking_lot::Mutex<Option<Vec<u8>>>,
+}
+
+impl Chunks for Fetched<'_> {
+    fn path(&self) -> &Path {
+        self.inner.path()
+    }
+    fn entry(&self, i: usize) -> &ChunkEntry {
+        self.inner.entry(i)
+    }
+    fn read_payload_into(&self, i: usize, buf: &mut [u8]) -> Result<()> {
+        if i == self.chunk {
+            if let Some(p) = self.payload.lock().take().filter(|p| p.len() == buf.len()) {
+                buf.copy_from_slice(&p);
+                return Ok(());
+            }
+        }
+        self.inner.read_payload_into(i, buf)
+    }
+    fn container(&self) -> Result<Option<ContainerRef<'_>>> {
+        Ok(None)
+    }
+    fn refetch(&self, i: usize) -> bool {
+        self.inner.refetch(i)
+    }
+}
+
 /// What a batch did, beyond its results.
 #[derive(Debug)]
 pub(crate) struct BatchReport {

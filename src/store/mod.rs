@@ -31,7 +31,7 @@ use crate::error::{Error, Result};
 use crate::format::{chunk_hash, ChunkEntry, Container, FileMeta};
 use crate::pack::read_marker;
 use crate::remote::pack::RemotePack;
-use crate::remote::{Remote, RemoteOptions, RemoteUrl};
+use crate::remote::{Delivery, Remote, RemoteOptions, RemoteUrl};
 use cache::{Lookup, Outcome, Ticket};
 use decode::{Chunks, ContainerRef};
 use prefetch::Handles;
@@ -401,10 +401,12 @@ impl Store {
             .then(|| (c.chunk_at(offset), c.chunk_at(end - 1)))
             .and_then(|(a, b)| a.filter(|&a| Some(a) == b));
         // Raw chunks (`request` gives `None`) and requests over several chunks: copied.
-        let Some((i, p)) = one.and_then(|i| self.request(fidx, i as u32).map(|p| (i, p))) else {
+        let mut starts = Vec::new();
+        let Some((i, p)) = one.and_then(|i| self.request(fidx, i as u32, &mut starts).map(|p| (i, p))) else {
             let v = self.read(ino, fh, offset, size)?;
             return Ok(f(&v));
         };
+        self.start(fidx, starts, false);
         if let Some(w) = self.handles.observe(&self.prefetch, fh, offset, end) {
             self.prefetch(fidx, i + 1, c.chunks[i].orig_len as u64 + cache::ENTRY_OVERHEAD, w);
         }
@@ -443,7 +445,9 @@ impl Store {
         let mut lo = first;
         while lo <= last {
             let hi = last.min(lo + READ_WINDOW - 1);
-            let pending: Vec<Option<Pending>> = (lo..=hi).map(|i| self.request(fidx, i as u32)).collect();
+            let mut starts = Vec::new();
+            let pending: Vec<Option<Pending>> = (lo..=hi).map(|i| self.request(fidx, i as u32, &mut starts)).collect();
+            self.start(fidx, starts, false);
             if let Some(w) = (lo == first)
                 .then(|| self.handles.observe(&self.prefetch, fh, offset, end))
                 .flatten()
@@ -499,16 +503,84 @@ impl Store {
                 claimed.push(t);
             }
         }
-        let batch = if self.gpu.is_some() {
+        self.start(fidx, claimed, true);
+    }
+
+    /// Starts the decodes of claimed chunks of file `fidx`. Remote containers: one
+    /// background fetch for all of them (neighbours share GETs), each chunk decoded on the
+    /// pool as its bytes arrive. Local ones: on the pool, read where they are decoded; a
+    /// reader's chunks one by one (in parallel), prefetched ones in batches of
+    /// [`PrefetchConfig::gpu_batch`] when there is a GPU.
+    fn start(self: &Arc<Self>, fidx: u32, mut tickets: Vec<Ticket>, prefetched: bool) {
+        if tickets.is_empty() {
+            return;
+        }
+        if !self.source.is_local() {
+            tickets = match self.fetch_then_decode(fidx, tickets, prefetched) {
+                None => return,
+                Some(back) => back,
+            };
+        }
+        let batch = if prefetched && self.gpu.is_some() {
             self.prefetch.gpu_batch.max(1)
         } else {
             1
         };
-        while !claimed.is_empty() {
-            let rest = claimed.split_off(batch.min(claimed.len()));
-            let tickets = std::mem::replace(&mut claimed, rest);
+        while !tickets.is_empty() {
+            let rest = tickets.split_off(batch.min(tickets.len()));
+            let batch = std::mem::replace(&mut tickets, rest);
             let me = self.clone();
-            self.pool.spawn(move || me.decode(fidx, tickets, true));
+            self.pool.spawn(move || me.decode(fidx, batch, prefetched));
+        }
+    }
+
+    /// Hands the payloads of `tickets` to the source's background fetch; each is decoded
+    /// on the pool when it arrives. Gives the tickets back when the source has no
+    /// background fetch.
+    fn fetch_then_decode(self: &Arc<Self>, fidx: u32, tickets: Vec<Ticket>, prefetched: bool) -> Option<Vec<Ticket>> {
+        let f = &self.files[fidx as usize];
+        let ranges = tickets
+            .iter()
+            .map(|t| {
+                let e = &f.chunks[t.key().1 as usize];
+                e.payload_offset..e.payload_offset + e.payload_len as u64
+            })
+            .collect();
+        let slots: Arc<Vec<Mutex<Option<Ticket>>>> =
+            Arc::new(tickets.into_iter().map(|t| Mutex::new(Some(t))).collect());
+        // Weak: a fetch in flight must not keep the store (and the network runtime it
+        // runs on) alive.
+        let weak = Arc::downgrade(self);
+        let held = slots.clone();
+        let done: Delivery = Arc::new(move |k, r| {
+            let (Some(t), Some(me)) = (held[k].lock().take(), weak.upgrade()) else {
+                return;
+            };
+            let me2 = me.clone();
+            me.pool.spawn(move || me2.decode_fetched(fidx, t, r, prefetched));
+        });
+        if self.source.fetch_many(fidx, ranges, done) {
+            return None;
+        }
+        Some(slots.iter().filter_map(|s| s.lock().take()).collect())
+    }
+
+    /// Runs on a pool thread: decode a chunk whose payload a background fetch brought (or
+    /// complete it with the fetch's error).
+    fn decode_fetched(&self, fidx: u32, t: Ticket, r: Result<Vec<u8>>, prefetched: bool) {
+        match r {
+            Err(e) => self
+                .stats
+                .evicted(self.cache.complete(&t, Err(Arc::new(e)), prefetched)),
+            Ok(payload) => {
+                let inner = FileChunks { store: self, fidx };
+                let src = decode::Fetched {
+                    inner: &inner,
+                    chunk: t.key().1 as usize,
+                    payload: Mutex::new(Some(payload)),
+                };
+                self.decode_from(&src, vec![t], prefetched);
+            }
         }
     }
 
@@ -521,7 +593,9 @@ impl Store {
 
     /// Looks a coded chunk up for a reader, or starts its decode on the pool (a batch of
     /// one). `None` for raw chunks.
-    fn request(self: &Arc<Self>, fidx: u32, i: u32) -> Option<Pending> {
+    /// A claimed chunk's ticket goes into `starts`, for [`start`](Self::start) (so the
+    /// chunks of one request are fetched together).
+    fn request(&self, fidx: u32, i: u32, starts: &mut Vec<Ticket>) -> Option<Pending> {
         let e = &self.files[fidx as usize].chunks[i as usize];
         if self.raw_direct(e) {
             return None;
@@ -537,9 +611,7 @@ impl Store {
             Lookup::Wait(t) => Pending::Waiting(t),
             Lookup::Claimed(t) => {
                 self.stats.miss();
-                let me = self.clone();
-                let ticket = t.clone();
-                self.pool.spawn(move || me.decode(fidx, vec![ticket], false));
+                starts.push(t.clone());
                 Pending::Waiting(t)
             }
         })
@@ -548,11 +620,15 @@ impl Store {
     /// Runs on a pool thread: decode a batch through the shared path, publish each chunk
     /// as it is done. Every ticket is completed, whatever happens.
     fn decode(&self, fidx: u32, tickets: Vec<Ticket>, prefetched: bool) {
+        self.decode_from(&FileChunks { store: self, fidx }, tickets, prefetched);
+    }
+
+    /// [`decode`](Self::decode) with the chunks' bytes read through `src`.
+    fn decode_from(&self, src: &dyn Chunks, tickets: Vec<Ticket>, prefetched: bool) {
         let idx: Vec<usize> = tickets.iter().map(|t| t.key().1 as usize).collect();
         let done: Vec<AtomicBool> = tickets.iter().map(|_| AtomicBool::new(false)).collect();
-        let src = FileChunks { store: self, fidx };
         let on_gpu = |r: &decode::BatchReport| self.stats.gpu_batch(r.gpu_chunks, r.gpu_fallbacks);
-        decode::decode_chunks(&src, &idx, self.gpu.as_ref(), &on_gpu, &|k, r, ns| {
+        decode::decode_chunks(src, &idx, self.gpu.as_ref(), &on_gpu, &|k, r, ns| {
             if done[k].swap(true, Ordering::AcqRel) {
                 return;
             }

@@ -41,6 +41,11 @@ pub struct PrefetchConfig {
     /// packs (no ramp); small for remote ones, so a reader's first fetch is not queued
     /// behind a burst of read-ahead GETs (mountpoint-s3 ramps its window the same way).
     pub initial_window: usize,
+    /// Start no prefetch until at least half the reader's window needs it, then claim all
+    /// of it at once: a remote reader's window then moves in runs of neighbouring chunks
+    /// that one GET fetches, not one GET per chunk as the reader advances. False for local
+    /// packs, where every chunk is its own read anyway.
+    pub refill_half: bool,
 }
 
 impl PrefetchConfig {
@@ -53,14 +58,16 @@ impl PrefetchConfig {
             cache_share: 2,
             gpu_batch: 64,
             initial_window: window,
+            refill_half: false,
         }
     }
 
     /// Like [`with_window`](Self::with_window), with a window that starts at `initial`
-    /// chunks and grows.
+    /// chunks and grows, refilled by halves (for remote packs).
     pub fn ramped(window: usize, initial: usize) -> PrefetchConfig {
         PrefetchConfig {
             initial_window: initial.clamp(1, window.max(1)),
+            refill_half: true,
             ..PrefetchConfig::with_window(window)
         }
     }
@@ -139,16 +146,24 @@ pub(crate) fn plan(
     skip: impl Fn(usize) -> bool,
 ) -> Vec<usize> {
     let budget = capacity / cfg.cache_share.max(1);
+    let window = window.min(cfg.window);
     let mut bytes = current;
     let mut out = Vec::new();
-    for i in from..from.saturating_add(window.min(cfg.window)).min(chunks.len()) {
+    let end = from.saturating_add(window);
+    let mut cut = end >= chunks.len();
+    for i in from..end.min(chunks.len()) {
         bytes += chunks[i].orig_len as u64 + ENTRY_OVERHEAD;
         if bytes > budget {
+            cut = true;
             break;
         }
         if !skip(i) {
             out.push(i);
         }
+    }
+    // A window cut short (end of file, cache share) is as full as it gets: take what it has.
+    if cfg.refill_half && !cut && out.len() < window.div_ceil(2) {
+        out.clear();
     }
     out
 }
@@ -236,5 +251,13 @@ mod tests {
         assert_eq!(plan(&cfg, 8, &chunks, 0, 0, 1 << 30, |i| i % 2 == 0), [1, 3, 5, 7]);
         assert!(plan(&cfg, 8, &chunks, 19, 0, 1 << 30, |_| false) == [19]);
         assert!(plan(&cfg, 8, &chunks, 25, 0, 1 << 30, |_| false).is_empty());
+
+        // Refilled by halves: nothing until half the window is free, then all of it.
+        let half = PrefetchConfig::ramped(8, 2);
+        assert!(plan(&half, 8, &chunks, 0, 0, 1 << 30, |i| i < 5).is_empty());
+        assert_eq!(plan(&half, 8, &chunks, 0, 0, 1 << 30, |i| i < 4), [4, 5, 6, 7]);
+        // A window cut by the end of the file or the cache share takes what it has.
+        assert_eq!(plan(&half, 8, &chunks, 12, 0, 1 << 30, |i| i < 19), [19]);
+        assert_eq!(plan(&half, 8, &chunks, 0, 0, cap, |i| i < 1), [1]);
     }
 }

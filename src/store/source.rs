@@ -11,7 +11,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
-use crate::remote::{RemoteObject, Source};
+use crate::remote::{Delivery, RemoteObject, Source};
 
 /// Containers kept open at once. A pack may hold far more files than the open-file limit
 /// (1024 by default), so the mount keeps chunk tables, not files, and reopens containers
@@ -36,6 +36,13 @@ pub(crate) trait ContainerSource: Send + Sync {
     /// forget any copy kept of them. True when reading them again may give other bytes
     /// (a network source), so one more try is worth it; false for local files.
     fn forget(&self, _file: u32, _offset: u64, _len: usize) -> bool {
+        false
+    }
+    /// Starts fetching `ranges` of container `file` in the background, handing each to
+    /// `done` when it is here (see [`RemoteObject::fetch_many`]). False where the source
+    /// has no background fetch (local files, read where they are decoded); `done` is then
+    /// never called.
+    fn fetch_many(&self, _file: u32, _ranges: Vec<std::ops::Range<u64>>, _done: Delivery) -> bool {
         false
     }
     /// Whether bytes come from local files: raw chunks are then served by plain reads of
@@ -171,6 +178,11 @@ impl ContainerSource for RemoteSource {
 
     fn forget(&self, file: u32, offset: u64, len: usize) -> bool {
         self.objs[file as usize].forget(offset, len)
+    }
+
+    fn fetch_many(&self, file: u32, ranges: Vec<std::ops::Range<u64>>, done: Delivery) -> bool {
+        self.objs[file as usize].fetch_many(ranges, done);
+        true
     }
 
     fn is_local(&self) -> bool {

@@ -200,9 +200,10 @@ impl Tree {
     }
 }
 
-/// Containers opened at once while a remote pack mounts: each open is a HEAD and a
-/// suffix GET, so latency, not bandwidth, sets the pace.
-const REMOTE_OPENERS: usize = 8;
+/// Containers opened at once while a remote pack mounts: each open is one GET of the
+/// object's tail (a HEAD, then footer and index reads, with a disk cache), so latency,
+/// not bandwidth, sets the pace.
+const REMOTE_OPENERS: usize = 16;
 
 /// A container of a remote pack: its pinned object and what serving needs of its index.
 pub(crate) struct RemoteContainer {
