@@ -207,6 +207,103 @@ pub fn gpu_emu(data: &[u8]) {
     if c.is_ok() {
         assert!(cpu == gpu, "the emulated GPU decoded other bytes than the CPU");
     }
+    gpu_batch(data);
+}
+
+/// Differential at the batch level: the input's bytes become up to four chunks, each
+/// encoded with rANS under its own transform (one with a bit flipped where the input
+/// says), planned into one batch as the device path plans it (`gpu::plan::Planner`) and
+/// run through the kernels' model in an arena reused between inputs, as the device
+/// reuses its own. Intact chunks are never flagged and come back as they were; every
+/// chunk the kernels leave unflagged holds exactly what `chunk::decode` makes of its
+/// payload when the CPU accepts it.
+/// Returns how many chunks came back unflagged and were compared.
+pub fn gpu_batch(data: &[u8]) -> usize {
+    use dcfs::chunk::{CodecChoice, EncodeOptions};
+    use dcfs::format::ChunkEntry;
+    use dcfs::gpu::{emu, plan::Planner};
+    let Some((&[sel, at_lo, at_hi], rest)) = data.split_first_chunk::<3>() else {
+        return 0;
+    };
+    let rest = &rest[..rest.len().min(MAX_OUT)];
+    if rest.is_empty() {
+        return 0;
+    }
+    let opt = EncodeOptions {
+        codec: CodecChoice::Rans,
+        ..Default::default()
+    };
+    let flipped = (sel as usize >> 4) % 4;
+    let parts: Vec<&[u8]> = rest.chunks(rest.len().div_ceil(4)).collect();
+    let mut chunks: Vec<(ChunkEntry, Vec<u8>)> = Vec::new();
+    for (k, part) in parts.iter().enumerate() {
+        let t = Transform::ALL[(sel as usize + k) % Transform::ALL.len()];
+        let enc = chunk::encode(part, &[t], true, &opt);
+        let mut payload = enc.payload;
+        if k == flipped && !payload.is_empty() {
+            let at = u16::from_le_bytes([at_lo, at_hi]) as usize % payload.len();
+            payload[at] ^= 1 << (sel & 7);
+        }
+        let e = ChunkEntry {
+            orig_offset: 0,
+            orig_len: part.len() as u32,
+            payload_len: payload.len() as u32,
+            payload_offset: 0,
+            xxh3: 0,
+            codec: enc.codec,
+            transform: enc.transform,
+            dtype: 0,
+            tensor: 0,
+        };
+        chunks.push((e, payload));
+    }
+    let mut planner = Planner::new();
+    for (i, (e, payload)) in chunks.iter().enumerate() {
+        planner.add(i, e, payload, false);
+    }
+    let plan = planner.finish();
+    ARENA.with(|a| {
+        let mut arena = a.borrow_mut();
+        let mut compared = 0;
+        let flags = emu::run_in(&mut arena, &plan, &mut Default::default());
+        assert_eq!(flags.len(), plan.subs.len(), "one flag per sub-block");
+        for s in &plan.slots {
+            let (e, payload) = &chunks[s.chunk];
+            assert_eq!(s.out.end - s.out.start, e.orig_len as u64, "slot length");
+            if flags[s.subs.clone()].iter().any(|&f| f != 0) {
+                // Only damage may be flagged: an intact chunk flagged is a needless fallback.
+                assert!(
+                    s.chunk == flipped,
+                    "chunk {}: intact, but the kernels flagged it",
+                    s.chunk
+                );
+                continue;
+            }
+            let got = &arena[s.out.start as usize..s.out.end as usize];
+            let mut cpu = vec![0u8; e.orig_len as usize];
+            if chunk::decode(e.codec, e.transform, payload, &mut cpu).is_ok() {
+                assert!(
+                    got == cpu.as_slice(),
+                    "chunk {}: the batch decoded other bytes than the CPU",
+                    s.chunk
+                );
+            }
+            if s.chunk != flipped {
+                assert!(
+                    got == parts[s.chunk],
+                    "chunk {}: an intact chunk came back changed",
+                    s.chunk
+                );
+            }
+            compared += 1;
+        }
+        compared
+    })
+}
+
+thread_local! {
+    /// The emulated device arena, kept between inputs (grown, never cleared).
+    static ARENA: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// The encoder (the AVX2 group loop where the CPU has it) against the decoder: any bytes,

@@ -63,14 +63,16 @@ X86="$ROOT/target/release/dcfs"
 echo "   aarch64 binary reports decode path: $("${QEMU[@]}" "$ARM" --version)"
 took
 
+# Tests build in the release profile: their dependencies (object_store, aws-lc-sys, ...)
+# are then the ones the cross-build above already compiled, not a second tree.
 step "unit tests under qemu: codec (NEON decoder vs scalar), format, transform"
-cargo test --target "$T" --lib -- codec format transform
+cargo test --release --target "$T" --lib -- codec format transform
 took
 
 # cli_* tests spawn the dcfs binary, which the test process (itself under qemu, without
 # binfmt_misc) cannot exec; the CLI is exercised below with the aarch64 binary instead.
 step "integration tests under qemu: format_compat, pack_roundtrip (no FUSE)"
-cargo test --target "$T" --test format_compat --test pack_roundtrip -- --skip cli_
+cargo test --release --target "$T" --test format_compat --test pack_roundtrip -- --skip cli_
 took
 
 if [[ -n ${DCFS_ARM_WORK:-} ]]; then

@@ -174,3 +174,21 @@ fn write_fuzz_seeds() {
     }
     println!("seeds written under {}", out.display());
 }
+
+/// The batch differential of the `gpu_emu` target (`harness::gpu_batch`) on inputs the
+/// planner takes: weight-like bytes (which rANS codes under every transform) of random
+/// lengths, with the flipped chunk, bit and position drawn at random. Intact chunks must
+/// come back unflagged and unchanged, damaged ones flagged or equal to the CPU's decode.
+#[test]
+fn the_gpu_batch_differential_holds_on_weight_like_inputs() {
+    let mut rng = Rng::new(41);
+    let mut compared = 0;
+    for _ in 0..200 {
+        let n = 64 + (rng.next() % 60_000) as usize;
+        let mut data: Vec<u8> = (0..3).map(|_| rng.next() as u8).collect();
+        data.extend_from_slice(&bf16_bytes(&weights(&mut rng, n / 2)));
+        compared += harness::gpu_batch(&data);
+    }
+    // Four chunks per input, of which at most one damaged: most must have been compared.
+    assert!(compared >= 500, "only {compared} chunks went through the batch");
+}

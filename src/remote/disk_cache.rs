@@ -271,6 +271,12 @@ impl DiskCache {
         }
     }
 
+    /// Whether an entry of `key` is there (unchecked: a read of it may still find it torn).
+    /// Counts nothing.
+    pub fn contains(&self, key: Key) -> bool {
+        fs::symlink_metadata(self.entry_path(key)).is_ok_and(|m| m.is_file())
+    }
+
     /// Drops the entry of `key`, if any (its bytes failed a later check).
     pub fn forget(&self, key: Key) {
         self.remove_entry(&self.entry_path(key));

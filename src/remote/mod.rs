@@ -514,21 +514,61 @@ impl Remote {
         self.open_expecting(rel, None)
     }
 
-    /// Opens object `rel`, which the manifest says is `len` bytes long. Without a disk
-    /// cache, the opening request is then a GET of the object's last [`TAIL_LEN`] bytes
-    /// (a bounded range: some servers refuse a suffix range longer than the object): it
-    /// brings the length and ETag a HEAD would, plus the footer and index (and all of a
-    /// small object) in the same round trip. With a disk cache, or no length, a HEAD: a
-    /// warm remount then reads those from the disk and moves no bytes.
+    /// Opens object `rel`, which the manifest says is `len` bytes long, in as few round
+    /// trips as it can:
+    ///
+    /// - no disk cache: one GET of the object's last [`TAIL_LEN`] bytes (a bounded range:
+    ///   some servers refuse a suffix range longer than the object), with its header
+    ///   beside it when the tail does not reach it. That brings the length and ETag a
+    ///   HEAD would, plus the footer and index, and all of a small object.
+    /// - a disk cache: a HEAD; when the cache already holds this version's footer (a warm
+    ///   remount) nothing more, else the same GETs, whose bytes go into the cache as they
+    ///   are read.
+    /// - no length: a HEAD.
     pub fn open_expecting(self: &Arc<Self>, rel: &str, len: Option<u64>) -> Result<RemoteObject> {
         let loc = self.location(rel);
         let name = self.name_of(rel);
+        let tail = len.filter(|&l| l > 0).map(|l| l.saturating_sub(TAIL_LEN)..l);
+        let (meta, kept) = match (&self.disk, tail) {
+            (Some(disk), Some(t)) => {
+                let (meta, _) = self.open_request(&loc, &name, None)?;
+                let footer = |etag: &str| {
+                    let at = t.end.saturating_sub(crate::format::FOOTER_LEN);
+                    Key::new(&name.to_string_lossy(), etag, at, t.end - at)
+                };
+                match meta.e_tag.as_deref() {
+                    Some(etag) if meta.size == t.end && !disk.contains(footer(etag)) => {
+                        self.open_request(&loc, &name, Some(t))?
+                    }
+                    _ => (meta, Vec::new()),
+                }
+            }
+            (None, t) => self.open_request(&loc, &name, t)?,
+            (Some(_), None) => self.open_request(&loc, &name, None)?,
+        };
+        Ok(RemoteObject {
+            remote: self.clone(),
+            location: loc,
+            name,
+            len: meta.size,
+            etag: meta.e_tag,
+            fresh: Default::default(),
+            kept: parking_lot::RwLock::new(kept),
+        })
+    }
+
+    /// The opening request of object `loc`: a GET of `tail` (and of the header beside it
+    /// when `tail` does not reach it), or a HEAD when `None`. Gives the object's metadata,
+    /// and the spans fetched when its length is `tail`'s end.
+    fn open_request(
+        &self,
+        loc: &ObjPath,
+        name: &Path,
+        tail: Option<std::ops::Range<u64>>,
+    ) -> Result<(object_store::ObjectMeta, Vec<(u64, Vec<u8>)>)> {
         let (store, stats) = (self.store.clone(), self.stats.clone());
         let what = loc.to_string();
         let deadline = Some(Instant::now() + self.retry_budget);
-        let tail = len
-            .filter(|&l| l > 0 && self.disk.is_none())
-            .map(|l| l.saturating_sub(TAIL_LEN)..l);
         let r = self
             .rt()
             .block_on(retrying(&self.stats, self.retry_budget, deadline, &what, || {
@@ -589,7 +629,7 @@ impl Remote {
             Err(Fault::NotFound) => {
                 self.stats.errors.fetch_add(1, Ordering::Relaxed);
                 return Err(Error::NotFound {
-                    path: name,
+                    path: name.to_path_buf(),
                     what: "no such object (a pack listed in the manifest must hold it)".into(),
                 });
             }
@@ -597,15 +637,7 @@ impl Remote {
                 return Err(Error::io(name, std::io::Error::other(w)))
             }
         };
-        Ok(RemoteObject {
-            remote: self.clone(),
-            location: loc,
-            name,
-            len: meta.size,
-            etag: meta.e_tag,
-            fresh: Default::default(),
-            kept: parking_lot::RwLock::new(kept),
-        })
+        Ok((meta, kept))
     }
 
     /// Uploads `data` as object `rel` in one PUT.
@@ -816,6 +848,16 @@ impl RemoteObject {
         }
     }
 
+    /// Bytes read from a kept span (they came from the network when the object was
+    /// opened) go into the disk cache too, so a warm remount finds them there.
+    fn keep_on_disk(&self, offset: u64, data: &[u8]) {
+        if let Some((disk, key)) = self.disk_key(offset, data.len()) {
+            if !disk.contains(key) {
+                disk.put(key, data);
+            }
+        }
+    }
+
     /// Copies `buf.len()` bytes at `offset` from a kept span, when one holds them.
     fn read_tail(&self, buf: &mut [u8], offset: u64) -> bool {
         if self.fresh.load(Ordering::Relaxed) {
@@ -900,6 +942,7 @@ impl RemoteObject {
             }
             let mut b = vec![0u8; (r.end - r.start) as usize];
             if self.read_tail(&mut b, r.start) {
+                self.keep_on_disk(r.start, &b);
                 out.give(k, Ok(b));
             }
         }
@@ -1105,7 +1148,11 @@ impl Source for RemoteObject {
             .checked_add(buf.len() as u64)
             .filter(|&e| e <= self.len)
             .ok_or_else(|| Error::corrupt(&self.name, None, "read past the end of the object"))?;
-        if buf.is_empty() || self.read_tail(buf, offset) {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        if self.read_tail(buf, offset) {
+            self.keep_on_disk(offset, buf);
             return Ok(());
         }
         match self.disk_key(offset, buf.len()) {
