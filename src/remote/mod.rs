@@ -565,7 +565,7 @@ impl Remote {
         loc: &ObjPath,
         name: &Path,
         tail: Option<std::ops::Range<u64>>,
-    ) -> Result<(object_store::ObjectMeta, Vec<(u64, Vec<u8>)>)> {
+    ) -> Result<(object_store::ObjectMeta, Spans)> {
         let (store, stats) = (self.store.clone(), self.stats.clone());
         let what = loc.to_string();
         let deadline = Some(Instant::now() + self.retry_budget);
@@ -746,6 +746,9 @@ impl Remote {
     }
 }
 
+/// Spans of an object fetched when it was opened: (where each starts, its bytes).
+type Spans = Vec<(u64, Vec<u8>)>;
+
 /// One object of a remote pack, pinned to the version (ETag) seen when it was opened.
 pub struct RemoteObject {
     remote: Arc<Remote>,
@@ -760,7 +763,7 @@ pub struct RemoteObject {
     /// tail does not reach it): (where each starts, its bytes). Reads inside one need no
     /// request. Kept for small objects only (all their bytes); dropped by
     /// [`trim_tail`](Self::trim_tail) otherwise.
-    kept: parking_lot::RwLock<Vec<(u64, Vec<u8>)>>,
+    kept: parking_lot::RwLock<Spans>,
 }
 
 impl fmt::Debug for RemoteObject {
