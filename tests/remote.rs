@@ -68,6 +68,27 @@ fn source(t: &Path) -> std::path::PathBuf {
     src
 }
 
+/// Packs `src` and pushes it to `s3://bkt/PREFIX` on `s`.
+fn push_tree(t: &Path, s: &S3Server, src: &Path, prefix: &str) -> (RemoteUrl, RemoteOptions) {
+    let packed = t.join(format!("packed-{prefix}"));
+    pack(src, &packed);
+    let (u, o) = (url("bkt", prefix), opts(s));
+    dcfs::remote::pack::push(&packed, &u, &o, &dcfs::pack::NoProgress).unwrap();
+    (u, o)
+}
+
+/// All of file `ino` through `store`, in requests of `req` bytes from the front.
+fn read_all(store: &std::sync::Arc<dcfs::store::Store>, ino: u64, fh: u64, req: u32) -> Vec<u8> {
+    let mut got = Vec::new();
+    loop {
+        let d = store.read(ino, fh, got.len() as u64, req).unwrap();
+        if d.is_empty() {
+            return got;
+        }
+        got.extend_from_slice(&d);
+    }
+}
+
 #[test]
 fn push_then_verify_and_unpack_are_byte_identical() {
     let t = tempfile::tempdir().unwrap();
@@ -706,15 +727,7 @@ fn a_remote_store_serves_the_manifest_tree_and_the_source_bytes() {
             (NodeKind::File { .. }, dcfs::format::manifest::Kind::File) => {
                 let want = std::fs::read(&q).unwrap();
                 assert_eq!(n.size, want.len() as u64, "{}", e.path);
-                let mut got = Vec::new();
-                loop {
-                    let d = store.read(ino, fh, got.len() as u64, 1 << 20).unwrap();
-                    if d.is_empty() {
-                        break;
-                    }
-                    got.extend_from_slice(&d);
-                }
-                assert!(got == want, "{}: bytes differ", e.path);
+                assert!(read_all(&store, ino, fh, 1 << 20) == want, "{}: bytes differ", e.path);
             }
             (k, want) => panic!("{}: served as {k:?}, the manifest says {want:?}", e.path),
         }
@@ -738,11 +751,7 @@ fn a_sequential_reader_is_served_by_few_large_gets() {
     std::fs::create_dir_all(&src).unwrap();
     let want = bf16_bytes(&weights(&mut Rng::new(5), 24 << 20));
     std::fs::write(src.join("w.bin"), &want).unwrap();
-    let packed = t.path().join("packed");
-    pack(&src, &packed);
-    let u = url("bkt", "seq");
-    let o = opts(&s);
-    dcfs::remote::pack::push(&packed, &u, &o, &dcfs::pack::NoProgress).unwrap();
+    let (u, o) = push_tree(t.path(), &s, &src, "seq");
     let p = RemotePack::open(&u, &o).unwrap();
     let e = p.files().next().unwrap().clone();
     let chunks = p.open_container(&e).unwrap().chunks.len() as u64;
@@ -755,15 +764,7 @@ fn a_sequential_reader_is_served_by_few_large_gets() {
     let ino = store.lookup(ROOT_INO, std::ffi::OsStr::new("w.bin")).unwrap().ino;
     let before = store.stats();
     let fh = store.open_handle();
-    let mut got = Vec::with_capacity(want.len());
-    loop {
-        let d = store.read(ino, fh, got.len() as u64, 128 << 10).unwrap();
-        if d.is_empty() {
-            break;
-        }
-        got.extend_from_slice(&d);
-    }
-    assert!(got == want, "bytes differ");
+    assert!(read_all(&store, ino, fh, 128 << 10) == want, "bytes differ");
     let st = store.stats();
     let (gets, bytes) = (st.net_gets - before.net_gets, st.net_bytes - before.net_bytes);
     eprintln!("{chunks} chunks, {} packed bytes: {gets} GETs, {bytes} bytes", e.packed);
@@ -796,11 +797,7 @@ fn a_mount_opens_each_container_with_one_get_and_small_files_need_none() {
         .unwrap();
     }
     std::fs::write(src.join("big.bin"), bf16_bytes(&weights(&mut Rng::new(9), 1 << 20))).unwrap();
-    let packed = t.path().join("packed");
-    pack(&src, &packed);
-    let u = url("bkt", "tails");
-    let o = opts(&s);
-    dcfs::remote::pack::push(&packed, &u, &o, &dcfs::pack::NoProgress).unwrap();
+    let (u, o) = push_tree(t.path(), &s, &src, "tails");
     let store = Store::open_remote(&u, &o, StoreOptions::default()).unwrap();
     let at_mount = store.stats().net_gets;
     // The marker, the manifest, one GET per container, and for the one container longer
@@ -821,14 +818,6 @@ fn a_mount_opens_each_container_with_one_get_and_small_files_need_none() {
     assert_eq!(store.stats().net_gets, at_mount, "small files fetched again");
     // A file longer than the tail still needs GETs, and reads right.
     let ino = store.lookup(ROOT_INO, std::ffi::OsStr::new("big.bin")).unwrap().ino;
-    let mut got = Vec::new();
-    loop {
-        let d = store.read(ino, fh, got.len() as u64, 1 << 20).unwrap();
-        if d.is_empty() {
-            break;
-        }
-        got.extend_from_slice(&d);
-    }
-    assert!(got == std::fs::read(src.join("big.bin")).unwrap());
+    assert!(read_all(&store, ino, fh, 1 << 20) == std::fs::read(src.join("big.bin")).unwrap());
     assert!(store.stats().net_gets > at_mount);
 }

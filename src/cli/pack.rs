@@ -1,6 +1,6 @@
 //! `pack`, `unpack`, `verify`, `inspect`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
@@ -342,13 +342,9 @@ impl Drop for TempPack {
     }
 }
 
-/// Restore the original files (byte-identical, with mode and mtime) from a pack.
+/// How `unpack` and `verify` decode.
 #[derive(Args)]
-pub struct UnpackArgs {
-    /// Packed directory, or a pushed pack (s3://bucket/prefix, http(s)://…).
-    packed: PathBuf,
-    /// Where to write the originals.
-    dst: PathBuf,
+pub struct DecodeArgs {
     /// Decode threads (default: all cores).
     #[arg(long, short = 'j', default_value_t = default_threads())]
     threads: usize,
@@ -358,25 +354,52 @@ pub struct UnpackArgs {
     gpu: GpuArg,
     #[command(flatten)]
     remote: RemoteArgs,
+}
+
+/// Where a pack to decode lives: opened remotely, or local with its GPU decoder.
+enum Packed {
+    Remote(dcfs::remote::pack::RemotePack),
+    Local(Option<dcfs::gpu::Decoder>),
+}
+
+impl DecodeArgs {
+    /// Opens the remote pack `packed` names, or sets up the GPU decoder for a local one
+    /// (remote packs decode on the CPU).
+    fn open(&self, packed: &Path) -> Result<Packed> {
+        match remote_url(packed)? {
+            Some(u) => Ok(Packed::Remote(dcfs::remote::pack::RemotePack::open(
+                &u,
+                &self.remote.options(),
+            )?)),
+            None => Ok(Packed::Local(self.gpu.decoder(packed)?)),
+        }
+    }
+}
+
+/// Restore the original files (byte-identical, with mode and mtime) from a pack.
+#[derive(Args)]
+pub struct UnpackArgs {
+    /// Packed directory, or a pushed pack (s3://bucket/prefix, http(s)://…).
+    packed: PathBuf,
+    /// Where to write the originals.
+    dst: PathBuf,
+    #[command(flatten)]
+    decode: DecodeArgs,
     /// Print the report as JSON on stdout.
     #[arg(long)]
     json: bool,
 }
 
 pub fn unpack(a: UnpackArgs) -> Result<Outcome> {
-    let remote = remote_url(&a.packed)?;
-    let gpu = match remote {
-        Some(_) => None,
-        None => a.gpu.decoder(&a.packed)?,
-    };
-    let bar = Bar::new(a.json);
-    let r = match &remote {
-        Some(u) => dcfs::remote::pack::RemotePack::open(u, &a.remote.options())
-            .and_then(|p| pack::unpack_remote(&p, &a.dst, a.threads, &bar)),
-        None => pack::unpack_tree_with(&a.packed, &a.dst, a.threads, gpu.as_ref(), &bar),
+    let what = || format!("unpacking {}", a.packed.display());
+    let src = a.decode.open(&a.packed).with_context(what)?;
+    let (bar, threads) = (Bar::new(a.json), a.decode.threads);
+    let r = match &src {
+        Packed::Remote(p) => pack::unpack_remote(p, &a.dst, threads, &bar),
+        Packed::Local(gpu) => pack::unpack_tree_with(&a.packed, &a.dst, threads, gpu.as_ref(), &bar),
     };
     bar.finish();
-    let r = r.with_context(|| format!("unpacking {}", a.packed.display()))?;
+    let r = r.with_context(what)?;
     if a.json {
         println!("{}", super::util::json_text(&r, true)?);
     } else {
@@ -402,36 +425,29 @@ pub fn unpack(a: UnpackArgs) -> Result<Outcome> {
 pub struct VerifyArgs {
     /// Packed directory, a single .dcz file, or a pushed pack (s3://bucket/prefix, http(s)://…).
     packed: PathBuf,
-    /// Decode threads (default: all cores).
-    #[arg(long, short = 'j', default_value_t = default_threads())]
-    threads: usize,
-    /// Decode rANS on an NVIDIA GPU: auto (when present and faster than the CPU on a
-    /// calibration), on (required), off.
-    #[arg(long, value_enum, default_value = "auto")]
-    gpu: GpuArg,
     #[command(flatten)]
-    remote: RemoteArgs,
+    decode: DecodeArgs,
     /// Print the report as JSON on stdout.
     #[arg(long)]
     json: bool,
 }
 
 pub fn verify(a: VerifyArgs) -> Result<Outcome> {
-    let remote = remote_url(&a.packed)?;
-    let gpu = match remote {
-        Some(_) => None,
-        None => a.gpu.decoder(&a.packed)?,
-    };
+    let what = || format!("verifying {}", a.packed.display());
+    let src = a.decode.open(&a.packed).with_context(what)?;
     // A GPU the user asked for must not hide its own failures behind the CPU fallback.
-    let gpu_required = matches!(a.gpu, GpuArg::On | GpuArg::Emulate);
-    let bar = Bar::new(a.json);
-    let r = match &remote {
-        Some(u) => dcfs::remote::pack::RemotePack::open(u, &a.remote.options())
-            .and_then(|p| pack::verify_remote(&p, a.threads, &bar)),
-        None => pack::verify_tree_with(&a.packed, a.threads, gpu.as_ref(), &bar),
+    let gpu_required = matches!(a.decode.gpu, GpuArg::On | GpuArg::Emulate);
+    let (bar, threads) = (Bar::new(a.json), a.decode.threads);
+    let gpu = match &src {
+        Packed::Local(gpu) => gpu.as_ref(),
+        Packed::Remote(_) => None,
+    };
+    let r = match &src {
+        Packed::Remote(p) => pack::verify_remote(p, threads, &bar),
+        Packed::Local(_) => pack::verify_tree_with(&a.packed, threads, gpu, &bar),
     };
     bar.finish();
-    let r = r.with_context(|| format!("verifying {}", a.packed.display()))?;
+    let r = r.with_context(what)?;
     if a.json {
         println!("{}", super::util::json_text(&r, true)?);
     } else {

@@ -224,7 +224,7 @@ impl Store {
 
     /// Opens a pack on object storage (`s3://…`, `http(s)://…`) for serving: reads the
     /// marker (a pack whose push did not finish is refused) and the manifest, opens every
-    /// container (one HEAD and a suffix GET each, several at once, ETags pinned) and builds
+    /// container (one GET of its tail each, 16 at once, ETags pinned) and builds
     /// the node table from the manifest. Decoding runs on the CPU.
     pub fn open_remote(url: &RemoteUrl, ropts: &RemoteOptions, opts: StoreOptions) -> Result<Arc<Store>> {
         let pack = RemotePack::open(url, ropts)?;
