@@ -112,7 +112,11 @@ pub struct DiskCounts {
 /// What the cache knows of its own size between scans.
 #[derive(Debug)]
 struct State {
+    /// Bytes of entries; valid once `scanned`.
     usage: u64,
+    /// Whether `usage` was counted: the first scan waits for the first write (or a
+    /// `dcfs stats`), so a warm remount that only reads never walks the directory.
+    scanned: bool,
     next_tmp: u64,
     warned: bool,
 }
@@ -182,8 +186,8 @@ fn own_dir(p: &Path) -> Result<()> {
 }
 
 impl DiskCache {
-    /// Opens (creating) the cache in `cfg.dir`, removes temporaries of writers that died,
-    /// and counts what is there.
+    /// Opens (creating) the cache in `cfg.dir` and removes temporaries of writers that
+    /// died. What is there is counted on first need (see [`State::scanned`]).
     pub fn open(cfg: &DiskCacheConfig) -> Result<DiskCache> {
         if !(0.0..1.0).contains(&cfg.min_free) {
             return Err(Error::Invalid {
@@ -203,14 +207,13 @@ impl DiskCache {
             min_free: cfg.min_free,
             state: Mutex::new(State {
                 usage: 0,
+                scanned: false,
                 next_tmp: 0,
                 warned: false,
             }),
             counts: Counters::default(),
         };
         c.sweep_tmp();
-        let usage = c.scan()?.iter().map(|e| e.1).sum();
-        c.state.lock().usage = usage;
         Ok(c)
     }
 
@@ -229,8 +232,21 @@ impl DiskCache {
             skipped: c.skipped.load(Relaxed),
             torn: c.torn.load(Relaxed),
             evictions: c.evictions.load(Relaxed),
-            usage: self.state.lock().usage,
+            usage: self.usage(),
         }
+    }
+
+    /// Bytes of entries, counting them first if that was not done yet.
+    fn usage(&self) -> u64 {
+        if !self.state.lock().scanned {
+            let scanned: u64 = self.scan().map_or(0, |e| e.iter().map(|e| e.1).sum());
+            let mut s = self.state.lock();
+            if !s.scanned {
+                s.scanned = true;
+                s.usage = scanned;
+            }
+        }
+        self.state.lock().usage
     }
 
     fn entry_path(&self, key: Key) -> PathBuf {
@@ -269,12 +285,6 @@ impl DiskCache {
                 false
             }
         }
-    }
-
-    /// Whether an entry of `key` is there (unchecked: a read of it may still find it torn).
-    /// Counts nothing.
-    pub fn contains(&self, key: Key) -> bool {
-        fs::symlink_metadata(self.entry_path(key)).is_ok_and(|m| m.is_file())
     }
 
     /// Drops the entry of `key`, if any (its bytes failed a later check).
@@ -367,7 +377,7 @@ impl DiskCache {
     fn make_room(&self, need: u64) -> bool {
         let over_bound = |usage: u64| self.max_bytes.is_some_and(|m| usage + need > m);
         let short = || self.free_shortfall(need);
-        let usage = self.state.lock().usage;
+        let usage = self.usage();
         if !over_bound(usage) && short() == 0 {
             return true;
         }

@@ -361,10 +361,18 @@ impl Remote {
         };
         let env_http = std::env::var("AWS_ALLOW_HTTP").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
         let allow_http = opts.allow_http || env_http;
+        let endpoint = opts.endpoint.clone().or_else(|| std::env::var("AWS_ENDPOINT_URL").ok());
+        // Every request goes to a plain http endpoint: no TLS, so the system's trust store
+        // (a few hundred files read at startup, slow on a cold page cache) is not loaded.
+        let plain = match url {
+            RemoteUrl::S3 { .. } => endpoint.as_deref().is_some_and(|e| e.starts_with("http://")),
+            RemoteUrl::Http { base } => base.to_ascii_lowercase().starts_with("http://"),
+        };
         let client = object_store::ClientOptions::new()
             .with_connect_timeout(CONNECT_TIMEOUT)
             .with_timeout(REQUEST_TIMEOUT)
-            .with_allow_http(allow_http);
+            .with_allow_http(allow_http)
+            .with_no_system_certificates(plain);
         // No retries inside object_store: ours ([`retrying`]) count each one and share one
         // budget; two nested loops would multiply the attempts and hide them from the stats.
         let retry = object_store::RetryConfig {
@@ -380,7 +388,7 @@ impl Remote {
                     .with_retry(retry)
                     .with_allow_http(allow_http);
                 // from_env reads AWS_ENDPOINT; AWS_ENDPOINT_URL is the name the AWS tools use.
-                if let Some(e) = opts.endpoint.clone().or_else(|| std::env::var("AWS_ENDPOINT_URL").ok()) {
+                if let Some(e) = endpoint {
                     if e.starts_with("http://") && !allow_http {
                         return Err(err(format!(
                             "endpoint {e} is plain http; pass --allow-http or set AWS_ALLOW_HTTP=true"
@@ -532,15 +540,23 @@ impl Remote {
         let (meta, kept) = match (&self.disk, tail) {
             (Some(disk), Some(t)) => {
                 let (meta, _) = self.open_request(&loc, &name, None)?;
-                let footer = |etag: &str| {
-                    let at = t.end.saturating_sub(crate::format::FOOTER_LEN);
-                    Key::new(&name.to_string_lossy(), etag, at, t.end - at)
-                };
-                match meta.e_tag.as_deref() {
-                    Some(etag) if meta.size == t.end && !disk.contains(footer(etag)) => {
-                        self.open_request(&loc, &name, Some(t))?
+                match meta.e_tag.as_deref().filter(|_| meta.size == t.end) {
+                    Some(etag) => {
+                        let key = open_key(&name, etag);
+                        let mut buf = vec![0u8; spans_len(t.end) as usize];
+                        match disk.get(key, &mut buf).then(|| parse_spans(&buf, t.end)).flatten() {
+                            // A warm remount: no bytes move.
+                            Some(kept) => (meta, kept),
+                            None => {
+                                let (meta2, kept) = self.open_request(&loc, &name, Some(t))?;
+                                if meta2.e_tag == meta.e_tag && !kept.is_empty() {
+                                    disk.put(key, &encode_spans(&kept));
+                                }
+                                (meta2, kept)
+                            }
+                        }
                     }
-                    _ => (meta, Vec::new()),
+                    None => (meta, Vec::new()),
                 }
             }
             (None, t) => self.open_request(&loc, &name, t)?,
@@ -581,7 +597,7 @@ impl Remote {
                         ..Default::default()
                     };
                     // An object longer than the tail: its header beside it, in parallel.
-                    let head_span = tail.clone().filter(|t| t.start > 0).map(|_| 0..HEADER_LEN);
+                    let head_span = tail.as_ref().and_then(|t| open_spans(t.end).get(1).cloned());
                     let get = |range: std::ops::Range<u64>| {
                         let (store, loc, stats) = (store.clone(), loc.clone(), stats.clone());
                         async move {
@@ -749,6 +765,57 @@ impl Remote {
 /// Spans of an object fetched when it was opened: (where each starts, its bytes).
 type Spans = Vec<(u64, Vec<u8>)>;
 
+/// The disk-cache key of an object's opening spans: its tail and, for a long object, its
+/// header, kept as one entry so a warm remount reads one file per object. The offset
+/// `u64::MAX` is never a range's.
+fn open_key(name: &Path, etag: &str) -> Key {
+    Key::new(&name.to_string_lossy(), etag, u64::MAX, 0)
+}
+
+/// The spans an object of `len` bytes is opened with: its last [`TAIL_LEN`] bytes, and
+/// its header when the tail does not reach it.
+fn open_spans(len: u64) -> Vec<std::ops::Range<u64>> {
+    let tail = len.saturating_sub(TAIL_LEN)..len;
+    let mut v = vec![tail.clone()];
+    if tail.start > 0 {
+        v.push(0..HEADER_LEN.min(len));
+    }
+    v
+}
+
+/// Length of [`encode_spans`]'s output for an object of `len` bytes: per span its start
+/// and length (u64 LE each), then its bytes.
+fn spans_len(len: u64) -> u64 {
+    open_spans(len).iter().map(|r| 16 + r.end - r.start).sum()
+}
+
+fn encode_spans(spans: &Spans) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (at, b) in spans {
+        out.extend_from_slice(&at.to_le_bytes());
+        out.extend_from_slice(&(b.len() as u64).to_le_bytes());
+        out.extend_from_slice(b);
+    }
+    out
+}
+
+/// The spans of an object of `len` bytes back from [`encode_spans`]; `None` unless they
+/// are exactly the spans such an object is opened with.
+fn parse_spans(mut buf: &[u8], len: u64) -> Option<Spans> {
+    let mut out = Vec::new();
+    for want in open_spans(len) {
+        let (head, rest) = buf.split_first_chunk::<16>()?;
+        let at = u64::from_le_bytes(head[..8].try_into().ok()?);
+        let n = u64::from_le_bytes(head[8..].try_into().ok()?);
+        if at != want.start || n != want.end - want.start || rest.len() < n as usize {
+            return None;
+        }
+        out.push((at, rest[..n as usize].to_vec()));
+        buf = &rest[n as usize..];
+    }
+    buf.is_empty().then_some(out)
+}
+
 /// One object of a remote pack, pinned to the version (ETag) seen when it was opened.
 pub struct RemoteObject {
     remote: Arc<Remote>,
@@ -851,13 +918,10 @@ impl RemoteObject {
         }
     }
 
-    /// Bytes read from a kept span (they came from the network when the object was
-    /// opened) go into the disk cache too, so a warm remount finds them there.
-    fn keep_on_disk(&self, offset: u64, data: &[u8]) {
-        if let Some((disk, key)) = self.disk_key(offset, data.len()) {
-            if !disk.contains(key) {
-                disk.put(key, data);
-            }
+    /// Drops the disk cache's copy of the opening spans (they failed a check).
+    pub fn forget_open_spans(&self) {
+        if let (Some(disk), Some(etag)) = (&self.remote.disk, self.etag.as_deref()) {
+            disk.forget(open_key(&self.name, etag));
         }
     }
 
@@ -890,9 +954,12 @@ impl RemoteObject {
         if let Some((disk, key)) = self.disk_key(offset, len) {
             disk.forget(key);
         }
-        self.kept
-            .write()
-            .retain(|(at, b)| offset >= at + b.len() as u64 || offset + len as u64 <= *at);
+        let mut kept = self.kept.write();
+        let before = kept.len();
+        kept.retain(|(at, b)| offset >= at + b.len() as u64 || offset + len as u64 <= *at);
+        if kept.len() != before {
+            self.forget_open_spans();
+        }
         true
     }
 
@@ -945,7 +1012,6 @@ impl RemoteObject {
             }
             let mut b = vec![0u8; (r.end - r.start) as usize];
             if self.read_tail(&mut b, r.start) {
-                self.keep_on_disk(r.start, &b);
                 out.give(k, Ok(b));
             }
         }
@@ -1155,7 +1221,6 @@ impl Source for RemoteObject {
             return Ok(());
         }
         if self.read_tail(buf, offset) {
-            self.keep_on_disk(offset, buf);
             return Ok(());
         }
         match self.disk_key(offset, buf.len()) {
@@ -1193,6 +1258,26 @@ mod tests {
         assert_eq!(coalesce(&ranges, &[0, 2], 1000), [vec![0], vec![2]]);
         assert_eq!(coalesce(&ranges, &[3, 4, 5], 5), [vec![3], vec![4], vec![5]]);
         assert!(coalesce(&ranges, &[], 10).is_empty());
+    }
+
+    #[test]
+    fn opening_spans_round_trip_and_refuse_other_shapes() {
+        for len in [1, 100, TAIL_LEN, TAIL_LEN + 1, 10 << 20] {
+            let spans: Spans = open_spans(len)
+                .into_iter()
+                .map(|r| (r.start, (r.start..r.end).map(|i| i as u8).collect()))
+                .collect();
+            let enc = encode_spans(&spans);
+            assert_eq!(enc.len() as u64, spans_len(len), "{len}");
+            assert_eq!(parse_spans(&enc, len), Some(spans.clone()), "{len}");
+            // Another object length, a cut or a longer buffer: refused.
+            assert_eq!(parse_spans(&enc, len + 1), None, "{len}");
+            assert_eq!(parse_spans(&enc[..enc.len() - 1], len), None, "{len}");
+            let mut longer = enc.clone();
+            longer.push(0);
+            assert_eq!(parse_spans(&longer, len), None, "{len}");
+        }
+        assert_eq!(open_spans(TAIL_LEN + 1).len(), 2, "a long object's header rides along");
     }
 
     #[test]

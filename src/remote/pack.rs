@@ -90,6 +90,7 @@ impl RemotePack {
             Err(e) if e.is_corrupt() => {
                 tracing::warn!("{e}; fetching its footer and index once more");
                 obj.set_fresh(true);
+                obj.forget_open_spans();
                 let c = Container::from_source(obj.clone());
                 obj.set_fresh(false);
                 c?
