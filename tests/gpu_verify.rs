@@ -17,14 +17,7 @@ fn rans_pack(t: &Path) -> std::path::PathBuf {
     let src = t.join("src");
     synth_tree(&src, 23);
     let packed = t.join("packed");
-    let out = Command::new(dcfs_bin())
-        .arg("pack")
-        .arg(&src)
-        .arg(&packed)
-        .args(["--codec", "rans", "-j", "2"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    pack_cli(&src, &packed, &["--codec", "rans", "-j", "2"]);
     packed
 }
 

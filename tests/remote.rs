@@ -30,8 +30,7 @@ fn run(cmd: &mut Command) -> std::process::Output {
 }
 
 fn pack(src: &Path, dst: &Path) {
-    let out = run(Command::new(dcfs_bin()).arg("pack").arg(src).arg(dst).args(["-j", "2"]));
-    assert!(out.status.success());
+    pack_cli(src, dst, &["-j", "2"]);
 }
 
 fn url(bucket: &str, prefix: &str) -> RemoteUrl {
@@ -54,18 +53,25 @@ fn opts(s: &S3Server) -> RemoteOptions {
 /// A synthetic tree plus, when fetched, the real MiniLM BF16 model.
 fn source(t: &Path) -> std::path::PathBuf {
     let src = t.join("src");
-    synth_tree(&src, 7);
-    if let Some(m) = models() {
-        let to = src.join("minilm-bf16");
-        std::fs::create_dir_all(&to).unwrap();
-        for e in std::fs::read_dir(m.join("minilm-bf16")).unwrap() {
-            let e = e.unwrap();
-            if e.file_type().unwrap().is_file() {
-                std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-            }
-        }
-    }
+    synth_tree_with_minilm(&src, 7);
     src
+}
+
+/// `dcfs verify URL` passes and `dcfs unpack URL` gives back `src`'s tree exactly (in
+/// `t/back`); `what` names the path in the failure message.
+fn verify_and_unpack_match(s: &S3Server, t: &Path, u: &str, src: &Path, what: &str) {
+    let ep = s.endpoint();
+    let out = run(s.dcfs().args(["verify", u, "--endpoint", &ep, "-j", "2"]));
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("0 failed"));
+    let back = t.join("back");
+    let out = run(s
+        .dcfs()
+        .args(["unpack", u])
+        .arg(&back)
+        .args(["--endpoint", &ep, "-j", "2"]));
+    assert!(out.status.success());
+    assert_eq!(tree_state(&back), tree_state(src), "{what} differs from the source");
 }
 
 /// Packs `src` and pushes it to `s3://bkt/PREFIX` on `s`.
@@ -111,22 +117,7 @@ fn push_then_verify_and_unpack_are_byte_identical() {
     assert!(out.status.success());
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("push --json prints JSON");
     assert_eq!(report["schema_version"], 1, "push --json: {report}");
-    let out = run(s.dcfs().args(["verify", u, "--endpoint", &ep, "-j", "2"]));
-    assert!(out.status.success());
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("0 failed"), "{stdout}");
-    let back = t.path().join("back");
-    let out = run(s
-        .dcfs()
-        .args(["unpack", u])
-        .arg(&back)
-        .args(["--endpoint", &ep, "-j", "2"]));
-    assert!(out.status.success());
-    assert_eq!(
-        tree_state(&back),
-        tree_state(&src),
-        "remote unpack differs from the source"
-    );
+    verify_and_unpack_match(&s, t.path(), u, &src, "remote unpack");
     // Without consent to plain http the CLI refuses the endpoint.
     let out = run(s
         .dcfs()
@@ -170,21 +161,7 @@ fn pack_to_s3_in_one_step_pushes_and_leaves_no_temporary() {
         0,
         "the temporary pack was left behind"
     );
-    let out = run(s.dcfs().args(["verify", u, "--endpoint", &ep, "-j", "2"]));
-    assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).contains("0 failed"));
-    let back = t.path().join("back");
-    let out = run(s
-        .dcfs()
-        .args(["unpack", u])
-        .arg(&back)
-        .args(["--endpoint", &ep, "-j", "2"]));
-    assert!(out.status.success());
-    assert_eq!(
-        tree_state(&back),
-        tree_state(&src),
-        "pack-to-s3 then unpack differs from the source"
-    );
+    verify_and_unpack_match(&s, t.path(), u, &src, "pack-to-s3 then unpack");
 
     // A wrong secret key: packing succeeds, the push fails; the temporary goes.
     let out = run(s

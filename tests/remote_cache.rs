@@ -39,26 +39,9 @@ fn setup(anonymous: bool) -> Option<Setup> {
     let t = tempfile::tempdir().unwrap();
     let s = S3Server::start(&t.path().join("s3"), &["models"], anonymous)?;
     let src = t.path().join("src");
-    synth_tree(&src, 21);
-    if let Some(m) = models() {
-        let to = src.join("minilm-bf16");
-        std::fs::create_dir_all(&to).unwrap();
-        for e in std::fs::read_dir(m.join("minilm-bf16")).unwrap() {
-            let e = e.unwrap();
-            if e.file_type().unwrap().is_file() {
-                std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-            }
-        }
-    }
+    synth_tree_with_minilm(&src, 21);
     let packed = t.path().join("packed");
-    let out = Command::new(dcfs_bin())
-        .arg("pack")
-        .arg(&src)
-        .arg(&packed)
-        .args(["-j", "2", "--chunk-size", "256K"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    pack_cli(&src, &packed, &["-j", "2", "--chunk-size", "256K"]);
     let Location::Remote(u) = Location::parse(URL).unwrap() else {
         unreachable!()
     };

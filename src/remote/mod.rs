@@ -302,6 +302,25 @@ fn is_slow_down(msg: &str) -> bool {
     matches!(http_status(msg), Some(503 | 429)) || msg.contains("SlowDown")
 }
 
+/// The body of a ranged GET, counted, which must be exactly `range` long (a short body is
+/// a transient fault: retried).
+async fn body(
+    res: object_store::GetResult,
+    range: &std::ops::Range<u64>,
+    stats: &NetStats,
+) -> std::result::Result<Vec<u8>, Fault> {
+    let b = res.bytes().await.map_err(classify)?;
+    stats.bytes.fetch_add(b.len() as u64, Ordering::Relaxed);
+    let want = range.end - range.start;
+    if b.len() as u64 != want {
+        return Err(Fault::Transient(format!(
+            "got {} bytes for the {want}-byte range {range:?}",
+            b.len()
+        )));
+    }
+    Ok(b.to_vec())
+}
+
 /// The one retry loop every request goes through (object_store's own is off: its
 /// `max_retries` is 0). Runs `op` until it succeeds or fails for good; a transient fault is
 /// retried after an exponential backoff (starting longer when the server asked to slow
@@ -626,16 +645,7 @@ impl Remote {
                         if r.meta.e_tag != meta.e_tag {
                             return Err(Fault::Transient("the object changed while it was opened".into()));
                         }
-                        let b = r.bytes().await.map_err(classify)?;
-                        stats.bytes.fetch_add(b.len() as u64, Ordering::Relaxed);
-                        if b.len() as u64 != span.end - span.start {
-                            return Err(Fault::Transient(format!(
-                                "got {} bytes for the {}-byte range {span:?}",
-                                b.len(),
-                                span.end - span.start
-                            )));
-                        }
-                        kept.push((span.start, b.to_vec()));
+                        kept.push((span.start, body(r, &span, &stats).await?));
                     }
                     Ok((meta, kept))
                 }
@@ -879,16 +889,7 @@ impl RemoteObject {
                         res.meta.e_tag
                     )));
                 }
-                let b = res.bytes().await.map_err(classify)?;
-                stats.bytes.fetch_add(b.len() as u64, Ordering::Relaxed);
-                if b.len() as u64 != range.end - range.start {
-                    return Err(Fault::Transient(format!(
-                        "got {} bytes for a {}-byte range",
-                        b.len(),
-                        range.end - range.start
-                    )));
-                }
-                Ok(b.to_vec())
+                body(res, &range, &stats).await
             }
         })
         .await

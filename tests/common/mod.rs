@@ -146,6 +146,34 @@ pub fn synth_tree(dir: &Path, seed: u64) {
     std::os::unix::fs::symlink("model.safetensors", dir.join("link.safetensors")).unwrap();
 }
 
+/// [`synth_tree`], plus the real MiniLM BF16 model's files under `minilm-bf16/` when the
+/// models are fetched.
+pub fn synth_tree_with_minilm(dir: &Path, seed: u64) {
+    synth_tree(dir, seed);
+    if let Some(m) = models() {
+        let to = dir.join("minilm-bf16");
+        fs::create_dir_all(&to).unwrap();
+        for e in fs::read_dir(m.join("minilm-bf16")).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_file() {
+                fs::copy(e.path(), to.join(e.file_name())).unwrap();
+            }
+        }
+    }
+}
+
+/// `dcfs pack SRC DST ARGS..`, which must succeed (its stderr is the failure message).
+pub fn pack_cli(src: &Path, dst: &Path, args: &[&str]) {
+    let out = Command::new(dcfs_bin())
+        .arg("pack")
+        .arg(src)
+        .arg(dst)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
 /// The tests' one tree walker: every entry under `dir` (directories included, symlinks
 /// never followed) as its path relative to `dir` with its `symlink_metadata`, sorted. A
 /// missing `dir` (a pack killed before creating it) has no entries.
