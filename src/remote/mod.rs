@@ -458,6 +458,18 @@ impl Remote {
         }))
     }
 
+    /// Runs `op` through [`retrying`] on this connection's runtime, within the retry
+    /// budget from now.
+    fn blocking<T, F, Fut>(&self, what: &str, op: F) -> std::result::Result<T, Fault>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, Fault>>,
+    {
+        let deadline = Some(Instant::now() + self.retry_budget);
+        self.rt()
+            .block_on(retrying(&self.stats, self.retry_budget, deadline, what, op))
+    }
+
     fn rt(&self) -> &tokio::runtime::Runtime {
         self.rt.as_ref().expect("the runtime lives until drop")
     }
@@ -501,23 +513,20 @@ impl Remote {
         let name = self.name_of(rel);
         let (store, stats) = (self.store.clone(), self.stats.clone());
         let what = loc.to_string();
-        let deadline = Some(Instant::now() + self.retry_budget);
-        let r = self
-            .rt()
-            .block_on(retrying(&self.stats, self.retry_budget, deadline, &what, || {
-                let (store, loc, stats) = (store.clone(), loc.clone(), stats.clone());
-                async move {
-                    stats.gets.fetch_add(1, Ordering::Relaxed);
-                    let opts = GetOptions {
-                        range: Some(GetRange::Bounded(0..cap + 1)),
-                        ..Default::default()
-                    };
-                    let res = store.get_opts(&loc, opts).await.map_err(classify)?;
-                    let b = res.bytes().await.map_err(classify)?;
-                    stats.bytes.fetch_add(b.len() as u64, Ordering::Relaxed);
-                    Ok(b)
-                }
-            }));
+        let r = self.blocking(&what, || {
+            let (store, loc, stats) = (store.clone(), loc.clone(), stats.clone());
+            async move {
+                stats.gets.fetch_add(1, Ordering::Relaxed);
+                let opts = GetOptions {
+                    range: Some(GetRange::Bounded(0..cap + 1)),
+                    ..Default::default()
+                };
+                let res = store.get_opts(&loc, opts).await.map_err(classify)?;
+                let b = res.bytes().await.map_err(classify)?;
+                stats.bytes.fetch_add(b.len() as u64, Ordering::Relaxed);
+                Ok(b)
+            }
+        });
         match r {
             Ok(b) => {
                 if b.len() as u64 > cap {
@@ -603,53 +612,50 @@ impl Remote {
     ) -> Result<(object_store::ObjectMeta, Spans)> {
         let (store, stats) = (self.store.clone(), self.stats.clone());
         let what = loc.to_string();
-        let deadline = Some(Instant::now() + self.retry_budget);
-        let r = self
-            .rt()
-            .block_on(retrying(&self.stats, self.retry_budget, deadline, &what, || {
-                let (store, loc, stats, tail) = (store.clone(), loc.clone(), stats.clone(), tail.clone());
-                async move {
-                    stats.gets.fetch_add(1, Ordering::Relaxed);
-                    let opts = GetOptions {
-                        head: tail.is_none(),
-                        range: tail.clone().map(GetRange::Bounded),
-                        ..Default::default()
-                    };
-                    // An object longer than the tail: its header beside it, in parallel.
-                    let head_span = tail.as_ref().and_then(|t| open_spans(t.end).get(1).cloned());
-                    let get = |range: std::ops::Range<u64>| {
-                        let (store, loc, stats) = (store.clone(), loc.clone(), stats.clone());
-                        async move {
-                            stats.gets.fetch_add(1, Ordering::Relaxed);
-                            let opts = GetOptions {
-                                range: Some(GetRange::Bounded(range)),
-                                ..Default::default()
-                            };
-                            store.get_opts(&loc, opts).await.map_err(classify)
-                        }
-                    };
-                    let (res, head) = match head_span.clone() {
-                        Some(h) => {
-                            let (a, b) = tokio::join!(store.get_opts(&loc, opts), get(h));
-                            (a.map_err(classify)?, Some(b?))
-                        }
-                        None => (store.get_opts(&loc, opts).await.map_err(classify)?, None),
-                    };
-                    let meta = res.meta.clone();
-                    // Another length than the manifest's: the caller says so.
-                    let Some(want) = tail.filter(|t| t.end == meta.size) else {
-                        return Ok((meta, Vec::new()));
-                    };
-                    let mut kept = Vec::new();
-                    for (r, span) in std::iter::once((res, want)).chain(head.zip(head_span)) {
-                        if r.meta.e_tag != meta.e_tag {
-                            return Err(Fault::Transient("the object changed while it was opened".into()));
-                        }
-                        kept.push((span.start, body(r, &span, &stats).await?));
+        let r = self.blocking(&what, || {
+            let (store, loc, stats, tail) = (store.clone(), loc.clone(), stats.clone(), tail.clone());
+            async move {
+                stats.gets.fetch_add(1, Ordering::Relaxed);
+                let opts = GetOptions {
+                    head: tail.is_none(),
+                    range: tail.clone().map(GetRange::Bounded),
+                    ..Default::default()
+                };
+                // An object longer than the tail: its header beside it, in parallel.
+                let head_span = tail.as_ref().and_then(|t| open_spans(t.end).get(1).cloned());
+                let get = |range: std::ops::Range<u64>| {
+                    let (store, loc, stats) = (store.clone(), loc.clone(), stats.clone());
+                    async move {
+                        stats.gets.fetch_add(1, Ordering::Relaxed);
+                        let opts = GetOptions {
+                            range: Some(GetRange::Bounded(range)),
+                            ..Default::default()
+                        };
+                        store.get_opts(&loc, opts).await.map_err(classify)
                     }
-                    Ok((meta, kept))
+                };
+                let (res, head) = match head_span.clone() {
+                    Some(h) => {
+                        let (a, b) = tokio::join!(store.get_opts(&loc, opts), get(h));
+                        (a.map_err(classify)?, Some(b?))
+                    }
+                    None => (store.get_opts(&loc, opts).await.map_err(classify)?, None),
+                };
+                let meta = res.meta.clone();
+                // Another length than the manifest's: the caller says so.
+                let Some(want) = tail.filter(|t| t.end == meta.size) else {
+                    return Ok((meta, Vec::new()));
+                };
+                let mut kept = Vec::new();
+                for (r, span) in std::iter::once((res, want)).chain(head.zip(head_span)) {
+                    if r.meta.e_tag != meta.e_tag {
+                        return Err(Fault::Transient("the object changed while it was opened".into()));
+                    }
+                    kept.push((span.start, body(r, &span, &stats).await?));
                 }
-            }));
+                Ok((meta, kept))
+            }
+        });
         let (meta, kept) = match r {
             Ok(m) => m,
             Err(Fault::NotFound) => {
@@ -672,19 +678,17 @@ impl Remote {
         let store = self.store.clone();
         let payload = PutPayload::from(data);
         let what = loc.to_string();
-        let deadline = Some(Instant::now() + self.retry_budget);
-        self.rt()
-            .block_on(retrying(&self.stats, self.retry_budget, deadline, &what, || {
-                let (store, loc, payload) = (store.clone(), loc.clone(), payload.clone());
-                async move {
-                    store
-                        .put_opts(&loc, payload, Default::default())
-                        .await
-                        .map(|_| ())
-                        .map_err(classify)
-                }
-            }))
-            .map_err(|f| self.fault_error(rel, f))
+        self.blocking(&what, || {
+            let (store, loc, payload) = (store.clone(), loc.clone(), payload.clone());
+            async move {
+                store
+                    .put_opts(&loc, payload, Default::default())
+                    .await
+                    .map(|_| ())
+                    .map_err(classify)
+            }
+        })
+        .map_err(|f| self.fault_error(rel, f))
     }
 
     /// The error for a request on `rel` that failed for good.
@@ -758,13 +762,10 @@ impl Remote {
         let loc = self.location(rel);
         let store = self.store.clone();
         let what = loc.to_string();
-        let deadline = Some(Instant::now() + self.retry_budget);
-        let r = self
-            .rt()
-            .block_on(retrying(&self.stats, self.retry_budget, deadline, &what, || {
-                let (store, loc) = (store.clone(), loc.clone());
-                async move { store.delete(&loc).await.map_err(classify) }
-            }));
+        let r = self.blocking(&what, || {
+            let (store, loc) = (store.clone(), loc.clone());
+            async move { store.delete(&loc).await.map_err(classify) }
+        });
         match r {
             Ok(()) | Err(Fault::NotFound) => Ok(()),
             Err(f) => Err(self.fault_error(rel, f)),
