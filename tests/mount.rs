@@ -130,7 +130,10 @@ fn real_models_through_the_mount_equal_the_source() {
     let cap = s["cache_capacity"].as_u64().unwrap();
     assert_eq!(cap, cache);
     assert!(s["cache_bytes"].as_u64().unwrap() <= cap);
-    assert!(s["evictions"].as_u64().unwrap() > 0, "a cache of 1/8 must evict: {s}");
+    // Chunks leave a cache of 1/8 of the models: dropped behind the sequential readers, or
+    // evicted (the random mmap reads) when that is not enough.
+    let left = s["evictions"].as_u64().unwrap() + s["dropped_behind"].as_u64().unwrap();
+    assert!(left > 0, "a cache of 1/8 must let chunks go: {s}");
     assert_eq!(s["errors"].as_u64().unwrap(), 0);
     eprintln!("stats after reading every model: {s}");
 }

@@ -668,6 +668,11 @@ pub fn stats(a: StatsArgs) -> Result<Outcome> {
         human(s.cache_overhead_bytes),
         s.evictions
     );
+    println!(
+        "recycling        {} chunks dropped behind sequential readers, {} of buffers kept",
+        s.dropped_behind,
+        human(s.pooled_bytes)
+    );
     println!("prefetch         {} issued, {} hit", s.prefetch_issued, s.prefetch_hits);
     println!("errors           {}", s.errors);
     if s.remote {

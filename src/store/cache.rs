@@ -14,6 +14,8 @@ use std::sync::Arc;
 
 use parking_lot::{Condvar, Mutex};
 
+use super::pool::BufPool;
+
 /// Bytes charged per cached entry besides its data: the LRU node with its key and the
 /// `Arc` pointer, the hash-map slot, the `Arc<Vec>` header and the allocator's rounding.
 /// Measured on x86_64 glibc: 1M one-byte entries raise RSS by 163 bytes each.
@@ -48,6 +50,14 @@ pub struct ChunkCache {
     inner: Mutex<Inner>,
     inflight: Mutex<HashMap<Key, Arc<Slot>>>,
     capacity: u64,
+    /// Where the buffers of chunks leaving the cache go, for the next decodes.
+    pool: BufPool,
+}
+
+/// Free buffers kept for reuse: an eighth of the cache, at most 32 MiB (a few prefetch
+/// windows of 1 MiB chunks), so the daemon stays within the cache bound plus 64 MiB.
+fn pool_bytes(capacity: u64) -> usize {
+    (capacity / 8).min(32 << 20) as usize
 }
 
 /// What [`ChunkCache::lookup_or_claim`] found.
@@ -90,6 +100,45 @@ impl ChunkCache {
             }),
             inflight: Mutex::new(HashMap::new()),
             capacity,
+            pool: BufPool::new(pool_bytes(capacity)),
+        }
+    }
+
+    /// A buffer for a decode of `len` bytes, recycled from a chunk that left the cache when
+    /// one fits. Its contents are unspecified: the decoder writes every byte.
+    pub fn buffer(&self, len: usize) -> Vec<u8> {
+        self.pool.take(len)
+    }
+
+    /// Drops `key` from the cache (its reader has moved past it and the kernel's page cache
+    /// holds what was served); its buffer is recycled unless a reader still holds it.
+    /// Returns whether it was cached.
+    pub fn remove(&self, key: Key) -> bool {
+        let gone = {
+            let mut g = self.inner.lock();
+            let e = g.lru.pop(&key);
+            if let Some(e) = &e {
+                g.bytes -= charge(&e.data);
+            }
+            e
+        };
+        match gone {
+            Some(e) => {
+                self.recycle(e.data);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Bytes of free buffers kept for reuse.
+    pub fn pooled(&self) -> u64 {
+        self.pool.bytes() as u64
+    }
+
+    fn recycle(&self, data: Bytes) {
+        if let Ok(v) = Arc::try_unwrap(data) {
+            self.pool.give(v);
         }
     }
 
@@ -147,6 +196,7 @@ impl ChunkCache {
     /// wakes up. Returns how many chunks it evicted.
     pub fn complete(&self, ticket: &Ticket, result: Outcome, prefetched: bool) -> u64 {
         let mut evicted = 0;
+        let mut gone = Vec::new();
         if let Ok(data) = &result {
             let cost = charge(data);
             let mut g = self.inner.lock();
@@ -156,6 +206,7 @@ impl ChunkCache {
             };
             if let Some(old) = g.lru.put(ticket.key, entry) {
                 g.bytes -= charge(&old.data);
+                gone.push(old.data);
             }
             g.bytes += cost;
             // The new entry is the most recent, so it is the last to go: it stays even when
@@ -166,6 +217,7 @@ impl ChunkCache {
                     Some((_, e)) => {
                         g.bytes -= charge(&e.data);
                         evicted += 1;
+                        gone.push(e.data);
                     }
                     None => break,
                 }
@@ -175,13 +227,17 @@ impl ChunkCache {
         self.inflight.lock().remove(&ticket.key);
         *ticket.slot.done.lock() = Some(result);
         ticket.slot.cv.notify_all();
+        for d in gone {
+            self.recycle(d);
+        }
         evicted
     }
 }
 
-/// What an entry costs against the bound.
-fn charge(data: &[u8]) -> u64 {
-    data.len() as u64 + ENTRY_OVERHEAD
+/// What an entry costs against the bound: the memory its buffer holds (a recycled buffer
+/// may be larger than its chunk) and its bookkeeping.
+fn charge(data: &Vec<u8>) -> u64 {
+    data.capacity() as u64 + ENTRY_OVERHEAD
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 
+use crate::chunk::ChunkCodec;
 use crate::error::{Error, Result};
 use crate::format::{chunk_hash, ChunkEntry, Container};
 use crate::gpu;
@@ -28,6 +29,11 @@ pub(crate) trait Chunks: Sync {
     /// differ from the first (a network source); false for local files.
     fn refetch(&self, _i: usize) -> bool {
         false
+    }
+    /// A buffer of `len` bytes for a decoded chunk; its contents are unspecified (the
+    /// decoder writes every byte). A fresh zeroed one unless the caller recycles memory.
+    fn buffer(&self, len: usize) -> Vec<u8> {
+        vec![0u8; len]
     }
 }
 
@@ -92,6 +98,9 @@ impl Chunks for Fetched<'_> {
     }
     fn refetch(&self, i: usize) -> bool {
         self.inner.refetch(i)
+    }
+    fn buffer(&self, len: usize) -> Vec<u8> {
+        self.inner.buffer(len)
     }
 }
 
@@ -226,10 +235,15 @@ fn decode_one(src: &dyn Chunks, i: usize) -> Result<Vec<u8>> {
 }
 
 fn decode_payload(src: &dyn Chunks, i: usize, e: &ChunkEntry, payload: &mut [u8]) -> Result<Vec<u8>> {
-    src.read_payload_into(i, payload)?;
-    let mut out = vec![0u8; e.orig_len as usize];
-    crate::chunk::decode(e.codec, e.transform, payload, &mut out)
-        .map_err(|err| Error::codec(src.path(), i as u32, err))?;
+    let mut out = src.buffer(e.orig_len as usize);
+    if e.codec == ChunkCodec::Raw && payload.len() == out.len() {
+        // Stored as is: read straight into the output, no copy through the payload buffer.
+        src.read_payload_into(i, &mut out)?;
+    } else {
+        src.read_payload_into(i, payload)?;
+        crate::chunk::decode(e.codec, e.transform, payload, &mut out)
+            .map_err(|err| Error::codec(src.path(), i as u32, err))?;
+    }
     if chunk_hash(&out) != e.xxh3 {
         return Err(Error::corrupt(src.path(), Some(i as u32), "checksum mismatch"));
     }

@@ -6,6 +6,7 @@
 
 mod cache;
 pub(crate) mod decode;
+mod pool;
 mod prefetch;
 mod source;
 mod stats;
@@ -21,7 +22,7 @@ use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -86,14 +87,22 @@ pub fn default_cache_bytes() -> u64 {
 struct PackedFile {
     meta: FileMeta,
     chunks: Vec<ChunkEntry>,
-    /// Raw chunks are checked once, then served by plain pread.
-    raw_verified: Vec<AtomicBool>,
+    /// Raw chunks are checked once ([`RAW_UNCHECKED`] and on), then served by plain pread.
+    raw_verified: Vec<AtomicU8>,
 }
+
+/// A raw chunk nobody has checked yet.
+const RAW_UNCHECKED: u8 = 0;
+/// A raw chunk being checked on the pool, ahead of its reader (who checks it too if it
+/// gets there first).
+const RAW_CHECKING: u8 = 1;
+/// A raw chunk whose bytes matched their hash.
+const RAW_CHECKED: u8 = 2;
 
 impl PackedFile {
     /// A served file whose raw chunks are not checked yet.
     fn new(meta: FileMeta, chunks: Vec<ChunkEntry>) -> PackedFile {
-        let raw_verified = (0..chunks.len()).map(|_| AtomicBool::new(false)).collect();
+        let raw_verified = (0..chunks.len()).map(|_| AtomicU8::new(RAW_UNCHECKED)).collect();
         PackedFile {
             meta,
             chunks,
@@ -168,6 +177,9 @@ impl Chunks for FileChunks<'_> {
             self.store.stats.refetch();
         }
         again
+    }
+    fn buffer(&self, len: usize) -> Vec<u8> {
+        self.store.cache.buffer(len)
     }
     fn container(&self) -> Result<Option<ContainerRef<'_>>> {
         let src = &self.store.source;
@@ -314,6 +326,7 @@ impl Store {
         s.cache_overhead_bytes = n * cache::ENTRY_OVERHEAD;
         s.cache_entries = n;
         s.cache_capacity = self.cache.capacity();
+        s.pooled_bytes = self.cache.pooled();
         s.files = self.files.len() as u64;
         s.packed_bytes = self.packed_bytes;
         s.original_bytes = self.original_bytes;
@@ -355,11 +368,35 @@ impl Store {
         }
     }
 
-    fn read_payload(&self, fidx: u32, i: usize) -> Result<Vec<u8>> {
-        let c = &self.files[fidx as usize].chunks[i];
-        let mut buf = vec![0u8; c.payload_len as usize];
-        self.source.read_exact_at(fidx, &mut buf, c.payload_offset)?;
-        Ok(buf)
+    /// Reads raw chunk `i` of file `fidx` whole into this thread's scratch buffer and
+    /// checks it against its hash; on success it is served by plain reads from then on.
+    fn check_raw(&self, fidx: u32, i: usize) -> Result<()> {
+        let f = &self.files[fidx as usize];
+        let e = &f.chunks[i];
+        let mut buf = SCRATCH.with(|c| c.take());
+        let plen = e.payload_len as usize;
+        if buf.len() < plen {
+            buf.resize(plen, 0);
+        }
+        let r = self
+            .source
+            .read_exact_at(fidx, &mut buf[..plen], e.payload_offset)
+            .and_then(|()| {
+                if chunk_hash(&buf[..plen]) == e.xxh3 {
+                    f.raw_verified[i].store(RAW_CHECKED, Ordering::Release);
+                    Ok(())
+                } else {
+                    Err(Error::corrupt(
+                        self.source.path(fidx),
+                        Some(i as u32),
+                        "checksum mismatch",
+                    ))
+                }
+            });
+        if buf.capacity() <= MAX_KEPT_REPLY {
+            SCRATCH.with(|c| c.replace(buf));
+        }
+        r
     }
 
     /// The served file of inode `ino`, or the errno-carrying error a read of it gets.
@@ -403,12 +440,19 @@ impl Store {
         // Raw chunks (`request` gives `None`) and requests over several chunks: copied.
         let mut starts = Vec::new();
         let Some((i, p)) = one.and_then(|i| self.request(fidx, i as u32, &mut starts).map(|p| (i, p))) else {
-            let v = self.read(ino, fh, offset, size)?;
-            return Ok(f(&v));
+            // Gathered into this thread's reply buffer: a fresh one per request cost a page
+            // fault per 4 KiB of every reply.
+            let mut buf = REPLY.with(|c| c.take());
+            let r = self.read_into(ino, fh, offset, size, &mut buf).map(|n| f(&buf[..n]));
+            if buf.capacity() <= MAX_KEPT_REPLY {
+                REPLY.with(|c| c.replace(buf));
+            }
+            return r;
         };
         self.start(fidx, starts, false);
         if let Some(w) = self.handles.observe(&self.prefetch, fh, offset, end) {
             self.prefetch(fidx, i + 1, c.chunks[i].orig_len as u64 + cache::ENTRY_OVERHEAD, w);
+            self.drop_behind(fidx, fh, offset);
         }
         let e = &c.chunks[i];
         match p.get() {
@@ -430,15 +474,28 @@ impl Store {
     /// Reads up to `size` bytes at `offset` of file `ino`; short only at end of file.
     /// Corrupt chunks give `Err` (EIO at the mount), never wrong bytes.
     pub fn read(self: &Arc<Self>, ino: u64, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        let n = self.read_into(ino, fh, offset, size, &mut out)?;
+        out.truncate(n);
+        Ok(out)
+    }
+
+    /// [`read`](Self::read) into the front of `buf`, grown when too short (a reused buffer
+    /// is not cleared first: every byte of the answer is written); returns its length.
+    fn read_into(self: &Arc<Self>, ino: u64, fh: u64, offset: u64, size: u32, buf: &mut Vec<u8>) -> Result<usize> {
         let (fidx, f) = self.resolve(ino)?;
         let c = f;
         let end = offset.saturating_add(size as u64).min(c.meta.size);
         if offset >= end {
-            return Ok(Vec::new());
+            return Ok(0);
         }
         let first = c.chunk_at(offset).expect("offset inside the file");
         let last = c.chunk_at(end - 1).expect("end inside the file");
-        let mut out = Vec::with_capacity((end - offset) as usize);
+        let n = (end - offset) as usize;
+        if buf.len() < n {
+            buf.resize(n, 0);
+        }
+        let mut at = 0usize;
         // Start the decodes of a window of chunks before waiting on any, so they run in
         // parallel; a window, not the whole request, so a request over a million one-byte
         // chunks does not hold a million decodes (and their bookkeeping) at once.
@@ -457,16 +514,19 @@ impl Store {
                     .map(|e| e.orig_len as u64 + cache::ENTRY_OVERHEAD)
                     .sum();
                 self.prefetch(fidx, last + 1, current, w);
+                self.drop_behind(fidx, fh, offset);
             }
             for (i, p) in (lo..=hi).zip(pending) {
                 let e = &c.chunks[i];
                 let from = offset.max(e.orig_offset) - e.orig_offset;
                 let to = end.min(e.orig_end()) - e.orig_offset;
+                let dst = &mut buf[at..at + (to - from) as usize];
+                at += dst.len();
                 let r = match p {
-                    None => self.read_raw(fidx, i, from, to, &mut out),
+                    None => self.read_raw(fidx, i, from, dst),
                     Some(p) => p
                         .get()
-                        .map(|data| out.extend_from_slice(&data[from as usize..to as usize])),
+                        .map(|data| dst.copy_from_slice(&data[from as usize..to as usize])),
                 };
                 if let Err(e) = r {
                     self.stats.error();
@@ -478,8 +538,26 @@ impl Store {
             }
             lo = hi + 1;
         }
-        self.stats.read(out.len() as u64);
-        Ok(out)
+        debug_assert_eq!(at, n);
+        self.stats.read(n as u64);
+        Ok(n)
+    }
+
+    /// Drops from the cache the chunks of file `fidx` that the sequential reader on `fh`,
+    /// now at `offset`, has passed by more than the slack (see
+    /// [`PrefetchConfig::drop_behind`]).
+    fn drop_behind(&self, fidx: u32, fh: u64, offset: u64) {
+        if !self.prefetch.drop_behind {
+            return;
+        }
+        let chunks = &self.files[fidx as usize].chunks;
+        let limit = offset.saturating_sub(self.prefetch.slack_bytes);
+        let upto = chunks.partition_point(|e| e.orig_end() <= limit);
+        for i in self.handles.behind(fh, upto) {
+            if self.cache.remove((fidx, i as u32)) {
+                self.stats.dropped_behind();
+            }
+        }
     }
 
     /// Starts decodes ahead of a sequential reader of file `fidx`, from chunk `from` on,
@@ -496,6 +574,31 @@ impl Store {
             self.cache.capacity(),
             |i| self.raw_direct(&c.chunks[i]) || self.cache.contains((fidx, i as u32)),
         );
+        // Raw chunks are not decoded, but their one check runs ahead on the pool too, so the
+        // reader only copies them.
+        if c.chunks.iter().skip(from).take(window).any(|e| self.raw_direct(e)) {
+            let end = from.saturating_add(window).min(c.chunks.len());
+            for i in from..end {
+                if self.raw_direct(&c.chunks[i])
+                    && c.raw_verified[i]
+                        .compare_exchange(RAW_UNCHECKED, RAW_CHECKING, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok()
+                {
+                    let me = self.clone();
+                    self.pool.spawn(move || {
+                        if me.check_raw(fidx, i).is_err() {
+                            // The reader checks it again and reports the error.
+                            let _ = me.files[fidx as usize].raw_verified[i].compare_exchange(
+                                RAW_CHECKING,
+                                RAW_UNCHECKED,
+                                Ordering::AcqRel,
+                                Ordering::Acquire,
+                            );
+                        }
+                    });
+                }
+            }
+        }
         let mut claimed = Vec::with_capacity(want.len());
         for i in want {
             if let Lookup::Claimed(t) = self.cache.lookup_or_claim((fidx, i as u32)) {
@@ -651,27 +754,26 @@ impl Store {
 
     /// Serves a raw chunk's bytes `[from, to)` straight from the container. The first
     /// touch reads and checks the whole chunk.
-    fn read_raw(&self, fidx: u32, i: usize, from: u64, to: u64, out: &mut Vec<u8>) -> Result<()> {
+    fn read_raw(&self, fidx: u32, i: usize, from: u64, dst: &mut [u8]) -> Result<()> {
         let f = &self.files[fidx as usize];
         let e = &f.chunks[i];
         self.stats.raw_read();
-        if !f.raw_verified[i].load(Ordering::Acquire) {
-            let data = self.read_payload(fidx, i)?;
-            if chunk_hash(&data) != e.xxh3 {
-                return Err(Error::corrupt(
-                    self.source.path(fidx),
-                    Some(i as u32),
-                    "checksum mismatch",
-                ));
-            }
-            f.raw_verified[i].store(true, Ordering::Release);
-            out.extend_from_slice(&data[from as usize..to as usize]);
-            return Ok(());
+        if f.raw_verified[i].load(Ordering::Acquire) != RAW_CHECKED {
+            self.check_raw(fidx, i)?;
         }
-        let at = out.len();
-        out.resize(at + (to - from) as usize, 0);
-        self.source.read_exact_at(fidx, &mut out[at..], e.payload_offset + from)
+        self.source.read_exact_at(fidx, dst, e.payload_offset + from)
     }
+}
+
+/// Largest reply or scratch buffer a thread keeps between requests (requests are at most
+/// 1 MiB; chunks are usually at most 1 MiB).
+const MAX_KEPT_REPLY: usize = 4 << 20;
+
+thread_local! {
+    /// Per-thread buffer for replies gathered from several chunks.
+    static REPLY: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+    /// Per-thread buffer for raw chunks read whole for their check.
+    static SCRATCH: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 enum Pending {

@@ -46,6 +46,12 @@ pub struct PrefetchConfig {
     /// that one GET fetches, not one GET per chunk as the reader advances. False for local
     /// packs, where every chunk is its own read anyway.
     pub refill_half: bool,
+    /// Drop chunks from the cache once a sequential reader is `slack_bytes` past their end,
+    /// recycling their memory for the chunks ahead. Served bytes stay in the kernel's page
+    /// cache (files are opened with FOPEN_KEEP_CACHE), so a second copy here only costs
+    /// memory, and fresh memory costs a page fault per 4 KiB. True for local packs; false
+    /// for remote ones, where a chunk read again would cost a fetch.
+    pub drop_behind: bool,
 }
 
 impl PrefetchConfig {
@@ -59,6 +65,7 @@ impl PrefetchConfig {
             gpu_batch: 64,
             initial_window: window,
             refill_half: false,
+            drop_behind: true,
         }
     }
 
@@ -68,6 +75,7 @@ impl PrefetchConfig {
         PrefetchConfig {
             initial_window: initial.clamp(1, window.max(1)),
             refill_half: true,
+            drop_behind: false,
             ..PrefetchConfig::with_window(window)
         }
     }
@@ -87,6 +95,8 @@ struct Handle {
     run: u32,
     /// The reader's current prefetch window (0 until its first sequential request).
     window: usize,
+    /// Chunks before this one were already dropped behind the reader.
+    behind: usize,
 }
 
 /// The open handles of a mount.
@@ -130,6 +140,25 @@ impl Handles {
             w => w.saturating_mul(2).min(cfg.window),
         };
         Some(h.window)
+    }
+}
+
+/// Most chunks one [`Handles::behind`] call hands out.
+pub const MAX_BEHIND: usize = 256;
+
+impl Handles {
+    /// The chunks a sequential reader on `fh` has left behind since the last call: from
+    /// where that call stopped up to (not including) `upto`, at most [`MAX_BEHIND`] of
+    /// them (a reader that jumped ahead never read what it skipped). A reader that went
+    /// back starts over from `upto`.
+    pub fn behind(&self, fh: u64, upto: usize) -> std::ops::Range<usize> {
+        let mut hs = self.map.lock();
+        let Some(h) = hs.get_mut(&fh) else {
+            return 0..0;
+        };
+        let from = h.behind.min(upto).max(upto.saturating_sub(MAX_BEHIND));
+        h.behind = upto;
+        from..upto
     }
 }
 
@@ -212,6 +241,20 @@ mod tests {
         );
         // An initial window above the window is clamped.
         assert_eq!(PrefetchConfig::ramped(4, 100).initial_window, 4);
+    }
+
+    #[test]
+    fn chunks_behind_a_reader_are_handed_out_once() {
+        let h = Handles::default();
+        let fh = h.open();
+        assert_eq!(h.behind(fh, 0), 0..0);
+        assert_eq!(h.behind(fh, 3), 0..3);
+        assert_eq!(h.behind(fh, 3), 3..3, "nothing new");
+        assert_eq!(h.behind(fh, 5), 3..5);
+        assert_eq!(h.behind(fh, 2), 2..2, "a reader that went back starts over");
+        assert_eq!(h.behind(fh, 4), 2..4);
+        assert_eq!(h.behind(fh + 1, 9), 0..0, "unknown handle");
+        assert_eq!(h.behind(fh, 10_000), 10_000 - MAX_BEHIND..10_000, "a jump ahead");
     }
 
     #[test]

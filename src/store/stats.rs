@@ -15,6 +15,7 @@ pub struct Stats {
     bytes_decoded: AtomicU64,
     decode_ns: AtomicU64,
     evictions: AtomicU64,
+    dropped_behind: AtomicU64,
     prefetch_issued: AtomicU64,
     prefetch_hits: AtomicU64,
     errors: AtomicU64,
@@ -43,6 +44,13 @@ pub struct Snapshot {
     pub cache_entries: u64,
     pub cache_capacity: u64,
     pub evictions: u64,
+    /// Chunks dropped from the cache behind sequential readers (their bytes stay in the
+    /// kernel's page cache), their memory recycled for later decodes.
+    #[serde(default)]
+    pub dropped_behind: u64,
+    /// Bytes of free chunk buffers kept for reuse.
+    #[serde(default)]
+    pub pooled_bytes: u64,
     pub prefetch_issued: u64,
     pub prefetch_hits: u64,
     pub errors: u64,
@@ -121,6 +129,9 @@ impl Stats {
             self.evictions.fetch_add(n, Relaxed);
         }
     }
+    pub fn dropped_behind(&self) {
+        self.dropped_behind.fetch_add(1, Relaxed);
+    }
     pub fn prefetch_issued(&self) {
         self.prefetch_issued.fetch_add(1, Relaxed);
     }
@@ -149,6 +160,7 @@ impl Stats {
             bytes_decoded: self.bytes_decoded.load(Relaxed),
             decode_seconds: self.decode_ns.load(Relaxed) as f64 / 1e9,
             evictions: self.evictions.load(Relaxed),
+            dropped_behind: self.dropped_behind.load(Relaxed),
             prefetch_issued: self.prefetch_issued.load(Relaxed),
             prefetch_hits: self.prefetch_hits.load(Relaxed),
             errors: self.errors.load(Relaxed),
