@@ -14,6 +14,8 @@ use crate::error::{Error, Result};
 use crate::format::tree::{classify, Packed};
 use crate::format::Container;
 use crate::gpu;
+use crate::store::decode::Pooled;
+use crate::store::pool::BufPool;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct FileVerify {
@@ -118,27 +120,77 @@ fn stream_chunks_tallied(
     };
     let idx: Vec<usize> = (0..c.chunks.len()).collect();
     let lens = c.chunks.iter().map(|e| e.orig_len as u64);
-    for w in plan_windows(lens, window, WINDOW_BYTES) {
+    // Decoded buffers go back here once consumed: the next windows decode into pages
+    // already faulted in. Two windows' worth, the most in use at once.
+    let bufs = BufPool::new((2 * WINDOW_BYTES.min(64 << 20)) as usize);
+    let src = Pooled { inner: c, pool: &bufs };
+    let decode = |w: Range<usize>| -> Result<Decoded> {
         let group = &idx[w.clone()];
         // The one decode path of the mount too: a GPU batch, or the chunks in parallel on
         // the pool's CPUs; a remote container's window is fetched as one span first.
-        let decoded: Vec<Result<Vec<u8>>> = if gpu.is_none() && c.is_remote() {
-            decode_remote_window(c, pool, w)?
+        if gpu.is_none() && c.is_remote() {
+            decode_remote_window(c, pool, w)
         } else {
             let on_gpu = |r: &crate::store::decode::BatchReport| {
                 tally.chunks.fetch_add(r.gpu_chunks, Relaxed);
                 tally.fallbacks.fetch_add(r.gpu_fallbacks, Relaxed);
             };
-            pool.install(|| crate::store::decode::decode_chunks_vec(c, group, gpu, &on_gpu))
-        };
-        for (&i, d) in group.iter().zip(decoded) {
-            let d = d?;
-            hasher.update(&d);
-            sink(i, &d)?;
+            Ok(pool.install(|| crate::store::decode::decode_chunks_vec(&src, group, gpu, &on_gpu)))
         }
+    };
+    // Window k+1 decodes on the pool while this thread hashes and hands on window k, so
+    // the whole-file digest and the sink (a file write, for unpack) do not leave the
+    // decode threads idle between windows. At most two windows are held at once.
+    let mut windows = plan_windows(lens, window, WINDOW_BYTES).into_iter();
+    let mut ready: Option<(Range<usize>, Decoded)> = None;
+    loop {
+        let next = windows.next();
+        let (done, consumed) = match (next, ready.take()) {
+            (None, None) => break,
+            (Some(w), None) => (Some((w.clone(), decode(w)?)), Ok(())),
+            (next, Some((w, decoded))) => {
+                let mut decoded_next = None;
+                let consumed = pool.in_place_scope(|s| {
+                    if let Some(n) = next {
+                        let slot = &mut decoded_next;
+                        let decode = &decode;
+                        s.spawn(move |_| *slot = Some((n.clone(), decode(n))));
+                    }
+                    consume(w, decoded, &mut hasher, &mut sink, &bufs)
+                });
+                let done = match decoded_next {
+                    Some((n, r)) => Some((n, r?)),
+                    None => None,
+                };
+                (done, consumed)
+            }
+        };
+        consumed?;
+        ready = done;
     }
     if *hasher.finalize().as_bytes() != c.meta.blake3 {
         return Err(Error::corrupt(c.path(), None, "whole-file BLAKE3 digest mismatch"));
+    }
+    Ok(())
+}
+
+/// One window's chunks, decoded and checked (or the error of each).
+type Decoded = Vec<Result<Vec<u8>>>;
+
+/// Hashes and hands on one decoded window in order, then recycles its buffers; stops at
+/// the first chunk that failed.
+fn consume(
+    w: Range<usize>,
+    decoded: Decoded,
+    hasher: &mut blake3::Hasher,
+    sink: &mut impl FnMut(usize, &[u8]) -> Result<()>,
+    bufs: &BufPool,
+) -> Result<()> {
+    for (i, d) in w.zip(decoded) {
+        let d = d?;
+        hasher.update(&d);
+        sink(i, &d)?;
+        bufs.give(d);
     }
     Ok(())
 }

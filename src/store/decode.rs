@@ -104,6 +104,34 @@ impl Chunks for Fetched<'_> {
     }
 }
 
+/// `inner`, with decoded chunks written into buffers recycled through `pool` (for callers
+/// that consume each chunk and give its buffer back, like `verify` and `unpack`).
+pub(crate) struct Pooled<'a> {
+    pub inner: &'a dyn Chunks,
+    pub pool: &'a super::pool::BufPool,
+}
+
+impl Chunks for Pooled<'_> {
+    fn path(&self) -> &Path {
+        self.inner.path()
+    }
+    fn entry(&self, i: usize) -> &ChunkEntry {
+        self.inner.entry(i)
+    }
+    fn read_payload_into(&self, i: usize, buf: &mut [u8]) -> Result<()> {
+        self.inner.read_payload_into(i, buf)
+    }
+    fn container(&self) -> Result<Option<ContainerRef<'_>>> {
+        self.inner.container()
+    }
+    fn refetch(&self, i: usize) -> bool {
+        self.inner.refetch(i)
+    }
+    fn buffer(&self, len: usize) -> Vec<u8> {
+        self.pool.take(len)
+    }
+}
+
 /// What a batch did, beyond its results.
 #[derive(Debug)]
 pub(crate) struct BatchReport {
