@@ -509,16 +509,50 @@ impl Remote {
     /// Reads a whole small object (marker, manifest), refusing one over `cap` bytes.
     /// `Ok(None)` when it does not exist.
     pub fn get_small(&self, rel: &str, cap: u64) -> Result<Option<Vec<u8>>> {
+        self.get_small_if(rel, cap, None)
+    }
+
+    /// Like [`get_small`](Self::get_small), but with a disk cache the bytes of the version
+    /// a HEAD names come from the cache when it holds them (a warm remount moves none), and
+    /// go into it when fetched (by a GET pinned to that version).
+    pub fn get_small_cached(&self, rel: &str, cap: u64) -> Result<Option<Vec<u8>>> {
+        let Some(disk) = &self.disk else {
+            return self.get_small(rel, cap);
+        };
+        let (loc, name) = (self.location(rel), self.name_of(rel));
+        let meta = match self.open_request(&loc, &name, None) {
+            Ok((meta, _)) => meta,
+            Err(Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let Some(etag) = meta.e_tag.filter(|_| meta.size <= cap) else {
+            return self.get_small(rel, cap);
+        };
+        let key = Key::new(&name.to_string_lossy(), &etag, 0, meta.size);
+        let mut buf = vec![0u8; meta.size as usize];
+        if disk.get(key, &mut buf) {
+            return Ok(Some(buf));
+        }
+        let got = self.get_small_if(rel, cap, Some(etag))?;
+        if let Some(b) = got.as_ref().filter(|b| b.len() as u64 == meta.size) {
+            disk.put(key, b);
+        }
+        Ok(got)
+    }
+
+    /// [`get_small`](Self::get_small), of the version `if_match` names when given.
+    fn get_small_if(&self, rel: &str, cap: u64, if_match: Option<String>) -> Result<Option<Vec<u8>>> {
         let loc = self.location(rel);
         let name = self.name_of(rel);
         let (store, stats) = (self.store.clone(), self.stats.clone());
         let what = loc.to_string();
         let r = self.blocking(&what, || {
-            let (store, loc, stats) = (store.clone(), loc.clone(), stats.clone());
+            let (store, loc, stats, if_match) = (store.clone(), loc.clone(), stats.clone(), if_match.clone());
             async move {
                 stats.gets.fetch_add(1, Ordering::Relaxed);
                 let opts = GetOptions {
                     range: Some(GetRange::Bounded(0..cap + 1)),
+                    if_match,
                     ..Default::default()
                 };
                 let res = store.get_opts(&loc, opts).await.map_err(classify)?;

@@ -55,7 +55,7 @@ impl RemotePack {
         }
         let name = remote.name_of(MANIFEST);
         let bytes = remote
-            .get_small(MANIFEST, MAX_MANIFEST_LEN)?
+            .get_small_cached(MANIFEST, MAX_MANIFEST_LEN)?
             .ok_or_else(|| Error::corrupt(&name, None, "the marker is there but the manifest is missing"))?;
         let manifest = Manifest::parse(&name, &bytes)?;
         Ok(RemotePack {
