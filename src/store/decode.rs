@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 
+use super::pool::with_thread_buf;
 use crate::chunk::ChunkCodec;
 use crate::error::{Error, Result};
 use crate::format::{chunk_hash, ChunkEntry, Container};
@@ -242,24 +243,18 @@ pub(crate) fn decode_chunks_vec(
 fn decode_one(src: &dyn Chunks, i: usize) -> Result<Vec<u8>> {
     let e = src.entry(i);
     let plen = e.payload_len as usize;
-    // Taken out of the cell while in use, so a nested call could never find it borrowed.
-    let mut payload = PAYLOAD.with(|c| c.take());
-    if payload.len() < plen {
-        payload.resize(plen, 0);
-    }
-    let mut r = decode_payload(src, i, e, &mut payload[..plen]);
-    // Bytes that came over a network (or out of a cache of what it sent) get one more
-    // fetch before they count as damage: a flipped bit in transit is not a damaged pack.
-    if let Err(err) = &r {
-        if err.is_corrupt() && src.refetch(i) {
-            tracing::warn!("{err}; fetching chunk {i} once more");
-            r = decode_payload(src, i, e, &mut payload[..plen]);
+    with_thread_buf(&PAYLOAD, plen, |payload| {
+        let mut r = decode_payload(src, i, e, &mut payload[..plen]);
+        // Bytes that came over a network (or out of a cache of what it sent) get one more
+        // fetch before they count as damage: a flipped bit in transit is not a damaged pack.
+        if let Err(err) = &r {
+            if err.is_corrupt() && src.refetch(i) {
+                tracing::warn!("{err}; fetching chunk {i} once more");
+                r = decode_payload(src, i, e, &mut payload[..plen]);
+            }
         }
-    }
-    if payload.capacity() <= MAX_KEPT_PAYLOAD {
-        PAYLOAD.with(|c| c.replace(payload));
-    }
-    r
+        r
+    })
 }
 
 fn decode_payload(src: &dyn Chunks, i: usize, e: &ChunkEntry, payload: &mut [u8]) -> Result<Vec<u8>> {
@@ -277,9 +272,6 @@ fn decode_payload(src: &dyn Chunks, i: usize, e: &ChunkEntry, payload: &mut [u8]
     }
     Ok(out)
 }
-
-/// Largest payload buffer a thread keeps between chunks.
-const MAX_KEPT_PAYLOAD: usize = 4 << 20;
 
 thread_local! {
     /// Per-thread payload buffer for [`decode_one`].

@@ -35,6 +35,7 @@ use crate::remote::pack::RemotePack;
 use crate::remote::{Delivery, Remote, RemoteOptions, RemoteUrl};
 use cache::{Lookup, Outcome, Ticket};
 use decode::{Chunks, ContainerRef};
+use pool::with_thread_buf;
 use prefetch::Handles;
 use source::{ContainerSource, Identity, LocalSource, RemoteSource};
 
@@ -373,30 +374,19 @@ impl Store {
     fn check_raw(&self, fidx: u32, i: usize) -> Result<()> {
         let f = &self.files[fidx as usize];
         let e = &f.chunks[i];
-        let mut buf = SCRATCH.with(|c| c.take());
         let plen = e.payload_len as usize;
-        if buf.len() < plen {
-            buf.resize(plen, 0);
-        }
-        let r = self
-            .source
-            .read_exact_at(fidx, &mut buf[..plen], e.payload_offset)
-            .and_then(|()| {
-                if chunk_hash(&buf[..plen]) == e.xxh3 {
-                    f.raw_verified[i].store(RAW_CHECKED, Ordering::Release);
-                    Ok(())
-                } else {
-                    Err(Error::corrupt(
-                        self.source.path(fidx),
-                        Some(i as u32),
-                        "checksum mismatch",
-                    ))
-                }
-            });
-        if buf.capacity() <= MAX_KEPT_REPLY {
-            SCRATCH.with(|c| c.replace(buf));
-        }
-        r
+        with_thread_buf(&SCRATCH, plen, |buf| {
+            self.source.read_exact_at(fidx, &mut buf[..plen], e.payload_offset)?;
+            if chunk_hash(&buf[..plen]) != e.xxh3 {
+                return Err(Error::corrupt(
+                    self.source.path(fidx),
+                    Some(i as u32),
+                    "checksum mismatch",
+                ));
+            }
+            f.raw_verified[i].store(RAW_CHECKED, Ordering::Release);
+            Ok(())
+        })
     }
 
     /// The served file of inode `ino`, or the errno-carrying error a read of it gets.
@@ -440,14 +430,10 @@ impl Store {
         // Raw chunks (`request` gives `None`) and requests over several chunks: copied.
         let mut starts = Vec::new();
         let Some((i, p)) = one.and_then(|i| self.request(fidx, i as u32, &mut starts).map(|p| (i, p))) else {
-            // Gathered into this thread's reply buffer: a fresh one per request cost a page
-            // fault per 4 KiB of every reply.
-            let mut buf = REPLY.with(|c| c.take());
-            let r = self.read_into(ino, fh, offset, size, &mut buf).map(|n| f(&buf[..n]));
-            if buf.capacity() <= MAX_KEPT_REPLY {
-                REPLY.with(|c| c.replace(buf));
-            }
-            return r;
+            // Gathered into this thread's reply buffer.
+            return with_thread_buf(&REPLY, 0, |buf| {
+                self.read_into(ino, fh, offset, size, buf).map(|n| f(&buf[..n]))
+            });
         };
         self.start(fidx, starts, false);
         if let Some(w) = self.handles.observe(&self.prefetch, fh, offset, end) {
@@ -576,27 +562,25 @@ impl Store {
         );
         // Raw chunks are not decoded, but their one check runs ahead on the pool too, so the
         // reader only copies them.
-        if c.chunks.iter().skip(from).take(window).any(|e| self.raw_direct(e)) {
-            let end = from.saturating_add(window).min(c.chunks.len());
-            for i in from..end {
-                if self.raw_direct(&c.chunks[i])
-                    && c.raw_verified[i]
-                        .compare_exchange(RAW_UNCHECKED, RAW_CHECKING, Ordering::AcqRel, Ordering::Acquire)
-                        .is_ok()
-                {
-                    let me = self.clone();
-                    self.pool.spawn(move || {
-                        if me.check_raw(fidx, i).is_err() {
-                            // The reader checks it again and reports the error.
-                            let _ = me.files[fidx as usize].raw_verified[i].compare_exchange(
-                                RAW_CHECKING,
-                                RAW_UNCHECKED,
-                                Ordering::AcqRel,
-                                Ordering::Acquire,
-                            );
-                        }
-                    });
-                }
+        let end = from.saturating_add(window).min(c.chunks.len());
+        for i in from..end {
+            if self.raw_direct(&c.chunks[i])
+                && c.raw_verified[i]
+                    .compare_exchange(RAW_UNCHECKED, RAW_CHECKING, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+            {
+                let me = self.clone();
+                self.pool.spawn(move || {
+                    if me.check_raw(fidx, i).is_err() {
+                        // The reader checks it again and reports the error.
+                        let _ = me.files[fidx as usize].raw_verified[i].compare_exchange(
+                            RAW_CHECKING,
+                            RAW_UNCHECKED,
+                            Ordering::AcqRel,
+                            Ordering::Acquire,
+                        );
+                    }
+                });
             }
         }
         let mut claimed = Vec::with_capacity(want.len());
@@ -765,10 +749,6 @@ impl Store {
     }
 }
 
-/// Largest reply or scratch buffer a thread keeps between requests (requests are at most
-/// 1 MiB; chunks are usually at most 1 MiB).
-const MAX_KEPT_REPLY: usize = 4 << 20;
-
 thread_local! {
     /// Per-thread buffer for replies gathered from several chunks.
     static REPLY: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
@@ -826,17 +806,8 @@ mod tests {
     /// requests inside one chunk, across chunks, at the end and past it.
     #[test]
     fn read_with_matches_the_source() {
-        let t = tempfile::tempdir().unwrap();
-        let src = t.path().join("src");
-        fs::create_dir(&src).unwrap();
         let data = text(10 * 65536 + 999);
-        fs::write(src.join("f.bin"), &data).unwrap();
-        let opts = PackOptions {
-            chunk_size: 65536,
-            ..Default::default()
-        };
-        let packed = t.path().join("packed");
-        pack_tree(&src, &packed, &opts, &NoProgress).unwrap();
+        let (_t, packed) = pack_one("f.bin", &data, 65536, |_| ());
         let store = Store::open(&packed, StoreOptions::default()).unwrap();
         let ino = store.lookup(ROOT_INO, OsStr::new("f.bin")).unwrap().ino;
         let fh = store.open_handle();
@@ -864,17 +835,8 @@ mod tests {
     /// decodes them afresh into the same bytes.
     #[test]
     fn chunks_behind_a_sequential_reader_are_dropped_and_read_again_right() {
-        let t = tempfile::tempdir().unwrap();
-        let src = t.path().join("src");
-        fs::create_dir(&src).unwrap();
         let data = text(40 * 262144 + 333);
-        fs::write(src.join("f.bin"), &data).unwrap();
-        let opts = PackOptions {
-            chunk_size: 262144,
-            ..Default::default()
-        };
-        let packed = t.path().join("packed");
-        pack_tree(&src, &packed, &opts, &NoProgress).unwrap();
+        let (_t, packed) = pack_one("f.bin", &data, 262144, |_| ());
         let store = Store::open(&packed, StoreOptions::default()).unwrap();
         let ino = store.lookup(ROOT_INO, OsStr::new("f.bin")).unwrap().ino;
         let fh = store.open_handle();
@@ -908,6 +870,28 @@ mod tests {
         assert_eq!(store.stats().errors, 0);
     }
 
+    /// Packs a tree of one file `name` holding `data`, in chunks of `chunk_size`, with
+    /// `tune` applied to the options; returns the temporary directory and the pack's path.
+    fn pack_one(
+        name: &str,
+        data: &[u8],
+        chunk_size: u32,
+        tune: impl FnOnce(&mut PackOptions),
+    ) -> (tempfile::TempDir, PathBuf) {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        fs::create_dir(&src).unwrap();
+        fs::write(src.join(name), data).unwrap();
+        let mut opts = PackOptions {
+            chunk_size,
+            ..Default::default()
+        };
+        tune(&mut opts);
+        let packed = t.path().join("packed");
+        pack_tree(&src, &packed, &opts, &NoProgress).unwrap();
+        (t, packed)
+    }
+
     /// Compressible bytes that no codec stores raw.
     fn text(n: usize) -> Vec<u8> {
         let mut x = 7u64;
@@ -923,17 +907,8 @@ mod tests {
     /// (1 GiB served cost 17.7 GiB of decoding); now each is decoded once per pass.
     #[test]
     fn chunks_larger_than_the_cache_are_decoded_once_per_pass() {
-        let t = tempfile::tempdir().unwrap();
-        let src = t.path().join("src");
-        fs::create_dir(&src).unwrap();
         let data = text(4 * (8 << 20) + 12345);
-        fs::write(src.join("big.bin"), &data).unwrap();
-        let opts = PackOptions {
-            chunk_size: 8 << 20,
-            ..Default::default()
-        };
-        let packed = t.path().join("packed");
-        pack_tree(&src, &packed, &opts, &NoProgress).unwrap();
+        let (_t, packed) = pack_one("big.bin", &data, 8 << 20, |_| ());
         let store = Store::open(
             &packed,
             StoreOptions {
@@ -965,18 +940,10 @@ mod tests {
     /// chunks that fell back (none on an undamaged pack, with the emulated kernels).
     #[test]
     fn gpu_batches_are_counted_in_the_stats() {
-        let t = tempfile::tempdir().unwrap();
-        let src = t.path().join("src");
-        fs::create_dir(&src).unwrap();
         let data = text(16 * 65536 + 77);
-        fs::write(src.join("big.bin"), &data).unwrap();
-        let mut opts = PackOptions {
-            chunk_size: 65536,
-            ..Default::default()
-        };
-        opts.encode.codec = crate::chunk::CodecChoice::Rans;
-        let packed = t.path().join("packed");
-        pack_tree(&src, &packed, &opts, &NoProgress).unwrap();
+        let (_t, packed) = pack_one("big.bin", &data, 65536, |o| {
+            o.encode.codec = crate::chunk::CodecChoice::Rans
+        });
         let sopts = StoreOptions {
             cache_bytes: 64 << 20,
             threads: 2,

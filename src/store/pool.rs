@@ -6,6 +6,9 @@
 //! A recycled buffer still holds the bytes of the chunk it served; the decoder overwrites
 //! every byte, and the checksum checks the result, so stale bytes are never served.
 
+use std::cell::Cell;
+use std::thread::LocalKey;
+
 use parking_lot::Mutex;
 
 /// Buffers smaller than this are not kept: small chunks are cheap to allocate, and a
@@ -78,6 +81,26 @@ impl BufPool {
     pub fn bytes(&self) -> usize {
         self.inner.lock().bytes
     }
+}
+
+/// Largest per-thread buffer kept between uses: requests and normal chunks are at most
+/// 1 MiB, so a rare huge chunk does not pin its memory in every thread for good.
+pub const MAX_KEPT_THREAD_BUF: usize = 4 << 20;
+
+/// Lends `f` this thread's buffer `key`, at least `len` bytes long (grown with zeros; the
+/// bytes of its last use stay in place), and keeps it for the next use unless it grew past
+/// [`MAX_KEPT_THREAD_BUF`]. A fresh buffer per use cost a page fault per 4 KiB.
+pub fn with_thread_buf<R>(key: &'static LocalKey<Cell<Vec<u8>>>, len: usize, f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
+    // Taken out of the cell while in use, so a nested call could never find it borrowed.
+    let mut b = key.with(|c| c.take());
+    if b.len() < len {
+        b.resize(len, 0);
+    }
+    let r = f(&mut b);
+    if b.capacity() <= MAX_KEPT_THREAD_BUF {
+        key.with(|c| c.replace(b));
+    }
+    r
 }
 
 #[cfg(test)]
