@@ -11,6 +11,17 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
+# Free disk after each step, so a run that runs out says where; with DCFS_CI_PRUNE (set by
+# .ci/run) build trees no later step reads are deleted as soon as their step is done.
+disk_free() { echo "   disk: $(df -h --output=avail . | tail -1 | tr -d ' ') free, target/ $(du -sh target 2>/dev/null | cut -f1)"; }
+prune() {
+  if [[ -n ${DCFS_CI_PRUNE:-} ]]; then
+    echo "   pruning (DCFS_CI_PRUNE): $*"
+    rm -rf "$@"
+  fi
+  disk_free
+}
+
 echo "== fetch models"
 scripts/fetch-models.sh
 # The remote tests (tests/remote.rs, tests/remote_cache.rs) start s3s-fs on loopback; .ci/run installs it here.
@@ -27,12 +38,17 @@ scripts/nvrtc-check.sh
 echo "== cargo test"
 cargo test --all-targets 2>&1 | tee target/test.log
 grep -q "test result: ok" target/test.log
+disk_free
 echo "== C ABI (capi/): unit tests, dcfs.h matches cbindgen, a C program decodes a real model"
 cargo test --release -p dcfs-capi 2>&1 | grep -E "^test |test result|SKIP"
+# Nothing after this point builds or reads the debug profile (clippy and cargo test did).
+prune target/debug
 echo "== aarch64: cross-build, NEON/format tests under qemu, packs compared across architectures (scripts/aarch64-check.sh)"
 t0=$SECONDS
 scripts/aarch64-check.sh
 echo "== aarch64 check took $((SECONDS - t0))s"
+# The packages step below reuses only the aarch64 binary, not its build tree.
+prune target/aarch64-unknown-linux-gnu/release/{deps,build,.fingerprint,incremental}
 echo "== .deb packages for amd64 and arm64 (scripts/build-deb.sh; reuses both release builds; tests/package.rs installs the amd64 one)"
 t0=$SECONDS
 debs="$(mktemp -d)"
@@ -48,6 +64,7 @@ echo "== loader tests (scripts/loader-tests.sh)"
 t0=$SECONDS
 scripts/loader-tests.sh
 echo "== loader tests took $((SECONDS - t0))s"
+disk_free
 echo "== DC accuracy check (dcfs quantize on MiniLM, embeddings vs F32)"
 "${DCFS_LOADER_VENV:-$ROOT/.venv-loaders}/bin/python" scripts/dc_accuracy.py --quick --dcfs target/release/dcfs
 echo "== bench smoke (scripts/bench.sh --quick --only mount; timings are not checked, only that it runs)"
@@ -63,4 +80,5 @@ else
   scripts/fuzz-smoke.sh "${DCFS_FUZZ_SECS:-30}"
   echo "== fuzz smoke took $((SECONDS - t0))s"
 fi
+disk_free
 echo "== all checks passed"
