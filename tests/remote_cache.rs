@@ -146,6 +146,32 @@ fn a_warm_remount_serves_from_the_disk_cache_even_with_the_server_gone() {
     assert_eq!(num(&m.stats(), "errors"), 0);
 }
 
+/// A node's first mount with an empty cache costs the requests of a mount without one
+/// (the opening GETs, no HEAD before each: that would be a round trip more per object),
+/// and a remount no more (one HEAD per object in their place), with almost no bytes.
+#[test]
+fn a_first_mount_with_a_cache_makes_no_more_requests_than_one_without() {
+    let Some(x) = setup(false) else { return };
+    let cache_arg = x.cache().to_str().unwrap().to_string();
+    let at_mount = |name: &str, args: &[&str]| {
+        let m = x.mount(name, args, &[]).unwrap();
+        let st = m.stats();
+        eprintln!("{name}: {st}");
+        (num(&st, "net_gets"), num(&st, "net_bytes"))
+    };
+    let (plain_gets, plain_bytes) = at_mount("plain", &[]);
+    let (first_gets, first_bytes) = at_mount("first", &["--cache-dir", &cache_arg]);
+    let (again_gets, again_bytes) = at_mount("again", &["--cache-dir", &cache_arg]);
+    assert!(plain_gets > 2, "the pack has several containers: {plain_gets} requests");
+    assert_eq!(first_gets, plain_gets, "first mount with a cache vs none");
+    assert_eq!(first_bytes, plain_bytes, "first mount with a cache vs none");
+    assert!(again_gets <= plain_gets, "remount: {again_gets} requests, without a cache {plain_gets}");
+    assert!(
+        again_bytes <= 4096,
+        "remount fetched {again_bytes} bytes (first {first_bytes})"
+    );
+}
+
 #[test]
 fn a_crash_while_filling_the_cache_and_torn_entries_are_repaired_on_remount() {
     let Some(x) = setup(false) else { return };

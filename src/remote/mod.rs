@@ -509,17 +509,27 @@ impl Remote {
     /// Reads a whole small object (marker, manifest), refusing one over `cap` bytes.
     /// `Ok(None)` when it does not exist.
     pub fn get_small(&self, rel: &str, cap: u64) -> Result<Option<Vec<u8>>> {
-        self.get_small_if(rel, cap, None)
+        Ok(self.get_small_if(rel, cap, None)?.map(|(b, _)| b))
     }
 
-    /// Like [`get_small`](Self::get_small), but with a disk cache the bytes of the version
-    /// a HEAD names come from the cache when it holds them (a warm remount moves none), and
-    /// go into it when fetched (by a GET pinned to that version).
+    /// Like [`get_small`](Self::get_small), but with a disk cache: on a remount the bytes
+    /// of the version a HEAD names come from the cache when it holds them (a warm remount
+    /// moves none); the first time this cache sees the object, one GET brings them (and
+    /// they go into the cache), as without a cache.
     pub fn get_small_cached(&self, rel: &str, cap: u64) -> Result<Option<Vec<u8>>> {
         let Some(disk) = &self.disk else {
             return self.get_small(rel, cap);
         };
         let (loc, name) = (self.location(rel), self.name_of(rel));
+        let small_key = |etag: &str, len: u64| Key::new(&name.to_string_lossy(), etag, 0, len);
+        if !seen(disk, &name) {
+            let got = self.get_small_if(rel, cap, None)?;
+            if let Some((b, Some(etag))) = &got {
+                disk.put(small_key(etag, b.len() as u64), b);
+                mark_seen(disk, &name);
+            }
+            return Ok(got.map(|(b, _)| b));
+        }
         let meta = match self.open_request(&loc, &name, None) {
             Ok((meta, _)) => meta,
             Err(Error::NotFound { .. }) => return Ok(None),
@@ -528,20 +538,21 @@ impl Remote {
         let Some(etag) = meta.e_tag.filter(|_| meta.size <= cap) else {
             return self.get_small(rel, cap);
         };
-        let key = Key::new(&name.to_string_lossy(), &etag, 0, meta.size);
+        let key = small_key(&etag, meta.size);
         let mut buf = vec![0u8; meta.size as usize];
         if disk.get(key, &mut buf) {
             return Ok(Some(buf));
         }
-        let got = self.get_small_if(rel, cap, Some(etag))?;
+        let got = self.get_small_if(rel, cap, Some(etag))?.map(|(b, _)| b);
         if let Some(b) = got.as_ref().filter(|b| b.len() as u64 == meta.size) {
             disk.put(key, b);
         }
         Ok(got)
     }
 
-    /// [`get_small`](Self::get_small), of the version `if_match` names when given.
-    fn get_small_if(&self, rel: &str, cap: u64, if_match: Option<String>) -> Result<Option<Vec<u8>>> {
+    /// The bytes of small object `rel` and the ETag they came with (see
+    /// [`get_small`](Self::get_small)), of the version `if_match` names when given.
+    fn get_small_if(&self, rel: &str, cap: u64, if_match: Option<String>) -> Result<Option<(Vec<u8>, Option<String>)>> {
         let loc = self.location(rel);
         let name = self.name_of(rel);
         let (store, stats) = (self.store.clone(), self.stats.clone());
@@ -556,13 +567,16 @@ impl Remote {
                     ..Default::default()
                 };
                 let res = store.get_opts(&loc, opts).await.map_err(classify)?;
+                let (etag, size) = (res.meta.e_tag.clone(), res.meta.size);
                 let b = res.bytes().await.map_err(classify)?;
                 stats.bytes.fetch_add(b.len() as u64, Ordering::Relaxed);
-                Ok(b)
+                // An ETag only for bytes that are the whole object.
+                let whole = size == b.len() as u64;
+                Ok((b, etag.filter(|_| whole)))
             }
         });
         match r {
-            Ok(b) => {
+            Ok((b, etag)) => {
                 if b.len() as u64 > cap {
                     return Err(Error::corrupt(
                         name,
@@ -570,7 +584,7 @@ impl Remote {
                         format!("larger than the {cap} bytes allowed"),
                     ));
                 }
-                Ok(Some(b.to_vec()))
+                Ok(Some((b.to_vec(), etag)))
             }
             Err(Fault::NotFound) => Ok(None),
             Err(Fault::Transient(w) | Fault::Changed(w) | Fault::Fatal(w)) => {
@@ -591,15 +605,25 @@ impl Remote {
     ///   some servers refuse a suffix range longer than the object), with its header
     ///   beside it when the tail does not reach it. That brings the length and ETag a
     ///   HEAD would, plus the footer and index, and all of a small object.
-    /// - a disk cache: a HEAD; when the cache already holds this version's footer (a warm
-    ///   remount) nothing more, else the same GETs, whose bytes go into the cache as they
-    ///   are read.
+    /// - a disk cache that has seen the object before: a HEAD; when the cache holds this
+    ///   version's footer (a warm remount) nothing more, else the same GETs, whose bytes
+    ///   go into the cache as they are read.
+    /// - a disk cache that has not: those GETs at once (a HEAD first would only add a
+    ///   round trip), their bytes cached.
     /// - no length: a HEAD.
     pub fn open_expecting(self: &Arc<Self>, rel: &str, len: Option<u64>) -> Result<RemoteObject> {
         let loc = self.location(rel);
         let name = self.name_of(rel);
         let tail = len.filter(|&l| l > 0).map(|l| l.saturating_sub(TAIL_LEN)..l);
         let (meta, kept) = match (&self.disk, tail) {
+            (Some(disk), Some(t)) if !seen(disk, &name) => {
+                let (meta, kept) = self.open_request(&loc, &name, Some(t.clone()))?;
+                if let Some(etag) = meta.e_tag.as_deref().filter(|_| meta.size == t.end && !kept.is_empty()) {
+                    disk.put(open_key(&name, etag), &encode_spans(&kept));
+                    mark_seen(disk, &name);
+                }
+                (meta, kept)
+            }
             (Some(disk), Some(t)) => {
                 let (meta, _) = self.open_request(&loc, &name, None)?;
                 match meta.e_tag.as_deref().filter(|_| meta.size == t.end) {
@@ -815,6 +839,23 @@ type Spans = Vec<(u64, Vec<u8>)>;
 /// `u64::MAX` is never a range's.
 fn open_key(name: &Path, etag: &str) -> Key {
     Key::new(&name.to_string_lossy(), etag, u64::MAX, 0)
+}
+
+/// The disk-cache key of the record that this cache has opened object `name` before,
+/// under any version. It tells a remount, worth a HEAD to find the version's cached bytes,
+/// from a first mount on this node, where that HEAD would only add a round trip. Offset
+/// `u64::MAX` with length 1 is neither a range's key nor an [`open_key`].
+fn seen_key(name: &Path) -> Key {
+    Key::new(&name.to_string_lossy(), "", u64::MAX, 1)
+}
+
+/// Whether this cache has opened object `name` before (see [`seen_key`]).
+fn seen(disk: &DiskCache, name: &Path) -> bool {
+    disk.get(seen_key(name), &mut [0u8; 1])
+}
+
+fn mark_seen(disk: &DiskCache, name: &Path) {
+    disk.put(seen_key(name), &[1]);
 }
 
 /// The spans an object of `len` bytes is opened with: its last [`TAIL_LEN`] bytes, and
