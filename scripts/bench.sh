@@ -17,7 +17,9 @@
 #            a parallel download (8 MiB ranged GETs, 8 in flight) vs a cold `dcfs mount
 #            s3://`, with an empty --cache-dir, a warm remount on that cache, a local-pack
 #            mount, and rclone / s3fs FUSE mounts of the plain files (scripts/bench_remote.*).
-#            Env: DCFS_BENCH_REMOTE_MODELS, DCFS_BENCH_REMOTE_CONTENDERS, S3S_FS
+#            Env: DCFS_BENCH_REMOTE_MODELS, DCFS_BENCH_REMOTE_CONTENDERS,
+#            DCFS_BENCH_REMOTE_WORKLOADS ("read st"), DCFS_BENCH_QUICKACK (1: loopback ACKs at
+#            once, to show the s3s-fs Nagle stalls; see bench_remote.sh), S3S_FS
 # Results: docs/bench/*.csv|json and docs/img/*.png (or --out DIR, DIR/img), tables in
 # docs/bench/tables.md (scripts/bench_plots.py redraws plots and tables from the results).
 #
@@ -418,6 +420,7 @@ if want remote; then
   export DCFS PY ROOT WORK MNT RUNS RSET S3S
   export RPK="$PK/remote.auto" CSV="$OUT/remote.csv" RATES="${DCFS_BENCH_RATES:-100 400 1000 0}"
   export RCONTENDERS="${DCFS_BENCH_REMOTE_CONTENDERS:-download cold cold-cache warm local rclone s3fs}"
+  export RQUICKACK="${DCFS_BENCH_QUICKACK:-}" RWORKLOADS="${DCFS_BENCH_REMOTE_WORKLOADS:-read st}"
   [[ $QUICK -eq 1 ]] && RATES="${DCFS_BENCH_RATES:-400}"
   log "remote: rates ${RATES} Mbit, models ${RMODELS[*]}"
   unshare -n bash "$ROOT/scripts/bench_remote.sh"
