@@ -165,7 +165,10 @@ fn a_first_mount_with_a_cache_makes_no_more_requests_than_one_without() {
     assert!(plain_gets > 2, "the pack has several containers: {plain_gets} requests");
     assert_eq!(first_gets, plain_gets, "first mount with a cache vs none");
     assert_eq!(first_bytes, plain_bytes, "first mount with a cache vs none");
-    assert!(again_gets <= plain_gets, "remount: {again_gets} requests, without a cache {plain_gets}");
+    assert!(
+        again_gets <= plain_gets,
+        "remount: {again_gets} requests, without a cache {plain_gets}"
+    );
     assert!(
         again_bytes <= 4096,
         "remount fetched {again_bytes} bytes (first {first_bytes})"
