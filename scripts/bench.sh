@@ -420,7 +420,7 @@ if want remote; then
   export DCFS PY ROOT WORK MNT RUNS RSET S3S
   export RPK="$PK/remote.auto" CSV="$OUT/remote.csv" RATES="${DCFS_BENCH_RATES:-100 400 1000 0}"
   export RCONTENDERS="${DCFS_BENCH_REMOTE_CONTENDERS:-download cold cold-cache warm local rclone s3fs}"
-  export RQUICKACK="${DCFS_BENCH_QUICKACK:-}" RWORKLOADS="${DCFS_BENCH_REMOTE_WORKLOADS:-read st}"
+  export RQUICKACK="${DCFS_BENCH_QUICKACK:-}" RWORKLOADS="${DCFS_BENCH_REMOTE_WORKLOADS:-}"
   [[ $QUICK -eq 1 ]] && RATES="${DCFS_BENCH_RATES:-400}"
   log "remote: rates ${RATES} Mbit, models ${RMODELS[*]}"
   unshare -n bash "$ROOT/scripts/bench_remote.sh"
