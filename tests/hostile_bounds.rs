@@ -163,6 +163,62 @@ fn a_hand_built_container_opens_and_verifies() {
 }
 
 #[test]
+fn a_wrong_whole_file_digest_fails_verify_and_unpack_when_hashed_in_pieces() {
+    // Chunks whose own checksums pass, cut off 1 KiB boundaries, so the digest is joined
+    // from the decoding threads' subtrees and the bytes that straddle two chunks. Only the
+    // right digest may pass; one flipped bit of it must fail, and unpack must write nothing.
+    let mut rng = Rng::new(0xD16E57);
+    let data: Vec<u8> = (0..9000).map(|_| rng.next() as u8).collect();
+    let cuts = [0, 1500, 1501, 4500, 8192, 9000];
+    let ents: Vec<Ent> = cuts
+        .windows(2)
+        .map(|w| raw(&data[w[0]..w[1]], HEADER_LEN + w[0] as u64))
+        .collect();
+    let t = tempfile::tempdir().unwrap();
+    // A pack of one container each (an empty source gives the marker).
+    let pack_of = |name: &str, digest: [u8; 32]| {
+        let (src, dst) = (t.path().join(format!("{name}-src")), t.path().join(name));
+        fs::create_dir(&src).unwrap();
+        let st = Command::new(dcfs_bin())
+            .arg("pack")
+            .arg(&src)
+            .arg(&dst)
+            .arg("--allow-empty")
+            .output()
+            .unwrap();
+        assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+        write(
+            &dst,
+            "weights.bin.dcz",
+            &seal(&data, &index(9000, digest, &ents, 0, &[])),
+        );
+        dst
+    };
+    let good = *blake3::hash(&data).as_bytes();
+    let p = pack_of("good", good);
+    for threads in [1, 2, 3] {
+        let v = pack::verify_tree(&p, threads, &NoProgress).unwrap();
+        assert_eq!((v.files.len(), v.failures()), (1, 0), "-j{threads}: {:?}", v.files);
+    }
+    let out = t.path().join("good-out");
+    pack::unpack_tree(&p, &out, 2, &NoProgress).unwrap();
+    assert_eq!(fs::read(out.join("weights.bin")).unwrap(), data);
+
+    let mut bad = good;
+    bad[31] ^= 1;
+    let p = pack_of("bad", bad);
+    let v = pack::verify_tree(&p, 2, &NoProgress).unwrap();
+    let err = v.files[0].error.as_deref().unwrap_or_default();
+    assert!(err.contains("digest mismatch"), "{:?}", v.files);
+    let out = t.path().join("bad-out");
+    assert!(pack::unpack_tree(&p, &out, 2, &NoProgress).is_err());
+    assert!(
+        !out.join("weights.bin").exists(),
+        "a file that failed its digest was left in place"
+    );
+}
+
+#[test]
 fn overlapping_payloads_cannot_amplify_output() {
     // One zstd payload of a 64 MiB zero chunk, named by 32 entries: a ~4 KB container
     // claiming 2 GiB that verify would pass and unpack would write. Each entry on its own is

@@ -7,6 +7,7 @@
 
 pub mod adaptive;
 mod dest;
+mod digest;
 mod inspect;
 mod plan;
 mod unpack;

@@ -10,12 +10,13 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::dest::{can_chown, set_file_mode_mtime, DestDir};
-use super::verify::stream_chunks;
+use super::verify::{stream_chunks, window_bufs};
 use super::{read_marker, same_or_inside, walk, Progress};
 use crate::error::{Error, Result};
 use crate::format::tree::{classify, Packed};
 use crate::format::Container;
 use crate::gpu;
+use crate::store::pool::BufPool;
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct UnpackReport {
@@ -49,6 +50,7 @@ pub fn unpack_tree_with(
     fs::create_dir_all(dst).map_err(|e| Error::io(dst, e))?;
     let root = DestDir::root(dst)?;
     let pool = super::thread_pool(threads);
+    let bufs = window_bufs();
     let entries = walk(packed)?;
     let mut containers = Vec::new();
     let mut report = UnpackReport::default();
@@ -94,7 +96,18 @@ pub fn unpack_tree_with(
         } else {
             None
         };
-        write_original(&root, &c, orig, owner, &pool, gpu, progress)?;
+        write_original(
+            &root,
+            &c,
+            orig,
+            owner,
+            &Decoding {
+                pool: &pool,
+                gpu,
+                bufs: &bufs,
+            },
+            progress,
+        )?;
         report.files += 1;
         report.bytes += c.meta.size;
     }
@@ -113,6 +126,14 @@ pub fn unpack_tree_with(
     Ok(report)
 }
 
+/// What every file of one unpack decodes with.
+struct Decoding<'a> {
+    pool: &'a rayon::ThreadPool,
+    gpu: Option<&'a gpu::Decoder>,
+    /// Decoded buffers, recycled from one file to the next.
+    bufs: &'a BufPool,
+}
+
 /// Writes the original held by `c` to `orig` under `root`: a temporary, filled with
 /// verified chunks, synced, given its owner, mode and mtime, then renamed into place. A
 /// failure removes the temporary.
@@ -121,8 +142,7 @@ fn write_original(
     c: &Container,
     orig: &Path,
     owner: Option<(u32, u32)>,
-    pool: &rayon::ThreadPool,
-    gpu: Option<&gpu::Decoder>,
+    d: &Decoding,
     progress: &dyn Progress,
 ) -> Result<()> {
     progress.message(&orig.display().to_string());
@@ -132,7 +152,7 @@ fn write_original(
     let tmp_path = dir.path().join(&tmp);
     let r = (|| {
         let mut w = BufWriter::with_capacity(1 << 20, f);
-        stream_chunks(c, pool, gpu, |_, data| {
+        stream_chunks(c, d.pool, d.gpu, d.bufs, |_, data| {
             progress.advance(data.len() as u64);
             w.write_all(data).map_err(|e| Error::io(&tmp_path, e))
         })?;
@@ -167,6 +187,7 @@ pub fn unpack_remote(
     fs::create_dir_all(dst).map_err(|e| Error::io(dst, e))?;
     let root = DestDir::root(dst)?;
     let pool = super::thread_pool(threads);
+    let bufs = window_bufs();
     let mut report = UnpackReport::default();
     progress.set_total(pack.files().map(|e| e.size).sum());
     // Paths are validated plain relative paths whose parents are listed directories.
@@ -186,7 +207,18 @@ pub fn unpack_remote(
             }
             Kind::File => {
                 let c = pack.open_container(e)?;
-                write_original(&root, &c, rel, None, &pool, None, progress)?;
+                write_original(
+                    &root,
+                    &c,
+                    rel,
+                    None,
+                    &Decoding {
+                        pool: &pool,
+                        gpu: None,
+                        bufs: &bufs,
+                    },
+                    progress,
+                )?;
                 report.files += 1;
                 report.bytes += c.meta.size;
             }

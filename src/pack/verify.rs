@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use std::os::unix::ffi::OsStrExt;
 
+use super::digest::{self, Pieces, TreeHasher};
 use super::{read_marker, walk, Progress, SUFFIX};
 use crate::error::{Error, Result};
 use crate::format::tree::{classify, Packed};
@@ -89,16 +90,31 @@ pub(crate) fn plan_windows(
     out
 }
 
+/// Free decoded buffers for [`stream_chunks`], shared by every file of one run so each
+/// file does not start on fresh pages: two windows' worth, the most in use at once.
+pub fn window_bufs() -> BufPool {
+    BufPool::new((2 * WINDOW_BYTES.min(64 << 20)) as usize)
+}
+
 /// Decodes every chunk of `c` in order (in parallel windows, on the GPU when `gpu` is
 /// given), hands each to `sink`, and proves the whole-file digest. Never hands a chunk
-/// that failed its checksum to `sink`.
+/// that failed its checksum to `sink`. Decoded buffers are recycled through `bufs`.
 pub fn stream_chunks(
     c: &Container,
     pool: &rayon::ThreadPool,
     gpu: Option<&gpu::Decoder>,
+    bufs: &BufPool,
     sink: impl FnMut(usize, &[u8]) -> Result<()>,
 ) -> Result<()> {
-    stream_chunks_tallied(c, pool, gpu, &GpuTally::default(), sink)
+    stream_chunks_tallied(c, pool, gpu, bufs, &GpuTally::default(), sink)
+}
+
+/// The whole-file digest as it is being computed.
+enum Digest {
+    /// Hashed in pieces: the decoding threads hash the subtrees inside each chunk.
+    Tree(TreeHasher),
+    /// Small files, and files of one chunk: hashed here, in order.
+    Whole(Box<blake3::Hasher>),
 }
 
 /// [`stream_chunks`], counting the GPU's chunks and fallbacks into `tally`.
@@ -106,10 +122,19 @@ fn stream_chunks_tallied(
     c: &Container,
     pool: &rayon::ThreadPool,
     gpu: Option<&gpu::Decoder>,
+    bufs: &BufPool,
     tally: &GpuTally,
     mut sink: impl FnMut(usize, &[u8]) -> Result<()>,
 ) -> Result<()> {
-    let mut hasher = blake3::Hasher::new();
+    let total = c.meta.size;
+    let split = digest::splittable(total, c.chunks.iter().map(|e| e.orig_len as u64));
+    let mut hasher = if split {
+        Digest::Tree(TreeHasher::new(total))
+    } else {
+        Digest::Whole(Box::default())
+    };
+    // Runs on the decoding thread, right after the chunk passed its checksum.
+    let hash_inside = |i: usize, d: &[u8]| split.then(|| digest::pieces(d, c.chunks[i].orig_offset, total));
     let window = if gpu.is_some() {
         GPU_WINDOW
     } else if c.is_remote() {
@@ -120,22 +145,27 @@ fn stream_chunks_tallied(
     };
     let idx: Vec<usize> = (0..c.chunks.len()).collect();
     let lens = c.chunks.iter().map(|e| e.orig_len as u64);
-    // Decoded buffers go back here once consumed: the next windows decode into pages
-    // already faulted in. Two windows' worth, the most in use at once.
-    let bufs = BufPool::new((2 * WINDOW_BYTES.min(64 << 20)) as usize);
-    let src = Pooled { inner: c, pool: &bufs };
+    // Decoded buffers go back to `bufs` once consumed: the next windows decode into pages
+    // already faulted in.
+    let src = Pooled { inner: c, pool: bufs };
+    if gpu.is_none() && !c.is_remote() {
+        stream_each(c, pool, &src, window, &hash_inside, |i, d| {
+            consume(c, i..i + 1, vec![d], &mut hasher, &mut sink, bufs)
+        })?;
+        return check_digest(c, hasher);
+    }
     let decode = |w: Range<usize>| -> Result<Decoded> {
         let group = &idx[w.clone()];
         // The one decode path of the mount too: a GPU batch, or the chunks in parallel on
         // the pool's CPUs; a remote container's window is fetched as one span first.
         if gpu.is_none() && c.is_remote() {
-            decode_remote_window(c, pool, w)
+            decode_remote_window(c, pool, w, &hash_inside)
         } else {
             let on_gpu = |r: &crate::store::decode::BatchReport| {
                 tally.chunks.fetch_add(r.gpu_chunks, Relaxed);
                 tally.fallbacks.fetch_add(r.gpu_fallbacks, Relaxed);
             };
-            Ok(pool.install(|| crate::store::decode::decode_chunks_vec(&src, group, gpu, &on_gpu)))
+            Ok(pool.install(|| crate::store::decode::decode_chunks_then(&src, group, gpu, &on_gpu, &hash_inside)))
         }
     };
     // Window k+1 decodes on the pool while this thread hashes and hands on window k, so
@@ -156,7 +186,7 @@ fn stream_chunks_tallied(
                         let decode = &decode;
                         s.spawn(move |_| *slot = Some((n.clone(), decode(n))));
                     }
-                    consume(w, decoded, &mut hasher, &mut sink, &bufs)
+                    consume(c, w, decoded, &mut hasher, &mut sink, bufs)
                 });
                 let done = match decoded_next {
                     Some((n, r)) => Some((n, r?)),
@@ -168,27 +198,102 @@ fn stream_chunks_tallied(
         consumed?;
         ready = done;
     }
-    if *hasher.finalize().as_bytes() != c.meta.blake3 {
+    check_digest(c, hasher)
+}
+
+/// Decodes the chunks of a local container on the pool's CPUs, each chunk a task of its
+/// own, and hands them to `on_chunk` in order on this thread. Up to `ahead` chunks (and
+/// [`WINDOW_BYTES`]) are decoded ahead of the one handed on. Windows decoded as a whole
+/// made every thread wait for the slowest chunk of each before the next could start,
+/// which left a fifth of two cores idle.
+fn stream_each(
+    c: &Container,
+    pool: &rayon::ThreadPool,
+    src: &dyn crate::store::decode::Chunks,
+    ahead: usize,
+    hash_inside: &(dyn Fn(usize, &[u8]) -> Option<Pieces> + Sync),
+    mut on_chunk: impl FnMut(usize, Result<(Vec<u8>, Option<Pieces>)>) -> Result<()>,
+) -> Result<()> {
+    use std::collections::BTreeMap;
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+    let n = c.chunks.len();
+    let len = |i: usize| c.chunks[i].orig_len as u64;
+    let (tx, rx) = std::sync::mpsc::channel();
+    pool.in_place_scope(|s| {
+        let (mut next, mut bytes_ahead) = (0, 0u64);
+        // Chunks that finished before the ones ahead of them; at most `ahead` of them.
+        let mut early = BTreeMap::new();
+        for i in 0..n {
+            while next < n && (next == i || (next - i < ahead && bytes_ahead + len(next) <= WINDOW_BYTES)) {
+                let (tx, k) = (tx.clone(), next);
+                s.spawn(move |_| {
+                    // Every task answers, even one whose hashing panicked: this thread waits
+                    // for each chunk in turn.
+                    let r = catch_unwind(AssertUnwindSafe(|| {
+                        crate::store::decode::decode_chunks_then(src, &[k], None, &|_| {}, hash_inside).pop()
+                    }))
+                    .ok()
+                    .flatten()
+                    .unwrap_or_else(|| Err(Error::corrupt(c.path(), Some(k as u32), "decoder panicked")));
+                    let _ = tx.send((k, r));
+                });
+                bytes_ahead += len(next);
+                next += 1;
+            }
+            let d = loop {
+                if let Some(d) = early.remove(&i) {
+                    break d;
+                }
+                // Cannot fail: `tx` lives until the scope ends.
+                match rx.recv() {
+                    Ok((k, d)) => {
+                        early.insert(k, d);
+                    }
+                    Err(_) => return Err(Error::corrupt(c.path(), Some(i as u32), "chunk not decoded")),
+                }
+            };
+            bytes_ahead -= len(i);
+            on_chunk(i, d)?;
+        }
+        Ok(())
+    })
+}
+
+/// Checks the whole-file digest once every chunk went through `hasher`.
+fn check_digest(c: &Container, hasher: Digest) -> Result<()> {
+    let digest = match hasher {
+        Digest::Tree(t) => t.finalize(),
+        Digest::Whole(h) => Some(*h.finalize().as_bytes()),
+    };
+    if digest != Some(c.meta.blake3) {
         return Err(Error::corrupt(c.path(), None, "whole-file BLAKE3 digest mismatch"));
     }
     Ok(())
 }
 
-/// One window's chunks, decoded and checked (or the error of each).
-type Decoded = Vec<Result<Vec<u8>>>;
+/// One window's chunks, decoded and checked, with the digest of the subtrees inside each
+/// (or the error of each).
+type Decoded = Vec<Result<(Vec<u8>, Option<Pieces>)>>;
 
 /// Hashes and hands on one decoded window in order, then recycles its buffers; stops at
 /// the first chunk that failed.
 fn consume(
+    c: &Container,
     w: Range<usize>,
     decoded: Decoded,
-    hasher: &mut blake3::Hasher,
+    hasher: &mut Digest,
     sink: &mut impl FnMut(usize, &[u8]) -> Result<()>,
     bufs: &BufPool,
 ) -> Result<()> {
     for (i, d) in w.zip(decoded) {
-        let d = d?;
-        hasher.update(&d);
+        let (d, pieces) = d?;
+        match (&mut *hasher, &pieces) {
+            (Digest::Tree(t), Some(p)) => t.add(c.chunks[i].orig_offset, &d, p),
+            (Digest::Whole(h), None) => {
+                h.update(&d);
+            }
+            _ => unreachable!("a file's chunks are all hashed the same way"),
+        }
         sink(i, &d)?;
         bufs.give(d);
     }
@@ -201,7 +306,12 @@ const REMOTE_WINDOW: usize = 64;
 /// Fetches a window's payloads in one span (split by the source into parallel ranged
 /// GETs) and decodes them in parallel. A chunk that fails its checks is fetched once more
 /// on its own (damage in transit), and only then reported.
-fn decode_remote_window(c: &Container, pool: &rayon::ThreadPool, w: Range<usize>) -> Result<Vec<Result<Vec<u8>>>> {
+fn decode_remote_window(
+    c: &Container,
+    pool: &rayon::ThreadPool,
+    w: Range<usize>,
+    hash_inside: &(dyn Fn(usize, &[u8]) -> Option<Pieces> + Sync),
+) -> Result<Decoded> {
     use rayon::prelude::*;
     let (span, at) = c.read_payload_span(w.clone())?;
     Ok(pool.install(|| {
@@ -210,13 +320,17 @@ fn decode_remote_window(c: &Container, pool: &rayon::ThreadPool, w: Range<usize>
             .map(|(i, a)| {
                 let e = &c.chunks[i];
                 let mut out = vec![0u8; e.orig_len as usize];
-                match c.decode_payload(i, &span[a..a + e.payload_len as usize], &mut out) {
+                let out = match c.decode_payload(i, &span[a..a + e.payload_len as usize], &mut out) {
                     Ok(()) => Ok(out),
                     Err(first) => {
                         tracing::warn!("{first}; fetching the chunk again");
                         c.decode_chunk(i)
                     }
-                }
+                };
+                out.map(|d| {
+                    let p = hash_inside(i, &d);
+                    (d, p)
+                })
             })
             .collect()
     }))
@@ -231,12 +345,13 @@ pub fn verify_remote(
 ) -> Result<VerifyReport> {
     let t0 = Instant::now();
     let pool = super::thread_pool(threads);
+    let bufs = window_bufs();
     let mut report = VerifyReport::default();
     progress.set_total(pack.files().map(|e| e.size).sum());
     for e in pack.files() {
         progress.message(&e.path);
         let r = pack.open_container(e).and_then(|c| {
-            stream_chunks(&c, &pool, None, |i, _| {
+            stream_chunks(&c, &pool, None, &bufs, |i, _| {
                 progress.advance(c.chunks[i].orig_len as u64);
                 Ok(())
             })
@@ -264,11 +379,12 @@ fn verify_container(
     path: &Path,
     pool: &rayon::ThreadPool,
     gpu: Option<&gpu::Decoder>,
+    bufs: &BufPool,
     tally: &GpuTally,
     progress: &dyn Progress,
 ) -> Result<Container> {
     let c = Container::open(path)?;
-    stream_chunks_tallied(&c, pool, gpu, tally, |i, _| {
+    stream_chunks_tallied(&c, pool, gpu, bufs, tally, |i, _| {
         progress.advance(c.chunks[i].orig_len as u64);
         Ok(())
     })?;
@@ -321,10 +437,11 @@ pub fn verify_tree_with(
         total += Container::open(p).map(|c| c.meta.size).unwrap_or(0);
     }
     progress.set_total(total);
+    let bufs = window_bufs();
     for (p, name) in containers {
         progress.message(&name);
         let tally = GpuTally::default();
-        let r = verify_container(&p, &pool, gpu, &tally, progress);
+        let r = verify_container(&p, &pool, gpu, &bufs, &tally, progress);
         let fallbacks = tally.fallbacks.load(Relaxed);
         report.gpu_chunks += tally.chunks.load(Relaxed);
         report.gpu_fallbacks += fallbacks;

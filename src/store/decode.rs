@@ -217,17 +217,26 @@ pub(crate) fn decode_chunks(
     }
 }
 
-/// Decodes a batch and returns its results in order (for callers that consume a whole
-/// window at once, like `verify`); each GPU batch's report goes to `on_gpu`.
-pub(crate) fn decode_chunks_vec(
+/// Decodes a batch and returns its results in order, each with what `then` made of its
+/// verified bytes (for callers that consume a whole window at once, like `verify`). `then`
+/// runs on the thread that decoded the chunk, while its bytes are in that core's cache;
+/// each GPU batch's report goes to `on_gpu`.
+pub(crate) fn decode_chunks_then<T: Send>(
     src: &dyn Chunks,
     idx: &[usize],
     gpu: Option<&gpu::Decoder>,
     on_gpu: &dyn Fn(&BatchReport),
-) -> Vec<Result<Vec<u8>>> {
-    let slots: Vec<parking_lot::Mutex<Option<Result<Vec<u8>>>>> =
-        idx.iter().map(|_| parking_lot::Mutex::new(None)).collect();
-    decode_chunks(src, idx, gpu, on_gpu, &|k, r, _| *slots[k].lock() = Some(r));
+    then: &(dyn Fn(usize, &[u8]) -> T + Sync),
+) -> Vec<Result<(Vec<u8>, T)>> {
+    type Slot<T> = parking_lot::Mutex<Option<Result<(Vec<u8>, T)>>>;
+    let slots: Vec<Slot<T>> = idx.iter().map(|_| parking_lot::Mutex::new(None)).collect();
+    decode_chunks(src, idx, gpu, on_gpu, &|k, r, _| {
+        let r = r.map(|d| {
+            let t = then(idx[k], &d);
+            (d, t)
+        });
+        *slots[k].lock() = Some(r);
+    });
     slots
         .into_iter()
         .zip(idx)
