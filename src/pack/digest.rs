@@ -136,6 +136,11 @@ impl TreeHasher {
         }
     }
 
+    /// Makes the digest fail: a chunk reached the join without its pieces.
+    pub(crate) fn poison(&mut self) {
+        self.broken = true;
+    }
+
     /// Hashes the gathered BLAKE3 chunk that ends at byte `end`.
     fn flush_partial(&mut self, end: u64) {
         let at = end - self.partial.len() as u64;
@@ -292,6 +297,11 @@ mod tests {
         let mut t = TreeHasher::new(total);
         t.add(0, a, &pa);
         assert_eq!(t.finalize(), None, "a missing tail is not a digest");
+        let mut t = TreeHasher::new(total);
+        t.add(0, a, &pa);
+        t.poison();
+        t.add(4000, b, &pb);
+        assert_eq!(t.finalize(), None, "a chunk that came without its pieces");
         let mut t = TreeHasher::new(total);
         t.add(0, a, &pa);
         t.add(4000, b, &pb);

@@ -96,8 +96,9 @@ pub fn window_bufs() -> BufPool {
     BufPool::new((2 * WINDOW_BYTES.min(64 << 20)) as usize)
 }
 
-/// Decodes every chunk of `c` in order (in parallel windows, on the GPU when `gpu` is
-/// given), hands each to `sink`, and proves the whole-file digest. Never hands a chunk
+/// Decodes every chunk of `c` (on the pool's CPUs chunk by chunk, or in windows on the GPU
+/// when `gpu` is given and from a remote source), hands each to `sink` in order, and
+/// proves the whole-file digest. Never hands a chunk
 /// that failed its checksum to `sink`. Decoded buffers are recycled through `bufs`.
 pub fn stream_chunks(
     c: &Container,
@@ -289,10 +290,12 @@ fn consume(
         let (d, pieces) = d?;
         match (&mut *hasher, &pieces) {
             (Digest::Tree(t), Some(p)) => t.add(c.chunks[i].orig_offset, &d, p),
-            (Digest::Whole(h), None) => {
+            // Every chunk of a split file comes with its pieces; were one not to, the digest
+            // must fail rather than skip it.
+            (Digest::Tree(t), None) => t.poison(),
+            (Digest::Whole(h), _) => {
                 h.update(&d);
             }
-            _ => unreachable!("a file's chunks are all hashed the same way"),
         }
         sink(i, &d)?;
         bufs.give(d);
