@@ -51,6 +51,11 @@ pub fn unpack_tree_with(
     let root = DestDir::root(dst)?;
     let pool = super::thread_pool(threads);
     let bufs = window_bufs();
+    let decoding = Decoding {
+        pool: &pool,
+        gpu,
+        bufs: &bufs,
+    };
     let entries = walk(packed)?;
     let mut containers = Vec::new();
     let mut report = UnpackReport::default();
@@ -96,18 +101,7 @@ pub fn unpack_tree_with(
         } else {
             None
         };
-        write_original(
-            &root,
-            &c,
-            orig,
-            owner,
-            &Decoding {
-                pool: &pool,
-                gpu,
-                bufs: &bufs,
-            },
-            progress,
-        )?;
+        write_original(&root, &c, orig, owner, &decoding, progress)?;
         report.files += 1;
         report.bytes += c.meta.size;
     }
@@ -188,6 +182,11 @@ pub fn unpack_remote(
     let root = DestDir::root(dst)?;
     let pool = super::thread_pool(threads);
     let bufs = window_bufs();
+    let decoding = Decoding {
+        pool: &pool,
+        gpu: None,
+        bufs: &bufs,
+    };
     let mut report = UnpackReport::default();
     progress.set_total(pack.files().map(|e| e.size).sum());
     // Paths are validated plain relative paths whose parents are listed directories.
@@ -207,18 +206,7 @@ pub fn unpack_remote(
             }
             Kind::File => {
                 let c = pack.open_container(e)?;
-                write_original(
-                    &root,
-                    &c,
-                    rel,
-                    None,
-                    &Decoding {
-                        pool: &pool,
-                        gpu: None,
-                        bufs: &bufs,
-                    },
-                    progress,
-                )?;
+                write_original(&root, &c, rel, None, &decoding, progress)?;
                 report.files += 1;
                 report.bytes += c.meta.size;
             }

@@ -144,17 +144,17 @@ fn stream_chunks_tallied(
     } else {
         pool.current_num_threads() * 4
     };
-    let idx: Vec<usize> = (0..c.chunks.len()).collect();
-    let lens = c.chunks.iter().map(|e| e.orig_len as u64);
-    // Decoded buffers go back to `bufs` once consumed: the next windows decode into pages
+    // Decoded buffers go back to `bufs` once consumed: the next chunks decode into pages
     // already faulted in.
     let src = Pooled { inner: c, pool: bufs };
     if gpu.is_none() && !c.is_remote() {
         stream_each(c, pool, &src, window, &hash_inside, |i, d| {
-            consume(c, i..i + 1, vec![d], &mut hasher, &mut sink, bufs)
+            consume_one(c, i, d, &mut hasher, &mut sink, bufs)
         })?;
         return check_digest(c, hasher);
     }
+    let idx: Vec<usize> = (0..c.chunks.len()).collect();
+    let lens = c.chunks.iter().map(|e| e.orig_len as u64);
     let decode = |w: Range<usize>| -> Result<Decoded> {
         let group = &idx[w.clone()];
         // The one decode path of the mount too: a GPU batch, or the chunks in parallel on
@@ -287,19 +287,32 @@ fn consume(
     bufs: &BufPool,
 ) -> Result<()> {
     for (i, d) in w.zip(decoded) {
-        let (d, pieces) = d?;
-        match (&mut *hasher, &pieces) {
-            (Digest::Tree(t), Some(p)) => t.add(c.chunks[i].orig_offset, &d, p),
-            // Every chunk of a split file comes with its pieces; were one not to, the digest
-            // must fail rather than skip it.
-            (Digest::Tree(t), None) => t.poison(),
-            (Digest::Whole(h), _) => {
-                h.update(&d);
-            }
-        }
-        sink(i, &d)?;
-        bufs.give(d);
+        consume_one(c, i, d, hasher, sink, bufs)?;
     }
+    Ok(())
+}
+
+/// Hashes and hands on chunk `i`, then recycles its buffer.
+fn consume_one(
+    c: &Container,
+    i: usize,
+    d: Result<(Vec<u8>, Option<Pieces>)>,
+    hasher: &mut Digest,
+    sink: &mut impl FnMut(usize, &[u8]) -> Result<()>,
+    bufs: &BufPool,
+) -> Result<()> {
+    let (d, pieces) = d?;
+    match (hasher, &pieces) {
+        (Digest::Tree(t), Some(p)) => t.add(c.chunks[i].orig_offset, &d, p),
+        // Every chunk of a split file comes with its pieces; were one not to, the digest
+        // must fail rather than skip it.
+        (Digest::Tree(t), None) => t.poison(),
+        (Digest::Whole(h), _) => {
+            h.update(&d);
+        }
+    }
+    sink(i, &d)?;
+    bufs.give(d);
     Ok(())
 }
 
