@@ -10,7 +10,8 @@
 #   fraction load time vs --compress-fraction, and the pick of --compress-fraction auto
 #   scale    synthetic BF16 models of 0.1-4 GB: pack/verify/mounted cat time, peak RSS
 #   ceiling  (opt-in) serving with no storage cost: page cache vs cold/warm mount, raw mount,
-#            verify, 1 vs 2 decode threads; DCFS_BENCH_BEFORE=BIN adds a before/after
+#            FUSE alone, verify, 1 vs 2 decode threads, CPU per pass; DCFS_BENCH_BEFORE=BIN
+#            adds a before/after; DCFS_BENCH_CEILING_SYNTH_MB=N uses an LLM-shaped model
 #   remote   (opt-in) packs on object storage, in a private network namespace with the
 #            loopback throttled by tc tbf (DCFS_BENCH_RATES Mbit, default "100 400 1000 0",
 #            0 = no limit): an anonymous s3s-fs serves the pushed pack and the plain files;
@@ -47,7 +48,7 @@ while [[ $# -gt 0 ]]; do
     --out) OUT="$2"; IMG="$2/img"; shift ;;
     --only) ONLY="$2"; shift ;;
     --runs) RUNS="$2"; shift ;;
-    -h|--help) sed -n 2,31p "$0"; exit 0 ;;
+    -h|--help) awk 'NR > 1 && !/^#/ {exit} NR > 1' "$0"; exit 0 ;;
     *) echo "bench: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
@@ -349,19 +350,59 @@ fi
 # cache, a fresh mount each run (empty chunk cache), one sequential `dcfs bench read` of
 # every file (cold), then the same again on that mount (warm). Paths: the originals from
 # the page cache, the default pack and a `--codec raw` pack through the mount, `dcfs
-# verify` (MB/s of original bytes), and the mount at 1 and 2 decode threads. With
+# verify` (MB/s of original bytes), and the mount at 1 and 2 decode threads. The "floor"
+# row is FUSE alone: a mount whose chunk cache already holds every decoded chunk (filled by
+# reading each file backwards, so nothing is dropped behind a sequential reader), read
+# after `drop_caches`: no decode, no container read, only requests, replies and the
+# reader's copy. No FUSE design in this stack serves faster than that. With
 # DCFS_BENCH_BEFORE=BINARY, the mount rows also run with that binary, interleaved, for a
-# before/after table. Env: DCFS_BENCH_CEILING_MODELS (default "minilm-bf16 minilm-f16").
+# before/after table. Env: DCFS_BENCH_CEILING_MODELS (default "minilm-bf16 minilm-f16"), or
+# DCFS_BENCH_CEILING_SYNTH_MB=N for one synthetic LLM-shaped BF16 model of N MB instead
+# (scripts/bench_synth.py: tensors of 2-16 MiB, where MiniLM's are mostly under 2 MiB).
 if want ceiling; then
   read -r -a CMODELS <<< "${DCFS_BENCH_CEILING_MODELS:-minilm-bf16 minilm-f16}"
   CSET="$WORK/ceiling-set"
   rm -rf "$CSET"; mkdir -p "$CSET"
-  for m in "${CMODELS[@]}"; do cp -a "$M/$m" "$CSET/"; done
+  if [[ -n "${DCFS_BENCH_CEILING_SYNTH_MB:-}" ]]; then
+    CMODELS=("synth-${DCFS_BENCH_CEILING_SYNTH_MB}mb")
+    mkdir -p "$CSET/${CMODELS[0]}"
+    "$PY" "$ROOT/scripts/bench_synth.py" "$M/minilm-bf16/model.safetensors" \
+      "$CSET/${CMODELS[0]}/model.safetensors" "${DCFS_BENCH_CEILING_SYNTH_MB}e6" >&2
+  else
+    for m in "${CMODELS[@]}"; do cp -a "$M/$m" "$CSET/"; done
+  fi
   mkdir -p "$PK"
+  # packed afresh every time: pack()'s reuse check cannot see a changed model list
+  rm -rf "$PK/ceiling.auto" "$PK/ceiling.raw"
   pack "$CSET" "$PK/ceiling.auto"
   pack "$CSET" "$PK/ceiling.raw" --codec raw
+  # room for every decoded chunk of the set in the floor row's chunk cache
+  FLOOR_CACHE="$(( $(du -sb "$CSET" | cut -f1) * 2 / 1048576 + 64 ))M"
+  fill_backwards() {
+    "$PY" - "$1" <<'PYEOF'
+import os, sys
+for root, _, files in os.walk(sys.argv[1]):
+    for name in files:
+        fd = os.open(os.path.join(root, name), os.O_RDONLY)
+        off = (os.fstat(fd).st_size - 1) // (1 << 20) * (1 << 20)
+        while off >= 0:
+            os.pread(fd, 1 << 20, off)
+            off -= 1 << 20
+        os.close(fd)
+PYEOF
+  }
   CCSV="$OUT/ceiling.csv"
-  echo "binary,path,threads,state,run,mb_s" > "$CCSV"
+  # cpu_s: busy time of the whole machine (all cores, /proc/stat) over the pass
+  # mb: the set's size, MB of original bytes per pass
+  echo "binary,path,threads,state,run,mb_s,cpu_s,mb" > "$CCSV"
+  SETMB=$("$PY" -c "print(round($(du -sb "$CSET" | cut -f1) / 1e6, 2))")
+  busy_s() { awk '/^cpu / {printf "%.2f\n", ($2 + $3 + $4 + $7 + $8) / 100}' /proc/stat; }
+  # one `dcfs bench read` of DIR: "MB/s,cpu seconds"
+  timed_read() {
+    local b0 v b1
+    b0=$(busy_s); v=$("$DCFS" bench read "$1" --runs 1 --json | mbs); b1=$(busy_s)
+    echo "$v,$("$PY" -c "print(round($b1 - $b0, 2))"),$SETMB"
+  }
   BINS=(after)
   [[ -n "${DCFS_BENCH_BEFORE:-}" ]] && BINS=(before after)
   bin_of() { if [[ $1 == before ]]; then echo "$DCFS_BENCH_BEFORE"; else echo "$DCFS"; fi; }
@@ -369,7 +410,7 @@ if want ceiling; then
   warm_files() { find "$1" -type f -exec cat {} + > /dev/null; }
   for r in $(seq 1 "$RUNS"); do
     warm_files "$CSET"
-    echo "page-cache,originals,0,warm,$r,$("$DCFS" bench read "$CSET" --runs 1 --json | mbs)" >> "$CCSV"
+    echo "page-cache,originals,0,warm,$r,$(timed_read "$CSET")" >> "$CCSV"
     for b in "${BINS[@]}"; do
       bin="$(bin_of "$b")"
       for p in auto raw; do
@@ -378,23 +419,29 @@ if want ceiling; then
           warm_files "$PK/ceiling.$p"
           log "ceiling: $b $p threads=$th run $r"
           "$bin" mount "$PK/ceiling.$p" "$MNT" --threads "$th"
-          echo "$b,$p,$th,cold,$r,$("$DCFS" bench read "$MNT" --runs 1 --json | mbs)" >> "$CCSV"
-          [[ $th == 2 ]] && echo "$b,$p,$th,warm,$r,$("$DCFS" bench read "$MNT" --runs 1 --json | mbs)" >> "$CCSV"
+          echo "$b,$p,$th,cold,$r,$(timed_read "$MNT")" >> "$CCSV"
+          [[ $th == 2 ]] && echo "$b,$p,$th,warm,$r,$(timed_read "$MNT")" >> "$CCSV"
           umnt
         done
       done
+      log "ceiling: $b floor run $r"
+      "$bin" mount "$PK/ceiling.auto" "$MNT" --cache-size "$FLOOR_CACHE"
+      fill_backwards "$MNT"
+      sync; echo 3 > /proc/sys/vm/drop_caches
+      echo "$b,floor,2,cold,$r,$(timed_read "$MNT")" >> "$CCSV"
+      umnt
       warm_files "$PK/ceiling.auto"
       orig=$(du -sb "$CSET" | cut -f1)
-      t0=$(date +%s.%N)
+      b0=$(busy_s); t0=$(date +%s.%N)
       "$bin" verify "$PK/ceiling.auto" -j 2 > /dev/null
-      t1=$(date +%s.%N)
-      echo "$b,verify,2,cold,$r,$("$PY" -c "print($orig / 1e6 / ($t1 - $t0))")" >> "$CCSV"
+      t1=$(date +%s.%N); b1=$(busy_s)
+      echo "$b,verify,2,cold,$r,$("$PY" -c "print($orig / 1e6 / ($t1 - $t0), round($b1 - $b0, 2), $SETMB, sep=',')")" >> "$CCSV"
     done
   done
   # the decoder alone, for the same files: fastest of repeated passes over warm buffers
   for m in "${CMODELS[@]}"; do
-    f="$(find "$M/$m" -maxdepth 1 -name '*.safetensors' | head -1)"
-    "$DCFS" bench codecs "$f" --json > "$OUT/ceiling-codecs-$m.json" 2>/dev/null || true
+    f="$(find "$CSET/$m" -maxdepth 1 -name '*.safetensors' | head -1)"
+    "$DCFS" bench codecs "$f" --no-zstd19 --json > "$OUT/ceiling-codecs-$m.json" 2>/dev/null || true
   done
 fi
 

@@ -5,6 +5,7 @@ Usage: bench_plots.py RESULTS_DIR IMG_DIR
 Writes IMG_DIR/*.png and RESULTS_DIR/tables.md (the tables docs/BENCHMARKS.md quotes).
 """
 import csv
+import glob
 import json
 import os
 import statistics as st
@@ -222,11 +223,12 @@ if cr:
         g[(r["binary"], r["path"], int(r["threads"]), r["state"])].append(float(r["mb_s"]))
     labels = [
         (("page-cache", "originals", 0, "warm"), "page cache, the original files"),
-        (("{b}", "auto", 2, "warm"), "dcfs mount, warm (chunk cache hit)"),
+        (("{b}", "auto", 2, "warm"), "dcfs mount, warm (second pass: the kernel's page cache)"),
         (("{b}", "raw", 2, "cold"), "dcfs mount of a `--codec raw` pack, cold"),
         (("{b}", "auto", 2, "cold"), "dcfs mount, default pack, cold, 2 decode threads"),
         (("{b}", "auto", 1, "cold"), "dcfs mount, default pack, cold, 1 decode thread"),
         (("{b}", "verify", 2, "cold"), "`dcfs verify -j 2` of the same pack"),
+        (("{b}", "floor", 2, "cold"), "FUSE alone: chunk cache full, page cache dropped"),
     ]
     bins = [b for b in ("before", "after") if any(k[0] == b for k in g)]
     md.append("### Serving ceiling: MB/s of original bytes, median (min-max) of runs\n")
@@ -236,16 +238,68 @@ if cr:
         for b in bins:
             k = tuple(b if x == "{b}" else x for x in key)
             row.append(fmt(g.get(k, []), 0) if g.get(k) else "-")
-        body.append(row)
+        if any(x != "-" for x in row[1:]):
+            body.append(row)
     table(["path"] + bins, body)
     for b in bins:
         med = {k: st.median(v) for k, v in g.items() if k[0] == b}
-        def ratio(a, c):
-            return f"{med[a] / med[c]:.2f}" if a in med and c in med else "-"
+        ratios = [
+            ("default cold / raw cold", "auto", 2, "raw", 2),
+            ("raw cold / warm", "raw", 2, "auto", 2),
+            ("2 threads / 1 thread", "auto", 2, "auto", 1),
+            ("FUSE alone / warm", "floor", 2, "auto", 2),
+            ("raw cold / FUSE alone", "raw", 2, "floor", 2),
+            ("default cold / FUSE alone", "auto", 2, "floor", 2),
+        ]
+        said = []
+        for name, p, t, q, u in ratios:
+            a = (b, p, t, "cold")
+            c = (b, q, u, "warm" if name.endswith("/ warm") else "cold")
+            if a in med and c in med:
+                said.append(f"{name} = {med[a] / med[c]:.2f}")
+        md.append(f"{b}: " + "; ".join(said) + "\n")
+    # CPU per pass, where recorded (cpu_s: busy time of all cores over the pass, in 10 ms
+    # ticks, and including the start of the `dcfs bench read` process): passes shorter
+    # than 0.1 s are left out, their figure is mostly rounding and start-up
+    cpu = defaultdict(list)
+    for r in cr:
+        if (
+            r.get("cpu_s")
+            and r.get("mb")
+            and float(r["mb_s"]) > 0
+            and float(r["mb"]) / float(r["mb_s"]) >= 0.1
+        ):
+            k = (r["binary"], r["path"], int(r["threads"]), r["state"])
+            mb = float(r["mb"])
+            cpu[k].append((1000 * float(r["cpu_s"]) / mb, float(r["cpu_s"]) / (mb / float(r["mb_s"]))))
+    if cpu:
         md.append(
-            f"{b}: default cold / raw cold = {ratio((b, 'auto', 2, 'cold'), (b, 'raw', 2, 'cold'))}; "
-            f"raw cold / warm = {ratio((b, 'raw', 2, 'cold'), (b, 'auto', 2, 'warm'))}; "
-            f"2 threads / 1 thread = {ratio((b, 'auto', 2, 'cold'), (b, 'auto', 1, 'cold'))}\n"
+            "### CPU per pass: ms of CPU (all cores) per MB served, and cores busy; median (min-max) "
+            "of the passes that took 0.1 s or more\n"
+        )
+        body = []
+        for key, name in labels:
+            for b in bins if key[0] == "{b}" else bins[:1]:
+                k = tuple(b if x == "{b}" else x for x in key)
+                if cpu.get(k):
+                    v = cpu[k]
+                    who = f" ({b})" if key[0] == "{b}" and len(bins) > 1 else ""
+                    body.append([name + who, fmt([x for x, _ in v]), fmt([y for _, y in v])])
+        table(["path", "CPU ms per MB", "cores busy"], body)
+    # the decoder alone on the same files (bench codecs, fastest of repeated passes)
+    dec = defaultdict(list)
+    for path in sorted(glob.glob(os.path.join(RES, "ceiling-codecs-*.json"))):
+        try:
+            with open(path) as f:
+                for t in json.load(f).get("threads", []):
+                    dec[t["threads"]].append(t["decode_mb_s"]["median"])
+        except (OSError, ValueError, KeyError):
+            continue
+    if dec:
+        md.append(
+            "decoder alone (`dcfs bench codecs`, per file, median of passes): "
+            + "; ".join(f"{n} thread(s) {min(v):.0f}-{max(v):.0f} MB/s" for n, v in sorted(dec.items()))
+            + "\n"
         )
 
 # ---- remote (bench.sh --only remote) ------------------------------------------------

@@ -67,10 +67,13 @@ echo "== loader tests took $((SECONDS - t0))s"
 disk_free
 echo "== DC accuracy check (dcfs quantize on MiniLM, embeddings vs F32)"
 "${DCFS_LOADER_VENV:-$ROOT/.venv-loaders}/bin/python" scripts/dc_accuracy.py --quick --dcfs target/release/dcfs
-echo "== bench smoke (scripts/bench.sh --quick --only mount; timings are not checked, only that it runs)"
+echo "== bench smoke (scripts/bench.sh --quick --only mount,ceiling; timings are not checked, only that it runs)"
 smoke="$(mktemp -d)"
-DCFS_BENCH_NOBUILD=1 DCFS_BENCH_WORK="$smoke/work" scripts/bench.sh --quick --only mount --out "$smoke/out"
+DCFS_BENCH_NOBUILD=1 DCFS_BENCH_WORK="$smoke/work" scripts/bench.sh --quick --only mount,ceiling --out "$smoke/out"
 test -s "$smoke/out/mount.csv" && test -s "$smoke/out/random.csv"
+# every path of the serving ceiling measured once, the FUSE-alone floor included
+for p in originals auto raw verify floor; do grep -q ",$p," "$smoke/out/ceiling.csv"; done
+grep -q "FUSE alone" "$smoke/out/tables.md"
 rm -rf "$smoke"
 if [[ -n "${DCFS_SKIP_FUZZ:-}" ]]; then
   echo "== fuzz smoke SKIPPED (DCFS_SKIP_FUZZ is set)"
