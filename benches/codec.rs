@@ -113,9 +113,24 @@ fn chunks(c: &mut Criterion) {
     g.finish();
 }
 
+/// The plane merge alone (the last step of every decode), per transform, on 1 MiB.
+fn merges(c: &mut Criterion) {
+    let mut g = c.benchmark_group("merge");
+    let data: Vec<u8> = inputs().into_iter().next().map(|(_, d, _)| d).unwrap_or_default();
+    for &t in Transform::ALL {
+        let n = data.len() / t.unit() * t.unit();
+        let planes = t.split(&data[..n]);
+        let refs: Vec<&[u8]> = planes.iter().map(|p| p.as_slice()).collect();
+        let mut out = vec![0u8; n];
+        g.throughput(Throughput::Bytes(n as u64));
+        g.bench_function(t.name(), |b| b.iter(|| t.merge(&refs, &mut out)));
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20).measurement_time(std::time::Duration::from_secs(2)).warm_up_time(std::time::Duration::from_millis(500));
-    targets = planes, chunks
+    targets = planes, chunks, merges
 }
 criterion_main!(benches);

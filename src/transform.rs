@@ -135,12 +135,15 @@ impl Transform {
     /// Inverse of [`split`](Self::split): writes the original bytes into `out`.
     /// The caller guarantees plane lengths match `plane_lens(out.len())`.
     pub fn merge(self, planes: &[&[u8]], out: &mut [u8]) {
+        debug_assert_eq!(
+            self.plane_lens(out.len()),
+            Some(planes.iter().map(|p| p.len()).collect())
+        );
         match self {
             Transform::None => out.copy_from_slice(planes[0]),
             Transform::Bf16Exp => {
                 for ((o, &e), &sm) in out.chunks_exact_mut(2).zip(planes[0]).zip(planes[1]) {
-                    o[0] = (e << 7) | (sm & 0x7f);
-                    o[1] = (sm & 0x80) | (e >> 1);
+                    o.copy_from_slice(&bf16_of(e, sm).to_le_bytes());
                 }
             }
             Transform::Split2 => {
@@ -149,21 +152,29 @@ impl Transform {
                     o[1] = b;
                 }
             }
+            // Zipped iterators and whole-word stores, not indexing: no bounds checks, and the
+            // loop vectorizes (indexed byte stores ran at a fifth of the speed).
             Transform::Split4 => {
-                for (i, o) in out.chunks_exact_mut(4).enumerate() {
-                    o[0] = planes[0][i];
-                    o[1] = planes[1][i];
-                    o[2] = planes[2][i];
-                    o[3] = planes[3][i];
+                let words = out
+                    .chunks_exact_mut(4)
+                    .zip(planes[0])
+                    .zip(planes[1])
+                    .zip(planes[2])
+                    .zip(planes[3]);
+                for ((((o, &a), &b), &c), &d) in words {
+                    o.copy_from_slice(&[a, b, c, d]);
                 }
             }
             Transform::F32Exp => {
-                for (i, o) in out.chunks_exact_mut(4).enumerate() {
-                    let (e, sm) = (planes[0][i], planes[1][i]);
-                    o[0] = planes[3][i];
-                    o[1] = planes[2][i];
-                    o[2] = (e << 7) | (sm & 0x7f);
-                    o[3] = (sm & 0x80) | (e >> 1);
+                let words = out
+                    .chunks_exact_mut(4)
+                    .zip(planes[0])
+                    .zip(planes[1])
+                    .zip(planes[2])
+                    .zip(planes[3]);
+                for ((((o, &e), &sm), &m1), &m0) in words {
+                    let w = u32::from(m0) | u32::from(m1) << 8 | u32::from(bf16_of(e, sm)) << 16;
+                    o.copy_from_slice(&w.to_le_bytes());
                 }
             }
             Transform::Q8_0 | Transform::Q4_0 | Transform::Q4_1 => {
@@ -179,6 +190,13 @@ impl Transform {
             }
         }
     }
+}
+
+/// The top 16 bits of a float (a BF16 value, or the high half of an F32) from its exponent
+/// byte `e` and its sign-and-7-mantissa-bits byte `sm`: sign, then `e`, then the 7 bits.
+#[inline(always)]
+fn bf16_of(e: u8, sm: u8) -> u16 {
+    u16::from(e) << 7 | u16::from(sm & 0x7f) | u16::from(sm & 0x80) << 8
 }
 
 #[cfg(test)]
