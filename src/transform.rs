@@ -177,18 +177,25 @@ impl Transform {
                     o.copy_from_slice(&w.to_le_bytes());
                 }
             }
-            Transform::Q8_0 | Transform::Q4_0 | Transform::Q4_1 => {
-                let unit = self.unit();
-                let h = self.block_head().unwrap_or(0);
-                let body = unit - h;
-                for (i, blk) in out.chunks_exact_mut(unit).enumerate() {
-                    for (j, b) in blk[..h].iter_mut().enumerate() {
-                        *b = planes[j][i];
-                    }
-                    blk[h..].copy_from_slice(&planes[h][i * body..(i + 1) * body]);
-                }
-            }
+            Transform::Q8_0 => merge_blocks::<2, 32>(planes, out),
+            Transform::Q4_0 => merge_blocks::<2, 16>(planes, out),
+            Transform::Q4_1 => merge_blocks::<4, 16>(planes, out),
         }
+    }
+}
+
+/// Merge of a block transform: `H` scale bytes per block, one plane each, then the `B`
+/// body bytes from the last plane. Sizes known at compile time let each block be a few
+/// fixed moves instead of a loop and a slice copy of run-time length.
+fn merge_blocks<const H: usize, const B: usize>(planes: &[&[u8]], out: &mut [u8]) {
+    let heads: [&[u8]; H] = std::array::from_fn(|j| planes[j]);
+    let bodies = planes[H].chunks_exact(B);
+    for (i, (blk, body)) in out.chunks_exact_mut(H + B).zip(bodies).enumerate() {
+        let (h, b) = blk.split_at_mut(H);
+        for (x, plane) in h.iter_mut().zip(&heads) {
+            *x = plane[i];
+        }
+        b.copy_from_slice(body);
     }
 }
 
