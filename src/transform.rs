@@ -186,7 +186,9 @@ impl Transform {
 
 /// Merge of a block transform: `H` scale bytes per block, one plane each, then the `B`
 /// body bytes from the last plane. Sizes known at compile time let each block be a few
-/// fixed moves instead of a loop and a slice copy of run-time length.
+/// fixed moves instead of a loop and a slice copy of run-time length. They must be
+/// `block_head` and `unit - block_head` of the transform (`every_transform_roundtrips`
+/// fails otherwise).
 fn merge_blocks<const H: usize, const B: usize>(planes: &[&[u8]], out: &mut [u8]) {
     let heads: [&[u8]; H] = std::array::from_fn(|j| planes[j]);
     let bodies = planes[H].chunks_exact(B);
