@@ -152,35 +152,30 @@ impl Transform {
                     o[1] = b;
                 }
             }
-            // Zipped iterators and whole-word stores, not indexing: no bounds checks, and the
-            // loop vectorizes (indexed byte stores ran at a fifth of the speed).
-            Transform::Split4 => {
-                let words = out
-                    .chunks_exact_mut(4)
-                    .zip(planes[0])
-                    .zip(planes[1])
-                    .zip(planes[2])
-                    .zip(planes[3]);
-                for ((((o, &a), &b), &c), &d) in words {
-                    o.copy_from_slice(&[a, b, c, d]);
-                }
-            }
-            Transform::F32Exp => {
-                let words = out
-                    .chunks_exact_mut(4)
-                    .zip(planes[0])
-                    .zip(planes[1])
-                    .zip(planes[2])
-                    .zip(planes[3]);
-                for ((((o, &e), &sm), &m1), &m0) in words {
-                    let w = u32::from(m0) | u32::from(m1) << 8 | u32::from(bf16_of(e, sm)) << 16;
-                    o.copy_from_slice(&w.to_le_bytes());
-                }
-            }
+            Transform::Split4 => merge4(planes, out, u32::from_le_bytes),
+            Transform::F32Exp => merge4(planes, out, |[e, sm, m1, m0]| {
+                u32::from(m0) | u32::from(m1) << 8 | u32::from(bf16_of(e, sm)) << 16
+            }),
             Transform::Q8_0 => merge_blocks::<2, 32>(planes, out),
             Transform::Q4_0 => merge_blocks::<2, 16>(planes, out),
             Transform::Q4_1 => merge_blocks::<4, 16>(planes, out),
         }
+    }
+}
+
+/// Merge of a 4-plane transform: `word` turns the i-th byte of each plane into the i-th
+/// little-endian word of the output. Zipped iterators and whole-word stores, not indexing: no bounds checks,
+/// and the loop vectorizes (indexed byte stores ran at a fifth of the speed).
+#[inline(always)]
+fn merge4(planes: &[&[u8]], out: &mut [u8], word: impl Fn([u8; 4]) -> u32) {
+    let words = out
+        .chunks_exact_mut(4)
+        .zip(planes[0])
+        .zip(planes[1])
+        .zip(planes[2])
+        .zip(planes[3]);
+    for ((((o, &a), &b), &c), &d) in words {
+        o.copy_from_slice(&word([a, b, c, d]).to_le_bytes());
     }
 }
 
