@@ -376,8 +376,9 @@ if want ceiling; then
   rm -rf "$PK/ceiling.auto" "$PK/ceiling.raw"
   pack "$CSET" "$PK/ceiling.auto"
   pack "$CSET" "$PK/ceiling.raw" --codec raw
+  SETBYTES=$(du -sb "$CSET" | cut -f1)
   # room for every decoded chunk of the set in the floor row's chunk cache
-  FLOOR_CACHE="$(( $(du -sb "$CSET" | cut -f1) * 2 / 1048576 + 64 ))M"
+  FLOOR_CACHE="$(( SETBYTES * 2 / 1048576 + 64 ))M"
   fill_backwards() {
     "$PY" - "$1" <<'PYEOF'
 import os, sys
@@ -395,7 +396,7 @@ PYEOF
   # cpu_s: busy time of the whole machine (all cores, /proc/stat) over the pass
   # mb: the set's size, MB of original bytes per pass
   echo "binary,path,threads,state,run,mb_s,cpu_s,mb" > "$CCSV"
-  SETMB=$("$PY" -c "print(round($(du -sb "$CSET" | cut -f1) / 1e6, 2))")
+  SETMB=$("$PY" -c "print(round($SETBYTES / 1e6, 2))")
   busy_s() { awk '/^cpu / {printf "%.2f\n", ($2 + $3 + $4 + $7 + $8) / 100}' /proc/stat; }
   # one `dcfs bench read` of DIR: "MB/s,cpu seconds"
   timed_read() {
@@ -431,11 +432,10 @@ PYEOF
       echo "$b,floor,2,cold,$r,$(timed_read "$MNT")" >> "$CCSV"
       umnt
       warm_files "$PK/ceiling.auto"
-      orig=$(du -sb "$CSET" | cut -f1)
       b0=$(busy_s); t0=$(date +%s.%N)
       "$bin" verify "$PK/ceiling.auto" -j 2 > /dev/null
       t1=$(date +%s.%N); b1=$(busy_s)
-      echo "$b,verify,2,cold,$r,$("$PY" -c "print($orig / 1e6 / ($t1 - $t0), round($b1 - $b0, 2), $SETMB, sep=',')")" >> "$CCSV"
+      echo "$b,verify,2,cold,$r,$("$PY" -c "print($SETBYTES / 1e6 / ($t1 - $t0), round($b1 - $b0, 2), $SETMB, sep=',')")" >> "$CCSV"
     done
   done
   # the decoder alone, for the same files: fastest of repeated passes over warm buffers

@@ -243,18 +243,18 @@ if cr:
     table(["path"] + bins, body)
     for b in bins:
         med = {k: st.median(v) for k, v in g.items() if k[0] == b}
+        # (name, numerator, denominator), each (path, threads, state)
         ratios = [
-            ("default cold / raw cold", "auto", 2, "raw", 2),
-            ("raw cold / warm", "raw", 2, "auto", 2),
-            ("2 threads / 1 thread", "auto", 2, "auto", 1),
-            ("FUSE alone / warm", "floor", 2, "auto", 2),
-            ("raw cold / FUSE alone", "raw", 2, "floor", 2),
-            ("default cold / FUSE alone", "auto", 2, "floor", 2),
+            ("default cold / raw cold", ("auto", 2, "cold"), ("raw", 2, "cold")),
+            ("raw cold / warm", ("raw", 2, "cold"), ("auto", 2, "warm")),
+            ("2 threads / 1 thread", ("auto", 2, "cold"), ("auto", 1, "cold")),
+            ("FUSE alone / warm", ("floor", 2, "cold"), ("auto", 2, "warm")),
+            ("raw cold / FUSE alone", ("raw", 2, "cold"), ("floor", 2, "cold")),
+            ("default cold / FUSE alone", ("auto", 2, "cold"), ("floor", 2, "cold")),
         ]
         said = []
-        for name, p, t, q, u in ratios:
-            a = (b, p, t, "cold")
-            c = (b, q, u, "warm" if name.endswith("/ warm") else "cold")
+        for name, num, den in ratios:
+            a, c = (b, *num), (b, *den)
             if a in med and c in med:
                 said.append(f"{name} = {med[a] / med[c]:.2f}")
         md.append(f"{b}: " + "; ".join(said) + "\n")
