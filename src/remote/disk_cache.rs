@@ -15,7 +15,8 @@
 //!   skipped and counted.
 //! - Bytes are bounded by `max_bytes` (when given) and by keeping `min_free` of the
 //!   filesystem free; the least recently used entries (by mtime, bumped on each hit) go
-//!   first. Several mounts on one node share a directory: evictions are serialized by an
+//!   first. A writer reserves its entry's bytes before it writes, one admission at a time,
+//!   so writers running together never overshoot the bound between them. Several mounts on one node share a directory: evictions are serialized by an
 //!   `flock` on `evict.lock`, and each mount rescans the directory before it evicts.
 //! - The cache root must be a directory owned by us and writable by nobody else: a root
 //!   daemon must never rename into a path another user could have redirected.
@@ -114,6 +115,11 @@ pub struct DiskCounts {
 struct State {
     /// Bytes of entries; valid once `scanned`.
     usage: u64,
+    /// Bytes reserved by writes under way (admitted, not yet renamed into place).
+    pending: u64,
+    /// Bytes of all the entries this mount has written (only grows): a scan's count is
+    /// made whole with what was written while it ran.
+    added: u64,
     /// Whether `usage` was counted: the first scan waits for the first write (or a
     /// `dcfs stats`), so a warm remount that only reads never walks the directory.
     scanned: bool,
@@ -128,6 +134,9 @@ pub struct DiskCache {
     max_bytes: Option<u64>,
     min_free: f64,
     state: Mutex<State>,
+    /// Held from a writer's room check to its reservation, so two writers never both
+    /// count on the same free bytes.
+    admit: Mutex<()>,
     counts: Counters,
 }
 
@@ -205,8 +214,11 @@ impl DiskCache {
             root,
             max_bytes: cfg.max_bytes,
             min_free: cfg.min_free,
+            admit: Mutex::new(()),
             state: Mutex::new(State {
                 usage: 0,
+                pending: 0,
+                added: 0,
                 scanned: false,
                 next_tmp: 0,
                 warned: false,
@@ -305,19 +317,30 @@ impl DiskCache {
     /// skipped, counted, and logged once.
     pub fn put(&self, key: Key, data: &[u8]) {
         let need = (HEADER_LEN + data.len()) as u64;
-        if data.len() as u64 > MAX_ENTRY || !self.make_room(need) {
+        let admitted = data.len() as u64 <= MAX_ENTRY && {
+            let _one = self.admit.lock();
+            let room = self.make_room(need);
+            if room {
+                self.state.lock().pending += need;
+            }
+            room
+        };
+        if !admitted {
             self.counts.skipped.fetch_add(1, Relaxed);
             return;
         }
-        match self.write_entry(key, data) {
+        let r = self.write_entry(key, data);
+        let mut s = self.state.lock();
+        s.pending -= need;
+        match r {
             Ok(()) => {
+                s.usage += need;
+                s.added += need;
                 self.counts.writes.fetch_add(1, Relaxed);
                 self.counts.write_bytes.fetch_add(data.len() as u64, Relaxed);
-                self.state.lock().usage += need;
             }
             Err(e) => {
                 self.counts.skipped.fetch_add(1, Relaxed);
-                let mut s = self.state.lock();
                 if !s.warned {
                     s.warned = true;
                     tracing::warn!(
@@ -373,15 +396,18 @@ impl DiskCache {
     }
 
     /// Frees room for `need` more bytes: within `max_bytes`, and leaving `min_free` of the
-    /// filesystem free. False when even an empty cache would not leave that room.
+    /// filesystem free. False when even an empty cache would not leave that room. Called
+    /// under `admit`; writes already admitted count as written (their `pending` bytes).
     fn make_room(&self, need: u64) -> bool {
-        let over_bound = |usage: u64| self.max_bytes.is_some_and(|m| usage + need > m);
-        let short = || self.free_shortfall(need);
+        let pending = self.state.lock().pending;
+        let need_all = need + pending;
+        let over_bound = |usage: u64| self.max_bytes.is_some_and(|m| usage + need_all > m);
+        let short = || self.free_shortfall(need_all);
         let usage = self.usage();
         if !over_bound(usage) && short() == 0 {
             return true;
         }
-        if self.max_bytes.is_some_and(|m| need > m) {
+        if self.max_bytes.is_some_and(|m| need_all > m) {
             return false;
         }
         // When emptying the whole cache would not leave enough free, others fill the
@@ -402,14 +428,16 @@ impl DiskCache {
         let Ok(lock) = self.evict_lock() else {
             return false;
         };
-        // Rescan under the lock: other mounts may have added or evicted entries.
+        // Rescan under the lock: other mounts may have added or evicted entries. Writes
+        // of ours that land during the scan may be missed by it; they are added back below.
+        let added_before = self.state.lock().added;
         let Ok(mut entries) = self.scan() else {
             return false;
         };
         let mut usage: u64 = entries.iter().map(|e| e.1).sum();
         let target = self
             .max_bytes
-            .map_or(u64::MAX, |m| ((m as f64 * EVICT_TO) as u64).saturating_sub(need));
+            .map_or(u64::MAX, |m| ((m as f64 * EVICT_TO) as u64).saturating_sub(need_all));
         let mut free_needed = short();
         // Oldest first.
         entries.sort_by_key(|e| e.2);
@@ -426,8 +454,13 @@ impl DiskCache {
         }
         drop(lock);
         self.counts.evictions.fetch_add(evicted, Relaxed);
-        self.state.lock().usage = usage;
-        !over_bound(usage) && self.free_shortfall(need) == 0
+        let (usage, pending) = {
+            let mut s = self.state.lock();
+            // Counting a write the scan did see twice only errs towards evicting early.
+            s.usage = usage + (s.added - added_before);
+            (s.usage, s.pending)
+        };
+        self.max_bytes.is_none_or(|m| usage + pending + need <= m) && self.free_shortfall(pending + need) == 0
     }
 
     /// Bytes that must be freed so that writing `need` leaves `min_free` of the filesystem
@@ -641,6 +674,40 @@ mod tests {
         assert!(!c.get(keys[1], &mut b), "the least recently used went first");
         assert!(c.get(keys[0], &mut b), "the recently read one stayed");
         assert_eq!(b, vec![0u8; 1000]);
+    }
+
+    #[test]
+    fn writers_running_together_stay_within_the_bound() {
+        let d = tempfile::tempdir().unwrap();
+        let per = (HEADER_LEN + 10_000) as u64;
+        let bound = per * 10;
+        let c = cache(d.path(), Some(bound));
+        let on_disk = |c: &DiskCache| -> u64 { c.scan().unwrap().iter().map(|e| e.1).sum() };
+        let peak = AtomicU64::new(0);
+        std::thread::scope(|s| {
+            for t in 0..8u64 {
+                let (c, peak) = (&c, &peak);
+                s.spawn(move || {
+                    for i in 0..40u64 {
+                        c.put(Key::new("o", "t", (t * 100 + i) * 10_000, 10_000), &[t as u8; 10_000]);
+                        // Counted with admissions held: entries then only arrive (writes
+                        // already admitted), never leave, so the count is a true lower
+                        // bound of what lies there as it ends.
+                        let _no_admissions = c.admit.lock();
+                        peak.fetch_max(on_disk(c), Relaxed);
+                    }
+                });
+            }
+        });
+        let u = c.counts();
+        assert!(
+            peak.load(Relaxed) <= bound,
+            "{} on disk over {bound}: {u:?}",
+            peak.load(Relaxed)
+        );
+        assert!(on_disk(&c) <= bound, "{u:?}");
+        assert!(u.writes >= 10 && u.evictions > 0, "{u:?}");
+        assert_eq!(c.state.lock().pending, 0);
     }
 
     #[test]

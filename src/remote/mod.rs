@@ -1145,18 +1145,26 @@ impl RemoteObject {
                         let r = &ranges[k];
                         (r.start - span.start) as usize..(r.end - span.start) as usize
                     };
-                    for &k in &run {
-                        out.give(k, Ok(bytes[at(k)].to_vec()));
-                    }
-                    if let Some(d) = disk {
-                        let _ = tokio::task::spawn_blocking(move || {
-                            for &k in &run {
-                                if let Some(key) = keys[k] {
-                                    d.put(key, &bytes[at(k)]);
+                    // Each range goes to the disk cache before its reader sees it: bytes a
+                    // reader was served are on disk (or were skipped) by then, so a remount
+                    // right after an unmount finds them; the daemon may exit at once.
+                    match disk {
+                        Some(d) => {
+                            let _ = tokio::task::spawn_blocking(move || {
+                                for &k in &run {
+                                    if let Some(key) = keys[k] {
+                                        d.put(key, &bytes[at(k)]);
+                                    }
+                                    out.give(k, Ok(bytes[at(k)].to_vec()));
                                 }
+                            })
+                            .await;
+                        }
+                        None => {
+                            for &k in &run {
+                                out.give(k, Ok(bytes[at(k)].to_vec()));
                             }
-                        })
-                        .await;
+                        }
                     }
                 });
             }
