@@ -16,8 +16,9 @@
 //! - Bytes are bounded by `max_bytes` (when given) and by keeping `min_free` of the
 //!   filesystem free; the least recently used entries (by mtime, bumped on each hit) go
 //!   first. A writer reserves its entry's bytes before it writes, one admission at a time,
-//!   so writers running together never overshoot the bound between them. Several mounts on one node share a directory: evictions are serialized by an
-//!   `flock` on `evict.lock`, and each mount rescans the directory before it evicts.
+//!   so writers running together never overshoot the bound between them. Several mounts
+//!   on one node share a directory: evictions are serialized by an `flock` on
+//!   `evict.lock`, and each mount rescans the directory before it evicts.
 //! - The cache root must be a directory owned by us and writable by nobody else: a root
 //!   daemon must never rename into a path another user could have redirected.
 //!
